@@ -1,0 +1,134 @@
+"""Read a YAML file into plain Python data plus the line each key stands on.
+
+PyYAML's composer gives every node its position; walking the nodes ourselves (instead of ``yaml.safe_load``) lets
+us report duplicate keys, which YAML loaders silently resolve to the last one, and keep ``key path -> line``
+for error messages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.errors import ConfigError
+
+KeyPath = tuple[str | int, ...]
+
+
+def read_config_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: the configuration file does not exist"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a directory, not a configuration file"]) from None
+    except PermissionError:
+        raise ConfigError([f"{path}: cannot be read (permission denied)"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot be read ({e.strerror})"]) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            [f"{path}:{line}: the file is not UTF-8 text (byte 0x{raw[e.start]:02x}); save it as UTF-8"]
+        ) from None
+
+
+def parse_yaml(text: str, filename: str) -> tuple[dict[str, Any], dict[KeyPath, int]]:
+    """The document as a dict, and the 1-based line of every key path in it."""
+    if not text.strip() or all(
+        not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()
+    ):
+        raise ConfigError([f"{filename}:1: the file is empty (expected at least 'meters:' and 'sinks:')"])
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as e:
+        raise ConfigError([_syntax_error(e, filename)]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{filename}:1: YAML syntax error: {e}"]) from None
+    finally:
+        loader.dispose()
+    if node is None:
+        raise ConfigError([f"{filename}:1: the file is empty (expected at least 'meters:' and 'sinks:')"])
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(
+            [f"{filename}:{node.start_mark.line + 1}: the file must be a mapping of keys such as 'meters:' and"
+             " 'sinks:', not a single value or a list"]
+        )
+    lines: dict[KeyPath, int] = {(): 1}
+    problems: list[str] = []
+    data = _walk(node, (), lines, problems, filename, loader)
+    if problems:
+        raise ConfigError(problems)
+    assert isinstance(data, dict)
+    return data, lines
+
+
+def _syntax_error(e: yaml.MarkedYAMLError, filename: str) -> str:
+    mark = e.problem_mark or e.context_mark
+    line = mark.line + 1 if mark else 1
+    what = " ".join(x for x in (e.context, e.problem) if x)
+    hint = ""
+    if "\t" in what or "found character '\\t'" in what:
+        hint = " (use spaces, not tabs, to indent)"
+    return f"{filename}:{line}: YAML syntax error: {what}{hint}"
+
+
+def _walk(
+    node: yaml.Node,
+    path: KeyPath,
+    lines: dict[KeyPath, int],
+    problems: list[str],
+    filename: str,
+    loader: yaml.SafeLoader,
+) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # YAML merge keys ("<<: *defaults")
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, str):
+                problems.append(f"{filename}:{line}: {format_path(path) or 'top level'}: key {key!r} must be text")
+                continue
+            if key in out:
+                problems.append(
+                    f"{filename}:{line}: {format_path((*path, key))}: duplicate key (first given on line"
+                    f" {lines[(*path, key)]}; remove one)"
+                )
+                continue
+            lines[(*path, key)] = line
+            out[key] = _walk(value_node, (*path, key), lines, problems, filename, loader)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for i, item in enumerate(node.value):
+            lines[(*path, i)] = item.start_mark.line + 1
+            items.append(_walk(item, (*path, i), lines, problems, filename, loader))
+        return items
+    return loader.construct_object(node, deep=True)
+
+
+def format_path(path: KeyPath, data: Any = None) -> str:
+    """``sinks[archive].path``: list items are named by their ``name:`` where they have one."""
+    out = ""
+    cur = data
+    for part in path:
+        if isinstance(part, int):
+            label = str(part)
+            if isinstance(cur, list) and 0 <= part < len(cur):
+                item = cur[part]
+                if isinstance(item, dict) and isinstance(item.get("name"), str):
+                    label = item["name"]
+                cur = item
+            else:
+                cur = None
+            out += f"[{label}]"
+        else:
+            out += f".{part}" if out else part
+            cur = cur.get(part) if isinstance(cur, dict) else None
+    return out

@@ -1,0 +1,213 @@
+"""The daemon: queue, forwarders and sources started in that order, stopped in reverse, reloaded on SIGHUP.
+
+Stopping (SIGTERM, SIGINT): sources stop first, so every reading already read is committed; forwarders get a
+grace period for sends in flight; the queue commits what is pending. The whole takes well under 10 s.
+Reloading (SIGHUP): the new file is validated first; an invalid one is logged and the running configuration kept.
+A valid one replaces sources and forwarders; the queue stays open throughout, so no reading is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from gateway import __version__
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import ConfigError
+from gateway.forwarder import Forwarder
+from gateway.logs import REDACTOR
+from gateway.queue import AppendResult, DiskQueue, QueueStore
+from gateway.reading import Reading
+from gateway.sdnotify import SdNotify
+from gateway.sinks import create_sink
+from gateway.sources import Source, create_sources
+
+log = structlog.get_logger("gateway.daemon")
+
+#: How long sends in flight may take to finish at a stop or reload.
+SEND_GRACE = 5.0
+HEARTBEAT_INTERVAL = 10.0
+
+
+def queue_path(config: GatewayConfig) -> Path:
+    return config.state_dir / "queue.db"
+
+
+def open_store(config: GatewayConfig) -> QueueStore:
+    return QueueStore(
+        queue_path(config),
+        durability=config.queue.durability,
+        max_size=config.queue.max_size,
+        max_age_s=config.queue.max_age,
+        max_page_count=_test_max_pages(),
+    )
+
+
+def _test_max_pages() -> int | None:
+    # Fault tests cap the file to provoke a real SQLITE_FULL without filling a disk. Not documented for users.
+    value = os.environ.get("METER_GATEWAY_TEST_MAX_PAGES", "")
+    return int(value) if value.isdigit() else None
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, config_path: Path | None, notify: SdNotify | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notify = notify or SdNotify()
+        self.queue = DiskQueue(open_store(config))
+        self.forwarders: list[Forwarder] = []
+        self.sources: list[Source] = []
+        self._source_tasks: list[asyncio.Task[None]] = []
+        self._source_stop = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._started = time.time()
+
+    # ------------------------------------------------------------ entry
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        await self.queue.start()
+        if self.queue.store.moved_aside is not None:
+            self.notify.send(f"STATUS=queue was corrupt, moved to {self.queue.store.moved_aside}")
+        await self._start_pipeline()
+        helpers = [asyncio.create_task(self._heartbeat(), name="heartbeat")]
+        if self.notify.watchdog_interval:
+            helpers.append(asyncio.create_task(self._watchdog(self.notify.watchdog_interval), name="watchdog"))
+        self.notify.send("READY=1", f"STATUS=running: {len(self.config.meters)} meters, {len(self.forwarders)} sinks")
+        log.info("gateway running", version=__version__, meters=len(self.config.meters),
+                 sinks=[f.name for f in self.forwarders], queue=str(self.queue.store.path))
+        while not self._stop.is_set():
+            waiters = [asyncio.create_task(self._stop.wait()), asyncio.create_task(self._reload.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+            if self._reload.is_set() and not self._stop.is_set():
+                self._reload.clear()
+                await self.reload()
+        self.notify.send("STOPPING=1")
+        log.info("stopping")
+        await self._stop_pipeline()
+        for h in helpers:
+            h.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        await self._write_heartbeat(running=False)
+        await self.queue.stop()
+        log.info("stopped")
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------ pipeline
+
+    async def _start_pipeline(self) -> None:
+        config = self.config
+        REDACTOR.set(config.secrets())
+        sink_meters = config.sink_meters()
+        inactive = await self.queue.run(lambda st: st.configure(sink_meters))
+        for name in inactive:
+            log.warning("sink known to the queue is not in the configuration: its cursor is kept but ignored",
+                        sink=name)
+        self.forwarders = []
+        for sc in config.sinks:
+            fwd = Forwarder(create_sink(sc, config), sc, self.queue, sink_meters[sc.name])
+            await fwd.start()
+            self.forwarders.append(fwd)
+        self._source_stop = asyncio.Event()
+        self.sources = create_sources(config)
+        self._source_tasks = [
+            asyncio.create_task(self._run_source(s), name=f"source:{s.name}") for s in self.sources
+        ]
+
+    async def _run_source(self, source: Source) -> None:
+        while not self._source_stop.is_set():
+            try:
+                await source.run(self._emit, self._source_stop)
+                return
+            except Exception:
+                log.exception("source failed; restarting it in 5 s", source=source.name)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._source_stop.wait(), 5.0)
+
+    async def _stop_pipeline(self) -> None:
+        self._source_stop.set()
+        if self._source_tasks:
+            _, pending = await asyncio.wait(self._source_tasks, timeout=SEND_GRACE)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*self._source_tasks, return_exceptions=True)
+        self._source_tasks = []
+        await asyncio.gather(*(f.stop(SEND_GRACE) for f in self.forwarders))
+        self.forwarders = []
+        await self.queue.flush()
+
+    async def _emit(self, readings: Sequence[Reading]) -> AppendResult:
+        result = await self.queue.append(readings)
+        for reading, why in result.refused:
+            log.warning("reading refused", meter=reading.meter, reason=why)
+        if result.dropped:
+            log.debug("readings dropped: queue cannot write", count=result.dropped)
+        return result
+
+    # ------------------------------------------------------------ reload
+
+    async def reload(self) -> None:
+        if self.config_path is None:
+            log.warning("reload asked, but the gateway was not started from a file")
+            return
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as e:
+            for line in e.problems:
+                log.error("reload refused: invalid configuration", problem=line)
+            log.error("reload refused: keeping the running configuration", path=str(self.config_path))
+            return
+        if new.state_dir != self.config.state_dir or new.queue != self.config.queue:
+            log.warning("state_dir and queue settings change only at a restart; keeping the running ones")
+            new = new.model_copy(update={"state_dir": self.config.state_dir, "queue": self.config.queue})
+        self.notify.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        await self._stop_pipeline()
+        self.config = new
+        await self._start_pipeline()
+        self.notify.send("READY=1", f"STATUS=running: {len(new.meters)} meters, {len(self.forwarders)} sinks")
+        log.info("configuration reloaded", meters=len(new.meters), sinks=[f.name for f in self.forwarders])
+
+    # ------------------------------------------------------------ liveness
+
+    async def _watchdog(self, interval: float) -> None:
+        # Runs on the event loop: if the loop is stuck, systemd stops hearing from us and restarts the service.
+        while True:
+            self.notify.send("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await self._write_heartbeat(running=True)
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def _write_heartbeat(self, running: bool) -> None:
+        info: dict[str, object] = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_ms": int(self._started * 1000),
+            "heartbeat_ms": int(time.time() * 1000),
+            "running": running,
+            "sinks": {f.name: {"failing": f.last_error is not None, "last_error": f.last_error}
+                      for f in self.forwarders},
+        }
+        await self.queue.run(lambda st: st.set_meta("daemon", info))
+
+
+async def run_daemon(config: GatewayConfig, config_path: Path | None, notify: SdNotify | None = None) -> int:
+    return await Gateway(config, config_path, notify).run()

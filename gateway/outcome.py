@@ -1,0 +1,32 @@
+"""What became of one reading a sink tried to send. Outcomes are values, not exceptions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The platform acknowledged the reading."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Not delivered this time: try the same reading again later.
+
+    ``after`` is the delay the platform asked for (Retry-After), if any; the forwarder never waits less.
+    """
+
+    reason: str
+    after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """The platform will never accept this reading: it goes to the dead letters and the meter's stream goes on."""
+
+    reason: str
+
+
+Outcome = Delivered | Retry | Reject
+DELIVERED = Delivered()

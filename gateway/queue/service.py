@@ -1,0 +1,270 @@
+"""The queue as the event loop sees it: one worker thread owns the SQLite connection.
+
+Every operation is a job run by that thread. The thread takes all jobs waiting and runs them in one transaction,
+then commits once: many sources appending at once cost one fsync (group commit). Jobs that nobody awaits
+(acknowledgements from forwarders) may wait up to ``lazy_commit`` seconds for company, to spare SD cards.
+
+A source's ``await append(...)`` returns only after the commit: a reading is confirmed once it is on disk.
+When the disk is full, the transaction is rolled back, the appends report their readings as dropped (counted,
+logged once), and the other jobs are tried again on their own; deleting delivered rows is what frees space.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue as stdqueue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+
+from gateway.errors import QueueError, QueueFullError
+from gateway.queue.store import QueueStore, is_disk_full
+from gateway.reading import Reading
+
+log = structlog.get_logger("gateway.queue")
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class AppendResult:
+    accepted: int = 0
+    refused: list[tuple[Reading, str]] = field(default_factory=list)
+    #: Readings that could not be written (full disk): counted and logged, never confirmed.
+    dropped: int = 0
+
+
+@dataclass(slots=True)
+class _Job:
+    fn: Callable[[QueueStore], Any]
+    future: concurrent.futures.Future[Any] | None
+    #: set for appends: what to count as dropped if the write fails
+    readings: Sequence[Reading] | None = None
+    on_commit: Callable[[QueueStore], None] | None = None
+
+
+_STOP = object()
+
+
+class DiskQueue:
+    def __init__(self, store: QueueStore, lazy_commit: float = 0.2, bounds_interval: float = 10.0) -> None:
+        self.store = store
+        self.lazy_commit = lazy_commit
+        self.bounds_interval = bounds_interval
+        self._jobs: stdqueue.SimpleQueue[_Job | object] = stdqueue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._events: dict[str, dict[str, asyncio.Event]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_bounds = 0.0
+        self._full_since: float | None = None
+        self._dropped_while_full = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.store.open)
+        self._thread = threading.Thread(target=self._run, name="queue-writer", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Commit what is pending and close the file."""
+        if self._thread is None:
+            return
+        self._jobs.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+        await asyncio.to_thread(self.store.close)
+
+    # ------------------------------------------------------------ operations
+
+    async def run(self, fn: Callable[[QueueStore], T]) -> T:
+        """Run ``fn(store)`` in the writer thread inside a transaction; return its result once committed."""
+        result: T = await self._submit(_Job(fn, concurrent.futures.Future()))
+        return result
+
+    def post(self, fn: Callable[[QueueStore], Any]) -> None:
+        """Like :meth:`run` without waiting: committed with the next transaction."""
+        self._put(_Job(fn, None))
+
+    async def append(self, readings: Sequence[Reading]) -> AppendResult:
+        """Write readings; returns once they are committed (or known dropped)."""
+        outcome = await self._submit(_Job(lambda st: st.append(readings), concurrent.futures.Future(), readings))
+        if isinstance(outcome, AppendResult):  # dropped on a full disk
+            return outcome
+        result = AppendResult(outcome.accepted, outcome.refused)
+        for meter in {r.meter for r in readings}:
+            for ev in self._events.get(meter, {}).values():
+                ev.set()
+        return result
+
+    def ack(self, sink: str, meter: str, ts_ms: int, delivered: int) -> None:
+        """The platform acknowledged ``meter`` up to ``ts_ms`` (``delivered`` readings). Not awaited."""
+
+        def fn(st: QueueStore) -> None:
+            st.ack(sink, meter, ts_ms)
+            st.count(f"sink.{sink}.delivered", delivered)
+
+        self.post(fn)
+
+    async def dead_letter(self, sink: str, reading: Reading, reason: str) -> None:
+        """Keep a refused reading aside and move the sink past it; awaited, so the cursor never skips it unsaved."""
+        job = _Job(
+            lambda st: st.dead_letter(sink, reading, reason),
+            concurrent.futures.Future(),
+            on_commit=lambda st: st.ack(sink, reading.meter, reading.ts_ms),
+        )
+        await self._submit(job)
+
+    async def read(self, meter: str, after_ts: int, limit: int) -> list[Reading]:
+        return await self.run(lambda st: st.read(meter, after_ts, limit))
+
+    async def flush(self) -> None:
+        await self.run(lambda st: None)
+
+    def event(self, sink: str, meter: str) -> asyncio.Event:
+        """Set whenever readings of ``meter`` are committed; one per (sink, meter) so no waiter steals another's."""
+        return self._events.setdefault(meter, {}).setdefault(sink, asyncio.Event())
+
+    # ------------------------------------------------------------ plumbing
+
+    def _put(self, job: _Job) -> None:
+        if self._thread is None:
+            raise QueueError("the queue is not running")
+        self._jobs.put(job)
+
+    async def _submit(self, job: _Job) -> Any:
+        self._put(job)
+        assert job.future is not None
+        return await asyncio.wrap_future(job.future)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._jobs.get()
+            jobs: list[_Job] = []
+            if first is _STOP:
+                stop = True
+            else:
+                assert isinstance(first, _Job)
+                jobs.append(first)
+            deadline = time.monotonic() + self.lazy_commit
+            while True:
+                urgent = stop or any(j.future is not None for j in jobs)
+                try:
+                    if urgent:
+                        nxt = self._jobs.get_nowait()
+                    else:
+                        nxt = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+                except stdqueue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                else:
+                    assert isinstance(nxt, _Job)
+                    jobs.append(nxt)
+            if jobs:
+                self._process(jobs)
+
+    def _process(self, jobs: list[_Job]) -> None:
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            self.store.begin()
+            for job in jobs:
+                results.append(self._call(job))
+            now = time.monotonic()
+            if now - self._last_bounds >= self.bounds_interval:
+                self._last_bounds = now
+                lost = self.store.enforce_bounds()
+                if lost:
+                    log.warning("queue bound reached: oldest readings dropped", lost_per_sink=lost)
+            self.store.commit()
+        except sqlite3.Error as e:
+            self.store.rollback()
+            if not is_disk_full(e):
+                log.error("queue transaction failed", error=str(e))
+                for job in jobs:
+                    self._fail(job, QueueError(f"queue write failed: {e}"))
+                return
+            self._disk_full(jobs, e)
+            return
+        self._recovered()
+        for job, value, err in results:
+            if job.on_commit is not None and err is None:
+                job.on_commit(self.store)
+            self._resolve(job, value, err)
+
+    def _call(self, job: _Job) -> tuple[_Job, Any, BaseException | None]:
+        try:
+            return job, job.fn(self.store), None
+        except sqlite3.Error:
+            raise
+        except Exception as e:  # a bug in one job must not fail the others
+            log.exception("queue job failed")
+            return job, None, e
+
+    def _disk_full(self, jobs: list[_Job], e: BaseException) -> None:
+        appends = [j for j in jobs if j.readings is not None]
+        others = [j for j in jobs if j.readings is None]
+        dropped = 0
+        for job in appends:
+            dropped += self._drop(job)
+        if self._full_since is None:
+            self._full_since = time.monotonic()
+            log.error(
+                "queue cannot write: the disk is full; new readings are dropped until space returns",
+                path=str(self.store.path), error=str(e),
+            )
+        self._dropped_while_full += dropped
+        if not others:
+            return
+        try:  # acknowledgements and dead letters on their own: deleting delivered rows frees space
+            self.store.begin()
+            results = [self._call(j) for j in others]
+            self.store.commit()
+        except sqlite3.Error as e2:
+            self.store.rollback()
+            for job in others:
+                self._fail(job, QueueFullError(f"queue write failed: {e2}"))
+            return
+        for job, value, err in results:
+            if job.on_commit is not None and err is None:
+                job.on_commit(self.store)
+            self._resolve(job, value, err)
+
+    def _recovered(self) -> None:
+        if self._full_since is not None:
+            log.warning(
+                "queue writes work again",
+                down_s=round(time.monotonic() - self._full_since, 1),
+                dropped=self._dropped_while_full,
+            )
+            self._full_since = None
+            self._dropped_while_full = 0
+
+    def _resolve(self, job: _Job, value: Any, err: BaseException | None) -> None:
+        if job.future is None:
+            return
+        if err is None:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(err)
+
+    def _fail(self, job: _Job, err: BaseException) -> None:
+        if job.readings is not None:
+            self._drop(job)
+        else:
+            self._resolve(job, None, err)
+
+    def _drop(self, job: _Job) -> int:
+        """Report an append's readings as dropped; the counters reach the disk with the next commit that works."""
+        readings = job.readings or ()
+        for r in readings:
+            self.store.count(f"meter.{r.meter}.dropped_write_failed")
+        self._resolve(job, AppendResult(dropped=len(readings)), None)
+        return len(readings)

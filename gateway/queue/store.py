@@ -1,0 +1,507 @@
+"""The on-disk queue: one SQLite file in WAL mode, used from one thread at a time.
+
+Layout (see README "How the queue works"):
+
+- ``readings(meter_id, ts_ms, flags, data)`` clustered on ``(meter_id, ts_ms)``: a meter's readings are one range,
+  read in timestamp order with no secondary index to maintain. A reading whose timestamp is not newer than the
+  last one queued for its meter is refused, so per meter, timestamp order *is* arrival order.
+- ``cursors(sink, meter_id, ts_ms)``: per sink and meter, the timestamp of the last reading the platform
+  acknowledged. A row is deleted once every sink that wants its meter is past it.
+- ``deadletters``: readings a platform refused for good, with the reason, for an operator to retry or purge.
+- ``counters``: delivered, retried, rejected, evicted... per sink and per meter, kept across restarts.
+
+Writes are grouped by the caller between :meth:`begin` and :meth:`commit`; in-memory state changes made inside a
+transaction are applied only when it commits, so a failed commit (full disk) leaves memory and disk agreeing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from gateway.errors import QueueError
+from gateway.reading import Reading, decode_values, encode_values
+
+log = structlog.get_logger("gateway.queue")
+
+SCHEMA_VERSION = 1
+FLAG_CLOCK_SYNCED = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meters (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, last_ts INTEGER NOT NULL DEFAULT -1
+);
+CREATE TABLE IF NOT EXISTS readings (
+    meter_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL, flags INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (meter_id, ts_ms)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sinks (name TEXT PRIMARY KEY, added_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cursors (
+    sink TEXT NOT NULL, meter_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (sink, meter_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deadletters (
+    id INTEGER PRIMARY KEY, sink TEXT NOT NULL, meter TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+    flags INTEGER NOT NULL, data BLOB NOT NULL, reason TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'dead', attempts INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS deadletters_sink ON deadletters (sink, state, id);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+"""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """SQLITE_FULL, or an I/O error writing (which is how some file systems report ENOSPC)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is None:
+        return "disk is full" in str(e) or "disk I/O error" in str(e)
+    return code & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+
+
+def _is_corrupt(e: BaseException) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is None:
+        return "malformed" in str(e) or "not a database" in str(e)
+    return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+@dataclass(slots=True)
+class AppendOutcome:
+    accepted: int = 0
+    #: (reading, why) for readings refused on purpose: not newer than the last one queued for the meter.
+    refused: list[tuple[Reading, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    sink: str
+    reading: Reading
+    reason: str
+    at_ms: int
+    state: str
+    attempts: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    last_ts: dict[int, int] = field(default_factory=dict)
+    new_meters: dict[str, int] = field(default_factory=dict)
+
+
+class QueueStore:
+    """Synchronous access to the queue file. Not thread-safe: one owner thread (see :mod:`gateway.queue.service`)."""
+
+    def __init__(
+        self,
+        path: Path,
+        durability: str = "full",
+        max_size: int = 512 * 10**6,
+        max_age_s: float = 30 * 86400.0,
+        clock: Callable[[], float] = time.time,
+        max_page_count: int | None = None,
+    ) -> None:
+        self.path = path
+        self.durability = durability
+        self.max_size = max_size
+        self.max_age_ms = int(max_age_s * 1000)
+        self.clock = clock
+        self._max_page_count = max_page_count  # tests: a real SQLITE_FULL without filling a disk
+        self._db: sqlite3.Connection | None = None
+        self._in_txn = False
+        self._pending = _Pending()
+        self.meter_ids: dict[str, int] = {}
+        self.meter_names: dict[int, str] = {}
+        self.last_ts: dict[int, int] = {}
+        #: sink -> meter_id -> ts_ms of the last acknowledged reading
+        self.cursors: dict[str, dict[int, int]] = {}
+        self._dirty_cursors: set[tuple[str, int]] = set()
+        #: active sinks -> the meter ids they want
+        self.wanted: dict[str, set[int]] = {}
+        self._deleted_upto: dict[int, int] = {}
+        self.counters: dict[str, int] = {}
+        self._dirty_counters: set[str] = set()
+        self.moved_aside: Path | None = None
+
+    # ------------------------------------------------------------ opening
+
+    def open(self, repair: bool = True) -> None:
+        """Open (creating if needed). With ``repair``, a corrupt file is moved aside and a fresh one started;
+        without (the CLI, beside a running daemon), it is reported and left alone."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open_checked(repair)
+        except sqlite3.DatabaseError as e:
+            if not repair or not _is_corrupt(e):
+                raise QueueError(f"cannot open the queue {self.path}: {e}") from None
+            self._close_quietly()
+            self.moved_aside = self._move_aside()
+            log.error(
+                "queue file is corrupt: moved aside, starting a fresh queue",
+                path=str(self.path), moved_to=str(self.moved_aside), error=str(e),
+            )
+            try:
+                self._open_checked()
+            except sqlite3.DatabaseError as e2:
+                raise QueueError(f"cannot create a fresh queue {self.path}: {e2}") from None
+
+    def _open_checked(self, check: bool = True) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        self._db = db
+        db.execute("PRAGMA busy_timeout=10000")
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise QueueError(f"cannot put {self.path} in WAL mode (got {mode})")
+        db.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
+        if self._max_page_count:
+            db.execute(f"PRAGMA max_page_count={self._max_page_count}")
+        if check:
+            result = db.execute("PRAGMA quick_check").fetchone()[0]
+            if result != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed ({result})")
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise QueueError(f"{self.path} was written by a newer meter-gateway (schema {row[0]})")
+        self._load_state()
+
+    def _load_state(self) -> None:
+        db = self._conn
+        for mid, name, last_ts in db.execute("SELECT id, name, last_ts FROM meters"):
+            self.meter_ids[name] = mid
+            self.meter_names[mid] = name
+            self.last_ts[mid] = last_ts
+        for sink, mid, ts in db.execute("SELECT sink, meter_id, ts_ms FROM cursors"):
+            self.cursors.setdefault(sink, {})[mid] = ts
+        self.counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+
+    def _move_aside(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+            n += 1
+        os.replace(self.path, target)
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{self.path}{suffix}")
+            if side.exists():
+                os.replace(side, Path(f"{target}{suffix}"))
+        return target
+
+    def _close_quietly(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+    def close(self) -> None:
+        if self._db is not None:
+            if self._in_txn:
+                self.rollback()
+            self._db.close()
+            self._db = None
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise QueueError("the queue is not open")
+        return self._db
+
+    # ------------------------------------------------------------ transactions
+
+    def begin(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._in_txn = True
+        self._pending = _Pending()
+
+    def commit(self) -> None:
+        """Write dirty cursors and counters, delete delivered rows, commit; then apply in-memory changes."""
+        db = self._conn
+        now_ms = int(self.clock() * 1000)
+        if self._dirty_cursors:
+            db.executemany(
+                "INSERT INTO cursors VALUES (?,?,?,?) ON CONFLICT (sink, meter_id) DO UPDATE SET"
+                " ts_ms=excluded.ts_ms, updated_ms=excluded.updated_ms",
+                [(s, m, self.cursors[s][m], now_ms) for s, m in self._dirty_cursors],
+            )
+            self._delete_delivered({m for _, m in self._dirty_cursors})
+        if self._dirty_counters:
+            db.executemany(
+                "INSERT INTO counters VALUES (?,?) ON CONFLICT (name) DO UPDATE SET value=excluded.value",
+                [(n, self.counters[n]) for n in self._dirty_counters],
+            )
+        db.execute("COMMIT")
+        self._in_txn = False
+        self._dirty_cursors.clear()
+        self._dirty_counters.clear()
+        for name, mid in self._pending.new_meters.items():
+            self.meter_ids[name] = mid
+            self.meter_names[mid] = name
+        self.last_ts.update(self._pending.last_ts)
+        self._pending = _Pending()
+
+    def rollback(self) -> None:
+        # SQLite may already have rolled back by itself after SQLITE_FULL.
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("ROLLBACK")
+        self._in_txn = False
+        self._pending = _Pending()
+
+    # ------------------------------------------------------------ meters and sinks
+
+    def _meter_id(self, name: str) -> int:
+        mid = self.meter_ids.get(name) or self._pending.new_meters.get(name)
+        if mid is None:
+            cur = self._conn.execute("INSERT INTO meters (name) VALUES (?)", (name,))
+            mid = int(cur.lastrowid or 0)
+            self._pending.new_meters[name] = mid
+            self._pending.last_ts.setdefault(mid, -1)
+        return mid
+
+    def configure(self, sinks: dict[str, list[str]]) -> list[str]:
+        """Register the active sinks and the meters each wants (call inside a transaction).
+
+        A sink (or a sink's meter) seen for the first time starts after the last reading queued for that meter:
+        it receives what is queued from now on. Returns the names of sinks known to the queue but no longer active.
+        """
+        db = self._conn
+        now_ms = int(self.clock() * 1000)
+        known = {r[0] for r in db.execute("SELECT name FROM sinks")}
+        self.wanted = {}
+        for sink, meters in sinks.items():
+            if sink not in known:
+                db.execute("INSERT INTO sinks VALUES (?, ?)", (sink, now_ms))
+            cur = self.cursors.setdefault(sink, {})
+            ids = set()
+            for meter in meters:
+                mid = self._meter_id(meter)
+                ids.add(mid)
+                if mid not in cur:
+                    cur[mid] = self._last_ts(mid)
+                    self._dirty_cursors.add((sink, mid))
+            self.wanted[sink] = ids
+        self._deleted_upto.clear()
+        self._delete_delivered(set(self.meter_names) | set(self._pending.new_meters.values()))
+        return sorted(known - set(sinks))
+
+    def _last_ts(self, mid: int) -> int:
+        return self._pending.last_ts.get(mid, self.last_ts.get(mid, -1))
+
+    def _floor(self, mid: int) -> int:
+        """Every reading of this meter at or before the returned timestamp is delivered to every sink wanting it."""
+        interested = [self.cursors[s].get(mid, -1) for s, ids in self.wanted.items() if mid in ids]
+        return min(interested) if interested else self._last_ts(mid)
+
+    def _delete_delivered(self, meter_ids: Iterable[int]) -> None:
+        for mid in meter_ids:
+            floor = self._floor(mid)
+            if floor > self._deleted_upto.get(mid, -2):
+                self._conn.execute("DELETE FROM readings WHERE meter_id=? AND ts_ms<=?", (mid, floor))
+                self._deleted_upto[mid] = floor
+
+    # ------------------------------------------------------------ appending and reading
+
+    def append(self, readings: Sequence[Reading]) -> AppendOutcome:
+        """Insert readings (inside a transaction); refuse any not newer than the last queued for its meter."""
+        out = AppendOutcome()
+        rows = []
+        for r in readings:
+            mid = self._meter_id(r.meter)
+            last = self._last_ts(mid)
+            if r.ts_ms <= last:
+                out.refused.append((r, f"timestamp {r.ts_ms} is not newer than the last queued ({last})"))
+                self.count(f"meter.{r.meter}.refused")
+                continue
+            self._pending.last_ts[mid] = r.ts_ms
+            rows.append((mid, r.ts_ms, FLAG_CLOCK_SYNCED if r.clock_synced else 0, encode_values(r.values)))
+        if rows:
+            db = self._conn
+            db.executemany("INSERT INTO readings VALUES (?,?,?,?)", rows)
+            db.executemany(
+                "UPDATE meters SET last_ts=? WHERE id=?",
+                [(ts, mid) for mid, ts in self._pending.last_ts.items()],
+            )
+        out.accepted = len(rows)
+        return out
+
+    def read(self, meter: str, after_ts: int, limit: int) -> list[Reading]:
+        mid = self.meter_ids.get(meter)
+        if mid is None:
+            return []
+        rows = self._conn.execute(
+            "SELECT ts_ms, flags, data FROM readings WHERE meter_id=? AND ts_ms>? ORDER BY ts_ms LIMIT ?",
+            (mid, after_ts, limit),
+        ).fetchall()
+        return [Reading(meter, ts, decode_values(data), bool(flags & FLAG_CLOCK_SYNCED)) for ts, flags, data in rows]
+
+    def cursor(self, sink: str, meter: str) -> int:
+        mid = self.meter_ids.get(meter)
+        return -1 if mid is None else self.cursors.get(sink, {}).get(mid, -1)
+
+    def ack(self, sink: str, meter: str, ts_ms: int) -> None:
+        """The platform acknowledged every reading of ``meter`` up to ``ts_ms``; written at the next commit."""
+        mid = self.meter_ids.get(meter)
+        if mid is None:
+            return
+        cur = self.cursors.setdefault(sink, {})
+        if ts_ms > cur.get(mid, -1):
+            cur[mid] = ts_ms
+            self._dirty_cursors.add((sink, mid))
+            self.gauge(f"sink.{sink}.last_delivery_ms", int(self.clock() * 1000))
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+        self._dirty_counters.add(name)
+
+    def gauge(self, name: str, value: int) -> None:
+        """Like a counter, but set rather than added to (kept in the same table)."""
+        self.counters[name] = value
+        self._dirty_counters.add(name)
+
+    # ------------------------------------------------------------ bounds
+
+    def used_bytes(self) -> int:
+        db = self._conn
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def enforce_bounds(self) -> dict[str, int]:
+        """Drop the oldest readings beyond ``max_age`` or ``max_size`` (inside a transaction).
+
+        Returns, per sink, how many readings it had not yet delivered and will now never get (also counted).
+        """
+        now_ms = int(self.clock() * 1000)
+        lost: dict[str, int] = {}
+        self._evict_before(now_ms - self.max_age_ms, "max_age", lost)
+        used = self.used_bytes()
+        if used > self.max_size:
+            rows = self._conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+            if rows:
+                per_row = max(1.0, used / rows)
+                # Free down to 90% so the bound is not hit again at the next append.
+                drop = min(rows, max(1, int((used - 0.9 * self.max_size) / per_row)))
+                cutoff = self._conn.execute(
+                    "SELECT ts_ms FROM readings ORDER BY ts_ms LIMIT 1 OFFSET ?", (drop - 1,)
+                ).fetchone()[0]
+                self._evict_before(cutoff + 1, "max_size", lost)
+        return lost
+
+    def _evict_before(self, cutoff_ms: int, reason: str, lost: dict[str, int]) -> None:
+        db = self._conn
+        for mid, meter in list(self.meter_names.items()):
+            n = db.execute(
+                "SELECT count(*) FROM readings WHERE meter_id=? AND ts_ms<?", (mid, cutoff_ms)
+            ).fetchone()[0]
+            if not n:
+                continue
+            for sink, ids in self.wanted.items():
+                if mid not in ids:
+                    continue
+                k = db.execute(
+                    "SELECT count(*) FROM readings WHERE meter_id=? AND ts_ms<? AND ts_ms>?",
+                    (mid, cutoff_ms, self.cursors[sink].get(mid, -1)),
+                ).fetchone()[0]
+                if k:
+                    lost[sink] = lost.get(sink, 0) + k
+                    self.count(f"sink.{sink}.evicted", k)
+                    self.count(f"sink.{sink}.evicted.{reason}", k)
+            db.execute("DELETE FROM readings WHERE meter_id=? AND ts_ms<?", (mid, cutoff_ms))
+            log.debug("evicted", meter=meter, rows=n, reason=reason)
+
+    # ------------------------------------------------------------ dead letters
+
+    def dead_letter(self, sink: str, reading: Reading, reason: str) -> None:
+        now_ms = int(self.clock() * 1000)
+        self._conn.execute(
+            "INSERT INTO deadletters (sink, meter, ts_ms, flags, data, reason, at_ms) VALUES (?,?,?,?,?,?,?)",
+            (sink, reading.meter, reading.ts_ms, FLAG_CLOCK_SYNCED if reading.clock_synced else 0,
+             encode_values(reading.values), reason, now_ms),
+        )
+        self.count(f"sink.{sink}.rejected")
+
+    def dead_letters(self, sink: str | None = None, state: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+        sql = "SELECT id, sink, meter, ts_ms, flags, data, reason, at_ms, state, attempts FROM deadletters WHERE 1=1"
+        args: list[object] = []
+        if sink is not None:
+            sql += " AND sink=?"
+            args.append(sink)
+        if state is not None:
+            sql += " AND state=?"
+            args.append(state)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        return [
+            DeadLetter(i, s, Reading(m, ts, decode_values(d), bool(f & FLAG_CLOCK_SYNCED)), why, at, st, att)
+            for i, s, m, ts, f, d, why, at, st, att in self._conn.execute(sql, args)
+        ]
+
+    def mark_dead_letters(self, ids: Sequence[int] | None, state: str, sink: str | None = None) -> int:
+        """Set the state of dead letters ('retry' asks the daemon to send them again)."""
+        sql, args = "UPDATE deadletters SET state=? WHERE 1=1", list[object]([state])
+        return self._where_ids(sql, args, ids, sink)
+
+    def purge_dead_letters(self, ids: Sequence[int] | None, sink: str | None = None) -> int:
+        return self._where_ids("DELETE FROM deadletters WHERE 1=1", [], ids, sink)
+
+    def _where_ids(self, sql: str, args: list[object], ids: Sequence[int] | None, sink: str | None) -> int:
+        if sink is not None:
+            sql += " AND sink=?"
+            args.append(sink)
+        if ids is not None:
+            sql += f" AND id IN ({','.join('?' * len(ids))})"
+            args.extend(ids)
+        return self._conn.execute(sql, args).rowcount
+
+    def resolve_dead_letter(self, dl_id: int, delivered: bool, reason: str = "") -> None:
+        if delivered:
+            self._conn.execute("DELETE FROM deadletters WHERE id=?", (dl_id,))
+        else:
+            self._conn.execute(
+                "UPDATE deadletters SET state='dead', reason=?, attempts=attempts+1 WHERE id=?", (reason, dl_id)
+            )
+
+    # ------------------------------------------------------------ status
+
+    def set_meta(self, key: str, value: dict[str, object]) -> None:
+        self._conn.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+            (key, json.dumps(value)),
+        )
+
+    def get_meta(self, key: str) -> dict[str, object] | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def sink_status(self, sink: str, meters: Sequence[str]) -> dict[str, object]:
+        """Depth, oldest undelivered timestamp and last delivery of one sink over the given meters."""
+        db = self._conn
+        depth = 0
+        oldest: int | None = None
+        for meter in meters:
+            mid = self.meter_ids.get(meter)
+            if mid is None:
+                continue
+            after = self.cursors.get(sink, {}).get(mid, -1)
+            n, first = db.execute(
+                "SELECT count(*), min(ts_ms) FROM readings WHERE meter_id=? AND ts_ms>?", (mid, after)
+            ).fetchone()
+            depth += n
+            if first is not None and (oldest is None or first < oldest):
+                oldest = first
+        last = self.counters.get(f"sink.{sink}.last_delivery_ms")
+        dead = db.execute("SELECT count(*) FROM deadletters WHERE sink=?", (sink,)).fetchone()[0]
+        return {"depth": depth, "oldest_ts_ms": oldest, "last_delivery_ms": last, "dead_letters": dead}

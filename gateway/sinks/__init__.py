@@ -1,0 +1,50 @@
+"""Sinks turn readings into a platform's packets and send them. They know nothing of buffering or retries.
+
+A sink receives a batch of readings of one meter, in timestamp order (at most ``max_batch``), and returns one
+outcome per reading, in the same order. The forwarder acts on the outcomes in order: a ``Retry`` stops the batch
+there (the rest is sent again later), a ``Reject`` moves one reading aside and the batch goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from gateway.config.models import GatewayConfig, SinkBase
+from gateway.errors import SinkError
+from gateway.outcome import Outcome
+from gateway.reading import Reading
+
+
+class Sink(Protocol):
+    name: str
+    max_batch: int
+
+    async def start(self) -> None: ...
+
+    async def send(self, readings: Sequence[Reading]) -> list[Outcome]: ...
+
+    async def close(self) -> None: ...
+
+
+SinkFactory = Callable[[Any, GatewayConfig], Sink]
+_REGISTRY: dict[str, SinkFactory] = {}
+
+
+def register(type_name: str) -> Callable[[SinkFactory], SinkFactory]:
+    def deco(factory: SinkFactory) -> SinkFactory:
+        _REGISTRY[type_name] = factory
+        return factory
+
+    return deco
+
+
+def create_sink(config: SinkBase, gateway: GatewayConfig) -> Sink:
+    # Importing the modules fills the registry.
+    from gateway.sinks import file, stdout  # noqa: F401
+
+    type_name = str(getattr(config, "type", ""))
+    factory = _REGISTRY.get(type_name)
+    if factory is None:
+        raise SinkError(f"sink {config.name}: no sink of type '{type_name}'")
+    return factory(config, gateway)

@@ -1,0 +1,35 @@
+"""Sources produce readings and hand them to ``emit``; they know nothing of where readings go.
+
+``emit`` returns once the readings are committed to the on-disk queue (or known dropped), so a source that reads
+a meter which buffers values itself (an MQTT session, a logger) may acknowledge them upstream only then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from gateway.config.models import GatewayConfig
+from gateway.queue import AppendResult
+from gateway.reading import Reading
+
+Emit = Callable[[Sequence[Reading]], Awaitable[AppendResult]]
+
+
+class Source(Protocol):
+    name: str
+
+    async def run(self, emit: Emit, stop: asyncio.Event) -> None:
+        """Produce readings until ``stop`` is set; return promptly after it is (after emitting a reading in hand)."""
+        ...
+
+
+def create_sources(config: GatewayConfig) -> list[Source]:
+    from gateway.sources.simulated import SimulatedSource
+
+    sources: list[Source] = []
+    for meter in config.meters:
+        if meter.type == "simulated":
+            sources.append(SimulatedSource(meter))
+    return sources

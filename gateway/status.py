@@ -1,0 +1,84 @@
+"""``meter-gateway status``: what the queue file says, read while the daemon runs (WAL lets readers in)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gateway.config import GatewayConfig
+from gateway.config.units import format_duration
+from gateway.queue import QueueStore
+from gateway.reading import iso_utc
+
+#: A heartbeat older than this means the daemon is not running (it writes one every 10 s).
+STALE_HEARTBEAT_MS = 30_000
+
+
+def collect(store: QueueStore, config: GatewayConfig, now: float | None = None) -> dict[str, Any]:
+    now_ms = int((time.time() if now is None else now) * 1000)
+    daemon = store.get_meta("daemon") or {}
+    beat = daemon.get("heartbeat_ms")
+    running = bool(daemon.get("running")) and isinstance(beat, int) and now_ms - beat < STALE_HEARTBEAT_MS
+    sink_health = daemon.get("sinks") if running else {}
+    sinks: dict[str, dict[str, Any]] = {}
+    for name, meters in config.sink_meters().items():
+        info = store.sink_status(name, meters)
+        c = store.counters
+        oldest = info["oldest_ts_ms"]
+        health = sink_health.get(name, {}) if isinstance(sink_health, dict) else {}
+        sinks[name] = {
+            **info,
+            "oldest_age_s": None if not isinstance(oldest, int) else max(0, (now_ms - oldest) / 1000),
+            "delivered": c.get(f"sink.{name}.delivered", 0),
+            "retried": c.get(f"sink.{name}.retried", 0),
+            "rejected": c.get(f"sink.{name}.rejected", 0),
+            "evicted": c.get(f"sink.{name}.evicted", 0),
+            "failing": bool(health.get("failing")) if isinstance(health, dict) else False,
+            "last_error": health.get("last_error") if isinstance(health, dict) else None,
+        }
+    meter_rows: dict[str, dict[str, Any]] = {}
+    for name in config.meter_names:
+        mid = store.meter_ids.get(name)
+        last = store.last_ts.get(mid, -1) if mid is not None else -1
+        meter_rows[name] = {
+            "last_reading_ms": last if last >= 0 else None,
+            "refused": store.counters.get(f"meter.{name}.refused", 0),
+            "dropped_write_failed": store.counters.get(f"meter.{name}.dropped_write_failed", 0),
+        }
+    return {
+        "daemon": {"running": running, **{k: daemon.get(k) for k in ("pid", "version", "started_ms", "heartbeat_ms")}},
+        "queue": {"path": str(store.path), "bytes": store.used_bytes()},
+        "sinks": sinks,
+        "meters": meter_rows,
+    }
+
+
+def render(report: dict[str, Any], now: float | None = None) -> str:
+    now_ms = int((time.time() if now is None else now) * 1000)
+
+    def ago(ms: object) -> str:
+        if not isinstance(ms, int):
+            return "never"
+        return f"{iso_utc(ms)} ({format_duration(max(0, round((now_ms - ms) / 1000)))} ago)"
+
+    d = report["daemon"]
+    lines = [
+        f"daemon: running, pid {d['pid']}, version {d['version']}, last heartbeat {ago(d['heartbeat_ms'])}"
+        if d["running"] else "daemon: not running (no recent heartbeat)",
+        f"queue:  {report['queue']['path']} ({report['queue']['bytes'] / 1e6:.1f} MB used)",
+        "",
+        f"{'SINK':<20} {'DEPTH':>8} {'OLDEST':>10} {'DELIVERED':>10} {'RETRIED':>8} {'DEAD':>6} {'EVICTED':>8}"
+        "  LAST DELIVERY",
+    ]
+    for name, s in report["sinks"].items():
+        oldest = "-" if s["oldest_age_s"] is None else format_duration(round(s["oldest_age_s"]))
+        lines.append(
+            f"{name:<20} {s['depth']:>8} {oldest:>10} {s['delivered']:>10} {s['retried']:>8}"
+            f" {s['dead_letters']:>6} {s['evicted']:>8}  {ago(s['last_delivery_ms'])}"
+        )
+        if s["failing"]:
+            lines.append(f"{'':<20} failing: {s['last_error']}")
+    lines += ["", f"{'METER':<20} {'REFUSED':>8} {'DROPPED':>8}  LAST READING"]
+    for name, m in report["meters"].items():
+        lines.append(f"{name:<20} {m['refused']:>8} {m['dropped_write_failed']:>8}  {ago(m['last_reading_ms'])}")
+    return "\n".join(lines)
