@@ -1,0 +1,77 @@
+"""The queue as the daemon uses it: group commit, full disk, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.queue import DiskQueue, QueueStore
+from tests.conftest import reading
+
+
+async def test_appends_from_many_sources_share_commits(queue: DiskQueue) -> None:
+    results = await asyncio.gather(*(queue.append([reading(f"m{i}", 1)]) for i in range(50)))
+    assert all(r.accepted == 1 for r in results)
+    rows = await queue.run(lambda st: st._conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+    assert rows == 50
+
+
+async def test_an_append_is_on_disk_when_it_returns(tmp_path: Path) -> None:
+    q = DiskQueue(QueueStore(tmp_path / "q.db"))
+    await q.start()
+    await q.append([reading("m1", 1)])
+    # Another connection (another process, in effect) sees it committed.
+    db = sqlite3.connect(tmp_path / "q.db")
+    assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 1
+    db.close()
+    await q.stop()
+
+
+async def test_a_full_disk_drops_appends_cleanly_and_the_queue_recovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = QueueStore(tmp_path / "q.db", max_page_count=40)
+    q = DiskQueue(store, lazy_commit=0.01)
+    await q.start()
+    await q.run(lambda st: st.configure({"a": ["m1"]}))
+    accepted = dropped = 0
+    t = 0
+    # Fill the capped file until it refuses.
+    while dropped == 0 and t < 100_000:
+        batch = [reading("m1", t + i) for i in range(1, 101)]
+        t += 100
+        res = await q.append(batch)
+        accepted += res.accepted
+        dropped += res.dropped
+    assert dropped == 100 and accepted > 0
+    # Nothing half-written: exactly the accepted readings are there, in order.
+    stored = await q.read("m1", -1, 1_000_000)
+    assert [r.ts_ms for r in stored] == list(range(1, accepted + 1))
+    # Acknowledging still works on a full disk, and deleting delivered rows makes room again.
+    q.ack("a", "m1", stored[-1].ts_ms, len(stored))
+    await q.flush()
+    res = await q.append([reading("m1", t + 1)])
+    assert res.accepted == 1 and res.dropped == 0
+    counters = await q.run(lambda st: dict(st.counters))
+    assert counters["meter.m1.dropped_write_failed"] == 100
+    await q.stop()
+    err = capsys.readouterr()
+    assert "the disk is full" in err.out + err.err
+    assert "queue writes work again" in err.out + err.err
+
+
+async def test_stop_commits_pending_acknowledgements(tmp_path: Path) -> None:
+    q = DiskQueue(QueueStore(tmp_path / "q.db"), lazy_commit=5.0)
+    await q.start()
+    await q.run(lambda st: st.configure({"a": ["m1"]}))
+    await q.append([reading("m1", 1), reading("m1", 2)])
+    q.ack("a", "m1", 2, 2)  # would wait up to 5 s for company
+    await q.stop()
+    s = QueueStore(tmp_path / "q.db")
+    s.open()
+    assert s.cursor("a", "m1") == 2
+    assert s.counters["sink.a.delivered"] == 2
+    s.close()

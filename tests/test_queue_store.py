@@ -1,0 +1,198 @@
+"""The queue file itself: order, cursors, bounds, corruption."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from gateway.queue import QueueStore
+from gateway.reading import Reading
+from tests.conftest import reading
+
+
+def txn(store: QueueStore, fn):  # type: ignore[no-untyped-def]
+    store.begin()
+    out = fn()
+    store.commit()
+    return out
+
+
+def test_readings_come_back_in_timestamp_order_per_meter(store: QueueStore) -> None:
+    txn(store, lambda: store.configure({"a": ["m1", "m2"]}))
+    txn(store, lambda: store.append([reading("m1", 1000), reading("m2", 500), reading("m1", 2000)]))
+    txn(store, lambda: store.append([reading("m1", 3000)]))
+    assert [r.ts_ms for r in store.read("m1", -1, 10)] == [1000, 2000, 3000]
+    assert [r.ts_ms for r in store.read("m2", -1, 10)] == [500]
+    assert [r.ts_ms for r in store.read("m1", 1000, 10)] == [2000, 3000]
+    assert store.read("m1", -1, 10)[0] == reading("m1", 1000)
+
+
+def test_a_reading_not_newer_than_the_last_queued_is_refused_and_counted(store: QueueStore) -> None:
+    txn(store, lambda: store.configure({"a": ["m1"]}))
+    txn(store, lambda: store.append([reading("m1", 2000)]))
+    out = txn(store, lambda: store.append([reading("m1", 2000), reading("m1", 1500), reading("m1", 2500)]))
+    assert out.accepted == 1
+    assert [r.ts_ms for r, _ in out.refused] == [2000, 1500]
+    assert store.counters["meter.m1.refused"] == 2
+    assert [r.ts_ms for r in store.read("m1", -1, 10)] == [2000, 2500]
+
+
+def test_refusal_survives_delivery_and_reopening(tmp_path: Path) -> None:
+    s = QueueStore(tmp_path / "q.db")
+    s.open()
+    txn(s, lambda: s.configure({"a": ["m1"]}))
+    txn(s, lambda: s.append([reading("m1", 5000)]))
+    txn(s, lambda: s.ack("a", "m1", 5000))
+    assert s.read("m1", -1, 10) == []  # delivered everywhere, so deleted
+    s.close()
+    s2 = QueueStore(tmp_path / "q.db")
+    s2.open()
+    out = txn(s2, lambda: s2.append([reading("m1", 4000)]))
+    assert out.accepted == 0 and len(out.refused) == 1
+    s2.close()
+
+
+def test_each_sink_has_its_own_cursor_and_rows_go_when_all_are_past(store: QueueStore) -> None:
+    txn(store, lambda: store.configure({"a": ["m1"], "b": ["m1"]}))
+    txn(store, lambda: store.append([reading("m1", t) for t in (1, 2, 3, 4)]))
+    txn(store, lambda: store.ack("a", "m1", 4))
+    assert store.cursor("a", "m1") == 4 and store.cursor("b", "m1") == -1
+    assert len(store.read("m1", -1, 10)) == 4  # b still needs them
+    txn(store, lambda: store.ack("b", "m1", 2))
+    assert [r.ts_ms for r in store.read("m1", -1, 10)] == [3, 4]
+    assert store.sink_status("a", ["m1"])["depth"] == 0
+    assert store.sink_status("b", ["m1"])["depth"] == 2
+
+
+def test_a_sink_only_holds_rows_of_the_meters_it_wants(store: QueueStore) -> None:
+    txn(store, lambda: store.configure({"a": ["m1"], "b": ["m2"]}))
+    txn(store, lambda: store.append([reading("m1", 1), reading("m2", 1)]))
+    txn(store, lambda: store.ack("a", "m1", 1))
+    assert store.read("m1", -1, 10) == []
+    assert len(store.read("m2", -1, 10)) == 1
+
+
+def test_a_new_sink_starts_with_readings_queued_after_it_was_added(store: QueueStore) -> None:
+    txn(store, lambda: store.configure({"a": ["m1"]}))
+    txn(store, lambda: store.append([reading("m1", 1), reading("m1", 2)]))
+    txn(store, lambda: store.configure({"a": ["m1"], "new": ["m1"]}))
+    txn(store, lambda: store.append([reading("m1", 3)]))
+    assert store.cursor("new", "m1") == 2
+    assert store.sink_status("new", ["m1"])["depth"] == 1
+    assert store.sink_status("a", ["m1"])["depth"] == 3
+
+
+def test_a_removed_sink_no_longer_holds_rows_and_is_reported(store: QueueStore) -> None:
+    txn(store, lambda: store.configure({"a": ["m1"], "b": ["m1"]}))
+    txn(store, lambda: store.append([reading("m1", 1)]))
+    txn(store, lambda: store.ack("a", "m1", 1))
+    inactive = txn(store, lambda: store.configure({"a": ["m1"]}))
+    assert inactive == ["b"]
+    assert store.read("m1", -1, 10) == []
+
+
+def test_max_age_drops_the_oldest_and_counts_per_sink(tmp_path: Path) -> None:
+    now = [10_000.0]
+    s = QueueStore(tmp_path / "q.db", max_age_s=100, clock=lambda: now[0])
+    s.open()
+    txn(s, lambda: s.configure({"a": ["m1"], "b": ["m1"]}))
+    # Readings at t=9850..9990 s; max_age 100 s at now=10000 drops those before 9900.
+    txn(s, lambda: s.append([reading("m1", t * 1000) for t in range(9850, 10000, 10)]))
+    txn(s, lambda: s.ack("a", "m1", 9870 * 1000))  # a delivered 9850..9870 already
+    lost = txn(s, s.enforce_bounds)
+    assert lost == {"a": 2, "b": 5}  # a loses 9880, 9890; b loses 9850..9890
+    assert s.counters["sink.a.evicted"] == 2 and s.counters["sink.b.evicted.max_age"] == 5
+    assert s.read("m1", -1, 100)[0].ts_ms == 9900 * 1000
+    s.close()
+
+
+def test_max_size_drops_the_oldest_readings_down_below_the_bound(tmp_path: Path) -> None:
+    base = int(time.time() * 1000) - 20_000_000
+    s = QueueStore(tmp_path / "q.db", max_size=400_000)
+    s.open()
+    txn(s, lambda: s.configure({"a": ["m1", "m2"]}))
+    for batch in range(20):
+        txn(s, lambda b=batch: s.append(
+            [reading(m, base + (b * 500 + i) * 1000) for i in range(500) for m in ("m1", "m2")]
+        ))
+    before = s.used_bytes()
+    assert before > 400_000
+    lost = txn(s, s.enforce_bounds)
+    assert s.used_bytes() <= 400_000
+    remaining = len(s.read("m1", -1, 100_000)) + len(s.read("m2", -1, 100_000))
+    assert lost["a"] == 20_000 - remaining
+    # What is left is the newest, and a good part of it.
+    assert remaining > 5_000
+    assert s.read("m1", -1, 100_000)[-1].ts_ms == base + (19 * 500 + 499) * 1000
+    s.close()
+
+
+def test_a_corrupt_file_is_moved_aside_and_a_fresh_queue_starts(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    path.write_bytes(b"this is not a database" * 500)
+    s = QueueStore(path)
+    s.open()
+    assert s.moved_aside is not None and s.moved_aside.name.startswith("queue.db.corrupt-")
+    assert s.moved_aside.read_bytes().startswith(b"this is not a database")
+    txn(s, lambda: s.configure({"a": ["m1"]}))
+    txn(s, lambda: s.append([reading("m1", 1)]))
+    assert len(s.read("m1", -1, 10)) == 1
+    s.close()
+
+
+def test_a_damaged_page_is_detected_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    s = QueueStore(path)
+    s.open()
+    txn(s, lambda: s.configure({"a": ["m1"]}))
+    txn(s, lambda: s.append([reading("m1", t) for t in range(1, 3000)]))
+    s.close()
+    data = bytearray(path.read_bytes())
+    for i in range(4096 * 3, min(len(data), 4096 * 6)):
+        data[i] = 0xA5
+    path.write_bytes(bytes(data))
+    s2 = QueueStore(path)
+    s2.open()
+    assert s2.moved_aside is not None
+    s2.close()
+
+
+def test_dead_letters_are_kept_listed_marked_and_purged(store: QueueStore) -> None:
+    txn(store, lambda: store.configure({"a": ["m1"]}))
+    r = Reading("m1", 42, {})
+    txn(store, lambda: store.dead_letter("a", r, "HTTP 400: bad packet"))
+    (dl,) = store.dead_letters("a")
+    assert dl.reading == r and dl.reason == "HTTP 400: bad packet" and dl.state == "dead"
+    assert txn(store, lambda: store.mark_dead_letters(None, "retry", "a")) == 1
+    assert store.dead_letters("a", state="retry")[0].id == dl.id
+    txn(store, lambda: store.resolve_dead_letter(dl.id, False, "still bad"))
+    assert store.dead_letters("a")[0].attempts == 2
+    assert txn(store, lambda: store.purge_dead_letters([dl.id])) == 1
+    assert store.dead_letters() == []
+
+
+def test_the_file_is_in_wal_mode_with_the_asked_durability(tmp_path: Path) -> None:
+    for durability, level in (("full", 2), ("normal", 1)):
+        s = QueueStore(tmp_path / f"{durability}.db", durability=durability)
+        s.open()
+        db = s._conn
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == level
+        s.close()
+
+
+def test_sqlite_full_is_raised_by_a_capped_file(tmp_path: Path) -> None:
+    # The mechanism the disk-full tests rely on: a page cap gives a genuine SQLITE_FULL.
+    s = QueueStore(tmp_path / "q.db", max_page_count=20)
+    s.open()
+    txn(s, lambda: s.configure({"a": ["m1"]}))
+    try:
+        txn(s, lambda: s.append([reading("m1", t) for t in range(1, 5000)]))
+    except sqlite3.OperationalError as e:
+        assert e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL
+    else:
+        raise AssertionError("expected SQLITE_FULL")
+    finally:
+        s.rollback()
+        s.close()
