@@ -137,7 +137,10 @@ class QueueStore:
     def open(self, repair: bool = True) -> None:
         """Open (creating if needed). With ``repair``, a corrupt file is moved aside and a fresh one started;
         without (the CLI, beside a running daemon), it is reported and left alone."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise QueueError(f"cannot create the state directory {self.path.parent}: {e.strerror}") from None
         try:
             self._open_checked(repair)
         except sqlite3.DatabaseError as e:

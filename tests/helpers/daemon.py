@@ -1,0 +1,101 @@
+"""Run ``meter-gateway run`` as a separate process, as systemd would, and watch its JSON log lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+class Daemon:
+    def __init__(self, config: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+        self.config = config
+        self.env = {**os.environ, **(env or {})}
+        self.args = args
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._lock = threading.Lock()
+
+    def start(self, wait_for: str = "gateway running", timeout: float = 20.0) -> Daemon:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--log-format", "json", "--log-level", "debug", *self.args,
+             "run", "-c", str(self.config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        self.wait_log(lambda e: e.get("event") == wait_for, timeout)
+        return self
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._lock:
+                self.raw.append(line)
+                try:
+                    self.lines.append(json.loads(line))
+                except json.JSONDecodeError:
+                    self.lines.append({"event": line.rstrip(), "unparsed": True})
+
+    def events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.lines)
+
+    def wait_log(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.events():
+                if pred(e):
+                    return e
+            if self.proc is not None and self.proc.poll() is not None:
+                time.sleep(0.2)
+                for e in self.events():
+                    if pred(e):
+                        return e
+                raise AssertionError(f"daemon exited ({self.proc.returncode}):\n{''.join(self.raw)[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"log line not seen in {timeout}s:\n{''.join(self.raw)[-3000:]}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> tuple[int, float]:
+        """SIGTERM; returns (exit code, seconds it took)."""
+        assert self.proc is not None
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout)
+        return rc, time.monotonic() - t0
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line torn by SIGKILL; never acknowledged, so sent again
+    return out
