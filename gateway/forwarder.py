@@ -91,8 +91,20 @@ class Forwarder:
             self.log.info("sink started", attempts=attempt + 1)
             self.last_error = None
         for meter in self.meters:
-            self._tasks.append(asyncio.create_task(self._stream(meter), name=f"fwd:{self.name}:{meter}"))
+            self._tasks.append(asyncio.create_task(self._supervise(meter), name=f"fwd:{self.name}:{meter}"))
         self._tasks.append(asyncio.create_task(self._dead_letter_retries(), name=f"fwd:{self.name}:deadletters"))
+
+    async def _supervise(self, meter: str) -> None:
+        # A bug in a stream must not silently stall a meter: log it and start the stream again from its cursor.
+        while not self._stopping.is_set():
+            try:
+                await self._stream(meter)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("forwarder stream failed; restarting it in 5 s", meter=meter)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 5.0)
 
     async def stop(self, grace: float) -> None:
         """Stop taking readings; let sends in flight finish for up to ``grace`` seconds, then cancel them."""

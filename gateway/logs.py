@@ -47,10 +47,33 @@ class Redactor:
 REDACTOR = Redactor()
 
 
+class _Writer:
+    """Writes each rendered line to the stream (``sys.stderr`` as it is at the time of writing, by default).
+
+    A log line that cannot be written (stream closed, pipe gone) is dropped: logging must never stop the work.
+    """
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        stream = self._stream or sys.stderr
+        try:
+            stream.write(message + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
     if fmt == "auto":
-        fmt = "console" if out.isatty() else "json"
+        try:
+            fmt = "console" if out.isatty() else "json"
+        except ValueError:
+            fmt = "json"
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -63,7 +86,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=lambda *args: _Writer(stream),
         cache_logger_on_first_use=False,
     )
     # Libraries log through the standard library: show their warnings, in the same stream.

@@ -7,10 +7,12 @@ JSON, and decoding needs no parser.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import operator
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -33,11 +35,22 @@ class Reading:
     clock_synced: bool = True
 
     def __post_init__(self) -> None:
-        for q, v in self.values.items():
-            if not isinstance(q, Quantity):
-                raise TypeError(f"{q!r} is not a Quantity")
-            if not math.isfinite(v):
-                raise ValueError(f"{self.meter}: {q} is {v}: only finite values enter a reading")
+        values = self.values
+        if not all(type(q) is Quantity for q in values):
+            raise TypeError(f"{self.meter}: keys must be Quantity members, got {list(values)}")
+        if not all(map(math.isfinite, values.values())):
+            bad = {q.value: v for q, v in values.items() if not math.isfinite(v)}
+            raise ValueError(f"{self.meter}: {bad}: only finite values enter a reading")
+
+    @classmethod
+    def trusted(cls, meter: str, ts_ms: int, values: dict[Quantity, float], clock_synced: bool) -> Reading:
+        """A reading read back from the queue: it was checked when it went in, so skip the checks."""
+        r = object.__new__(cls)
+        object.__setattr__(r, "meter", meter)
+        object.__setattr__(r, "ts_ms", ts_ms)
+        object.__setattr__(r, "values", values)
+        object.__setattr__(r, "clock_synced", clock_synced)
+        return r
 
     @property
     def timestamp(self) -> datetime:
@@ -65,15 +78,39 @@ def iso_utc(ts_ms: int) -> str:
 
 
 def encode_values(values: Mapping[Quantity, float]) -> bytes:
+    return _encoder(tuple(values))(values)
+
+
+@functools.lru_cache(maxsize=1024)
+def _encoder(keys: tuple[Quantity, ...]) -> Callable[[Mapping[Quantity, float]], bytes]:
+    # A meter sends the same quantities in the same order every time: build its encoder once.
     mask = 0
-    for q in values:
+    for q in keys:
         mask |= 1 << CODE[q]
-    ordered = [values[q] for q in ALL if mask >> CODE[q] & 1]
-    return _MASK.pack(mask) + struct.pack(f"<{len(ordered)}d", *ordered)
+    order = _present(mask)
+    prefix = _MASK.pack(mask)
+    packer = _floats(len(order))
+    if not order:
+        return lambda values: prefix
+    if len(order) == 1:
+        (only,) = order
+        return lambda values: prefix + packer.pack(values[only])
+    getter = operator.itemgetter(*order)
+    return lambda values: prefix + packer.pack(*getter(values))
 
 
 def decode_values(blob: bytes) -> dict[Quantity, float]:
     (mask,) = _MASK.unpack_from(blob)
-    present = [q for q in ALL if mask >> CODE[q] & 1]
-    floats = struct.unpack_from(f"<{len(present)}d", blob, _MASK.size)
-    return dict(zip(present, floats, strict=True))
+    present = _present(mask)
+    return dict(zip(present, _floats(len(present)).unpack_from(blob, _MASK.size), strict=True))
+
+
+@functools.cache
+def _present(mask: int) -> tuple[Quantity, ...]:
+    # A meter sends the same set of quantities every time: a handful of masks, each computed once.
+    return tuple(q for q in ALL if mask >> CODE[q] & 1)
+
+
+@functools.cache
+def _floats(n: int) -> struct.Struct:
+    return struct.Struct(f"<{n}d")

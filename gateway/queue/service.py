@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import structlog
 
 from gateway.errors import QueueError, QueueFullError
-from gateway.queue.store import QueueStore, is_disk_full
+from gateway.queue.store import AppendOutcome, QueueStore, is_disk_full
 from gateway.reading import Reading
 
 log = structlog.get_logger("gateway.queue")
@@ -175,8 +175,7 @@ class DiskQueue:
         results: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             self.store.begin()
-            for job in jobs:
-                results.append(self._call(job))
+            results = self._run_jobs(jobs)
             now = time.monotonic()
             if now - self._last_bounds >= self.bounds_interval:
                 self._last_bounds = now
@@ -198,6 +197,32 @@ class DiskQueue:
             if job.on_commit is not None and err is None:
                 job.on_commit(self.store)
             self._resolve(job, value, err)
+
+    def _run_jobs(self, jobs: list[_Job]) -> list[tuple[_Job, Any, BaseException | None]]:
+        """Run jobs in order; neighbouring appends become one insert (the common case under load)."""
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        i = 0
+        while i < len(jobs):
+            j = i
+            while j < len(jobs) and jobs[j].readings is not None:
+                j += 1
+            if j - i > 1:
+                results += self._append_together(jobs[i:j])
+                i = j
+            else:
+                results.append(self._call(jobs[i]))
+                i += 1
+        return results
+
+    def _append_together(self, jobs: list[_Job]) -> list[tuple[_Job, Any, BaseException | None]]:
+        merged = [r for job in jobs for r in job.readings or ()]
+        outcome = self.store.append(merged)
+        refused = {id(r): why for r, why in outcome.refused}
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        for job in jobs:
+            mine = [(r, refused[id(r)]) for r in job.readings or () if id(r) in refused]
+            results.append((job, AppendOutcome(len(job.readings or ()) - len(mine), mine), None))
+        return results
 
     def _call(self, job: _Job) -> tuple[_Job, Any, BaseException | None]:
         try:
@@ -225,7 +250,7 @@ class DiskQueue:
             return
         try:  # acknowledgements and dead letters on their own: deleting delivered rows frees space
             self.store.begin()
-            results = [self._call(j) for j in others]
+            results = self._run_jobs(others)
             self.store.commit()
         except sqlite3.Error as e2:
             self.store.rollback()

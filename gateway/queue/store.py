@@ -240,6 +240,10 @@ class QueueStore:
                 [(s, m, self.cursors[s][m], now_ms) for s, m in self._dirty_cursors],
             )
             self._delete_delivered({m for _, m in self._dirty_cursors})
+        if self._pending.last_ts:
+            db.executemany(
+                "UPDATE meters SET last_ts=? WHERE id=?", [(ts, mid) for mid, ts in self._pending.last_ts.items()]
+            )
         if self._dirty_counters:
             db.executemany(
                 "INSERT INTO counters VALUES (?,?) ON CONFLICT (name) DO UPDATE SET value=excluded.value",
@@ -330,12 +334,7 @@ class QueueStore:
             self._pending.last_ts[mid] = r.ts_ms
             rows.append((mid, r.ts_ms, FLAG_CLOCK_SYNCED if r.clock_synced else 0, encode_values(r.values)))
         if rows:
-            db = self._conn
-            db.executemany("INSERT INTO readings VALUES (?,?,?,?)", rows)
-            db.executemany(
-                "UPDATE meters SET last_ts=? WHERE id=?",
-                [(ts, mid) for mid, ts in self._pending.last_ts.items()],
-            )
+            self._conn.executemany("INSERT INTO readings VALUES (?,?,?,?)", rows)
         out.accepted = len(rows)
         return out
 
@@ -347,7 +346,9 @@ class QueueStore:
             "SELECT ts_ms, flags, data FROM readings WHERE meter_id=? AND ts_ms>? ORDER BY ts_ms LIMIT ?",
             (mid, after_ts, limit),
         ).fetchall()
-        return [Reading(meter, ts, decode_values(data), bool(flags & FLAG_CLOCK_SYNCED)) for ts, flags, data in rows]
+        return [
+            Reading.trusted(meter, ts, decode_values(data), bool(flags & FLAG_CLOCK_SYNCED)) for ts, flags, data in rows
+        ]
 
     def cursor(self, sink: str, meter: str) -> int:
         mid = self.meter_ids.get(meter)
