@@ -41,6 +41,8 @@ def build_parser(settings: ProcessSettings) -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="queue depth, delivery and meters, also while the daemon runs")
     with_config(st)
     st.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    st.add_argument("--check", action="store_true",
+                    help="exit 1 unless the daemon runs and no sink is failing (container HEALTHCHECK)")
     dl = sub.add_parser("deadletter", help="readings a platform refused: list, retry or purge them")
     with_config(dl)
     dl.add_argument("action", choices=("list", "retry", "purge"))
@@ -132,12 +134,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = _open_store(config)
     if store is None:
         print(f"daemon: not running; no queue yet at {config.state_dir / 'queue.db'}")
-        return EXIT_OK
+        return EXIT_RUNTIME if args.check else EXIT_OK
     try:
         report = status.collect(store, config)
     finally:
         store.close()
     print(json.dumps(report, indent=2) if args.json else status.render(report))
+    if args.check:
+        healthy = report["daemon"]["running"] and not any(s["failing"] for s in report["sinks"].values())
+        return EXIT_OK if healthy else EXIT_RUNTIME
     return EXIT_OK
 
 

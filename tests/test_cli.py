@@ -10,9 +10,9 @@ import pytest
 
 from gateway import __version__
 from gateway.cli import main
+from gateway.quantities import Quantity
 from gateway.queue import QueueStore
 from gateway.reading import Reading
-from gateway.quantities import Quantity
 
 CFG = """\
 state_dir: {state}

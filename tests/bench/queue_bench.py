@@ -28,10 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.logs import configure  # noqa: E402
-from gateway.queue import DiskQueue, QueueStore  # noqa: E402
-from gateway.reading import Reading, encode_values  # noqa: E402
-from gateway.sources.simulated import three_phase  # noqa: E402
+from gateway.logs import configure
+from gateway.queue import DiskQueue, QueueStore
+from gateway.reading import Reading, encode_values
+from gateway.sources.simulated import three_phase
 
 VALUES = three_phase(1_800_000_000.0)
 READ_BATCH = 100
