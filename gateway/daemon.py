@@ -69,6 +69,7 @@ class Gateway:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._started = time.time()
+        self._refusing: dict[str, int] = {}
 
     # ------------------------------------------------------------ entry
 
@@ -154,8 +155,18 @@ class Gateway:
 
     async def _emit(self, readings: Sequence[Reading]) -> AppendResult:
         result = await self.queue.append(readings)
+        refused_meters = set()
         for reading, why in result.refused:
-            log.warning("reading refused", meter=reading.meter, reason=why)
+            refused_meters.add(reading.meter)
+            count = self._refusing.get(reading.meter, 0)
+            self._refusing[reading.meter] = count + 1
+            # Logged on change: the first refusal at warning, the rest at debug until the meter is accepted again.
+            (log.warning if count == 0 else log.debug)(
+                "reading refused: not newer than the last one queued for this meter", meter=reading.meter, reason=why
+            )
+        for meter in {r.meter for r in readings} - refused_meters:
+            if meter in self._refusing:
+                log.info("readings accepted again", meter=meter, refused=self._refusing.pop(meter))
         if result.dropped:
             log.debug("readings dropped: queue cannot write", count=result.dropped)
         return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -64,7 +65,7 @@ def test_sigterm_stops_cleanly_within_10s_and_every_reading_is_delivered(tmp_pat
     rows = by_meter(read_jsonl(tmp_path / "archive.jsonl"))
     for ts in rows.values():
         assert ts == sorted(ts) and len(ts) == len(set(ts))
-        assert all(b - a == 200 for a, b in zip(ts, ts[1:], strict=False)), "a reading is missing"
+        assert all(b - a == 200 for a, b in itertools.pairwise(ts)), "a reading is missing"
     # Nothing left behind: status says every sink is empty.
     out = subprocess.run([sys.executable, "-m", "gateway", "status", "-c", str(cfg), "--json"],
                          capture_output=True, text=True, check=True).stdout
@@ -120,7 +121,7 @@ def test_sighup_with_a_good_config_applies_it_without_losing_a_reading(tmp_path:
     a = rows["a"]
     # The reload may skip the tick during which sources were swapped, but never loses a confirmed reading or
     # reorders: at most one 200 ms tick is not taken while the pipeline restarts.
-    gaps = [b - x for x, b in zip(a, a[1:], strict=False)]
+    gaps = [b - x for x, b in itertools.pairwise(a)]
     assert all(g > 0 for g in gaps) and max(gaps) <= 400
 
 

@@ -65,8 +65,8 @@ def cfg(**kw: object) -> SinkCfg:
     return SinkCfg.model_validate(base | kw)
 
 
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def until(cond: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
     while not cond():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")

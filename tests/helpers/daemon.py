@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -94,8 +95,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return []
     out = []
     for line in path.read_text().splitlines():
-        try:
+        # A line torn by SIGKILL was never acknowledged, so it is sent again whole: skip it.
+        with contextlib.suppress(json.JSONDecodeError):
             out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass  # a line torn by SIGKILL; never acknowledged, so sent again
     return out
