@@ -115,14 +115,17 @@ class Gateway:
     async def _start_pipeline(self) -> None:
         config = self.config
         REDACTOR.set(config.secrets())
-        sink_meters = config.sink_meters()
-        inactive = await self.queue.run(lambda st: st.configure(sink_meters))
+        streams = config.sink_streams()
+        cursors: dict[str, list[str]] = {}
+        for stream in (st for sl in streams.values() for st in sl):
+            cursors.setdefault(stream.cursor, []).append(stream.meter)
+        inactive = await self.queue.run(lambda st: st.configure(cursors))
         for name in inactive:
-            log.warning("sink known to the queue is not in the configuration: its cursor is kept but ignored",
-                        sink=name)
+            log.warning("stream known to the queue is not in the configuration: its cursor is kept but ignored",
+                        stream=name)
         self.forwarders = []
         for sc in config.sinks:
-            fwd = Forwarder(create_sink(sc, config), sc, self.queue, sink_meters[sc.name])
+            fwd = Forwarder(create_sink(sc, config), sc, self.queue, streams[sc.name])
             await fwd.start()
             self.forwarders.append(fwd)
         self._source_stop = asyncio.Event()
@@ -214,8 +217,8 @@ class Gateway:
             "started_ms": int(self._started * 1000),
             "heartbeat_ms": int(time.time() * 1000),
             "running": running,
-            "sinks": {f.name: {"failing": f.last_error is not None, "last_error": f.last_error}
-                      for f in self.forwarders},
+            "sinks": {f.name: {"failing": f.last_error is not None, "last_error": f.last_error,
+                               "streams": f.last_sent} for f in self.forwarders},
         }
         await self.queue.run(lambda st: st.set_meta("daemon", info))
 

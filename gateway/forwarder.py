@@ -1,10 +1,13 @@
-"""A forwarder moves one sink's readings from the queue to the sink: ordering, retries, backoff and the cursor.
+"""A forwarder moves one sink's readings from the queue to the sink: ordering, retries, backoff, the cursors.
 
-Per meter, strictly sequential: the next reading of a meter is sent only after the previous one was acknowledged
-(or moved to the dead letters). Meters are sent in parallel, at most ``max_in_flight`` sends at once.
+A sink receives one or more streams (see :mod:`gateway.stream`). Per stream, strictly sequential: the next reading
+is sent only after the previous one was acknowledged (or moved to the dead letters). Streams are sent in parallel,
+at most ``max_in_flight`` sends at once. A stream with an ``interval`` sends one aggregated reading per interval
+(:mod:`gateway.aggregate`), and acknowledges all the readings it was made of at once.
+
 Failed sends back off exponentially with full jitter (``backoff_base`` doubling up to ``backoff_cap``) and never
-sooner than a server's Retry-After. The sink's health is logged on change only: once when delivery starts
-failing, once when it recovers, with how long it was down.
+sooner than a server's Retry-After. The sink's health is logged on change only: once when delivery starts failing,
+once when it recovers, with how long it was down.
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
-from gateway.config.models import SinkBase
+from gateway.aggregate import aggregate, bucket_end
+from gateway.config.common import SinkBase
 from gateway.outcome import Delivered, Outcome, Reject, Retry
 from gateway.queue import DiskQueue, QueueStore
 from gateway.reading import Reading, iso_utc
 from gateway.sinks import Sink
+from gateway.stream import Stream
 
 #: Longest wait a server's Retry-After can impose; beyond it the header is taken as a mistake.
 MAX_RETRY_AFTER = 3600.0
@@ -30,6 +35,8 @@ MAX_RETRY_AFTER = 3600.0
 DEADLETTER_POLL = 5.0
 #: Longest idle wait before a stream looks at the queue again even without a notification.
 IDLE_POLL = 5.0
+#: An interval is sent once a reading after it exists, or this long after its end (a meter gone quiet).
+AGGREGATE_GRACE = 30.0
 
 
 def backoff_delay(attempt: int, base: float, cap: float, after: float | None, rng: random.Random) -> float:
@@ -47,14 +54,16 @@ class Forwarder:
         sink: Sink,
         config: SinkBase,
         queue: DiskQueue,
-        meters: Sequence[str],
+        streams: Sequence[Stream],
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.sink = sink
         self.config = config
         self.queue = queue
-        self.meters = list(meters)
+        self.streams = list(streams)
         self.rng = rng or random.Random()
+        self.clock = clock
         self.log = structlog.get_logger("gateway.forwarder").bind(sink=sink.name)
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._stopping = asyncio.Event()
@@ -62,6 +71,8 @@ class Forwarder:
         self._failing: set[str] = set()
         self._failing_since: float | None = None
         self.last_error: str | None = None
+        #: per stream cursor: what was last delivered (for status and the technicians' check)
+        self.last_sent: dict[str, dict[str, object]] = {}
 
     @property
     def name(self) -> str:
@@ -90,96 +101,141 @@ class Forwarder:
         if attempt:
             self.log.info("sink started", attempts=attempt + 1)
             self.last_error = None
-        for meter in self.meters:
-            self._tasks.append(asyncio.create_task(self._supervise(meter), name=f"fwd:{self.name}:{meter}"))
+        for stream in self.streams:
+            self._tasks.append(asyncio.create_task(self._supervise(stream), name=f"fwd:{stream.cursor}:{stream.meter}"))
         self._tasks.append(asyncio.create_task(self._dead_letter_retries(), name=f"fwd:{self.name}:deadletters"))
 
-    async def _supervise(self, meter: str) -> None:
-        # A bug in a stream must not silently stall a meter: log it and start the stream again from its cursor.
+    async def _supervise(self, stream: Stream) -> None:
+        # A bug in a stream must not silently stall it: log it and start the stream again from its cursor.
         while not self._stopping.is_set():
             try:
-                await self._stream(meter)
+                await self._stream(stream)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                self.log.exception("forwarder stream failed; restarting it in 5 s", meter=meter)
+                self.log.exception("forwarder stream failed; restarting it in 5 s", stream=stream.label)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 5.0)
 
     async def stop(self, grace: float) -> None:
         """Stop taking readings; let sends in flight finish for up to ``grace`` seconds, then cancel them."""
         self._stopping.set()
-        for meter in self.meters:
-            self.queue.event(self.name, meter).set()
+        for stream in self.streams:
+            self.queue.event(stream.cursor, stream.meter).set()
         if self._tasks:
             await asyncio.wait(self._tasks[:1], timeout=grace)  # the start task may still add streams
             _, pending = await asyncio.wait(self._tasks, timeout=grace)
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            for t in self._tasks:
-                if not t.cancelled() and t.exception() is not None:
-                    self.log.error("forwarder task failed", error=repr(t.exception()))
         self._tasks.clear()
         await self.sink.close()
 
-    # ------------------------------------------------------------ one meter
+    # ------------------------------------------------------------ one stream
 
-    async def _stream(self, meter: str) -> None:
-        log = self.log.bind(meter=meter)
-        event = self.queue.event(self.name, meter)
-        position = await self.queue.run(lambda st: st.cursor(self.name, meter))
+    async def _stream(self, stream: Stream) -> None:
+        log = self.log.bind(stream=stream.label)
+        cursor, meter = stream.cursor, stream.meter
+        event = self.queue.event(cursor, meter)
+        position = await self.queue.run(lambda st: st.cursor(cursor, meter))
+        interval_ms = round(stream.interval * 1000) if stream.interval else 0
+        # The end of the last interval sent: a late reading inside it joins the next one, never repeats a stamp.
+        last_end = bucket_end(position, interval_ms) if interval_ms and position >= 0 else -1
         buffer: deque[Reading] = deque()
+        exhausted = False
         attempt = 0
         read_size = max(2 * self.sink.max_batch, 64)
         while not self._stopping.is_set():
-            if not buffer:
-                event.clear()
-                buffer.extend(await self.queue.read(meter, position, read_size))
-                if not buffer:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(event.wait(), IDLE_POLL)
+            # Pick what to send next: a batch of readings, or one interval's aggregate.
+            wait_until: float | None = None
+            if interval_ms and buffer:
+                end = max(bucket_end(buffer[0].ts_ms, interval_ms), last_end + interval_ms)
+                n = next((i for i, r in enumerate(buffer) if r.ts_ms > end), len(buffer))
+                closed = n < len(buffer) or buffer[n - 1].ts_ms == end
+                if not closed and not exhausted:
+                    more = await self._read(meter, buffer[-1].ts_ms, read_size, event)
+                    buffer.extend(more)
+                    exhausted = len(more) < read_size
                     continue
-            batch = [buffer[i] for i in range(min(self.sink.max_batch, len(buffer)))]
+                if not closed and self.clock() < end / 1000 + AGGREGATE_GRACE:
+                    wait_until = end / 1000 + AGGREGATE_GRACE
+                else:
+                    raws = [buffer[i] for i in range(n)]
+                    batch = [aggregate(raws, end, stream.last)]
+            elif buffer:
+                n = min(self.sink.max_batch, len(buffer))
+                batch = [buffer[i] for i in range(n)]
+            if not buffer or wait_until is not None:
+                after = buffer[-1].ts_ms if buffer else position
+                more = await self._read(meter, after, read_size, event)
+                if more:
+                    buffer.extend(more)
+                    exhausted = len(more) < read_size
+                    continue
+                exhausted = True
+                timeout = IDLE_POLL if wait_until is None else min(IDLE_POLL, max(0.0, wait_until - self.clock()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout)
+                continue
+
             async with self._slots:
                 if self._stopping.is_set():
                     break
-                outcomes = await self._send(batch, log)
-            delivered = 0
+                outcomes = await self._send(stream, batch, log)
             retry: Retry | None = None
-            for reading, outcome in zip(batch, outcomes, strict=True):
-                if isinstance(outcome, Delivered):
-                    delivered += 1
-                    position = reading.ts_ms
-                elif isinstance(outcome, Reject):
-                    if delivered:
-                        self.queue.ack(self.name, meter, position, delivered)
-                        delivered = 0
-                    await self.queue.dead_letter(self.name, reading, outcome.reason)
-                    log.warning("reading rejected: moved to dead letters", ts=iso_utc(reading.ts_ms),
-                                reason=outcome.reason)
-                    position = reading.ts_ms
-                else:
+            if interval_ms:
+                # One aggregate stands for the first n readings of the buffer.
+                (outcome,) = outcomes
+                upto = buffer[n - 1].ts_ms
+                if isinstance(outcome, Retry):
                     retry = outcome
-                    break
-                buffer.popleft()
-            if delivered:
-                self.queue.ack(self.name, meter, position, delivered)
+                else:
+                    if isinstance(outcome, Reject):
+                        await self._reject(stream, batch[0], outcome, log, upto)
+                    else:
+                        self.queue.ack(cursor, meter, upto, n)
+                        self._sent(stream, batch[0], outcome)
+                    for _ in range(n):
+                        buffer.popleft()
+                    position, last_end = upto, batch[0].ts_ms
+            else:
+                delivered = 0
+                for reading, outcome in zip(batch, outcomes, strict=True):
+                    if isinstance(outcome, Retry):
+                        retry = outcome
+                        break
+                    if isinstance(outcome, Reject):
+                        if delivered:
+                            self.queue.ack(cursor, meter, position, delivered)
+                            delivered = 0
+                        await self._reject(stream, reading, outcome, log)
+                    else:
+                        delivered += 1
+                        self._sent(stream, reading, outcome)
+                    position = reading.ts_ms
+                    buffer.popleft()
+                if delivered:
+                    self.queue.ack(cursor, meter, position, delivered)
             if retry is None:
                 if attempt:
-                    self._recovered(meter)
+                    self._recovered(stream)
                 attempt = 0
                 continue
             attempt += 1
-            self._failed(meter, retry, attempt)
+            self._failed(stream, retry)
             delay = backoff_delay(attempt, self.config.backoff_base, self.config.backoff_cap, retry.after, self.rng)
             log.debug("retrying", attempt=attempt, delay_s=round(delay, 2), reason=retry.reason)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
 
-    async def _send(self, batch: list[Reading], log: structlog.typing.FilteringBoundLogger) -> list[Outcome]:
+    async def _read(self, meter: str, after: int, limit: int, event: asyncio.Event) -> list[Reading]:
+        event.clear()
+        return await self.queue.read(meter, after, limit)
+
+    async def _send(self, stream: Stream, batch: list[Reading], log: structlog.typing.FilteringBoundLogger
+                    ) -> list[Outcome]:
         try:
-            outcomes = await asyncio.wait_for(self.sink.send(batch), self.config.send_timeout)
+            outcomes = await asyncio.wait_for(self.sink.send(stream, batch), self.config.send_timeout)
         except TimeoutError:
             return [Retry(f"no answer within {self.config.send_timeout:g}s")] * len(batch)
         except Exception as e:  # a sink bug must cost a retry, never a reading
@@ -190,18 +246,31 @@ class Forwarder:
             return [Retry("sink returned the wrong number of outcomes")] * len(batch)
         return outcomes
 
+    async def _reject(self, stream: Stream, reading: Reading, outcome: Reject,
+                      log: structlog.typing.FilteringBoundLogger, upto: int | None = None) -> None:
+        await self.queue.dead_letter(stream.cursor, reading, outcome.reason, upto)
+        log.warning("reading rejected: moved to dead letters", ts=iso_utc(reading.ts_ms), reason=outcome.reason)
+
+    def _sent(self, stream: Stream, reading: Reading, outcome: Outcome) -> None:
+        self.last_sent[stream.cursor] = {
+            "ts_ms": reading.ts_ms,
+            "at_ms": int(self.clock() * 1000),
+            "packet": outcome.sent if isinstance(outcome, Delivered) else None,
+        }
+
     # ------------------------------------------------------------ health, logged on change
 
-    def _failed(self, meter: str, retry: Retry, attempt: int) -> None:
+    def _failed(self, stream: Stream, retry: Retry) -> None:
         self.last_error = retry.reason
         self.queue.post(lambda st: st.count(f"sink.{self.name}.retried"))
         if not self._failing:
             self._failing_since = time.monotonic()
-            self.log.warning("delivery failing: readings are kept and retried", reason=retry.reason, meter=meter)
-        self._failing.add(meter)
+            self.log.warning("delivery failing: readings are kept and retried", reason=retry.reason,
+                             stream=stream.label)
+        self._failing.add(stream.cursor + "\0" + stream.meter)
 
-    def _recovered(self, meter: str) -> None:
-        self._failing.discard(meter)
+    def _recovered(self, stream: Stream) -> None:
+        self._failing.discard(stream.cursor + "\0" + stream.meter)
         if not self._failing and self._failing_since is not None:
             self.log.info("delivery recovered", down_s=round(time.monotonic() - self._failing_since, 1))
             self._failing_since = None
@@ -210,6 +279,7 @@ class Forwarder:
     # ------------------------------------------------------------ dead letters an operator asked to retry
 
     async def _dead_letter_retries(self) -> None:
+        by_cursor = {(s.cursor, s.meter): s for s in self.streams}
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), DEADLETTER_POLL)
@@ -217,8 +287,11 @@ class Forwarder:
                 return
             letters = await self.queue.run(lambda st: st.dead_letters(self.name, state="retry", limit=100))
             for dl in letters:
+                stream = by_cursor.get((dl.sink, dl.reading.meter))
+                if stream is None:
+                    continue  # its stream is no longer configured; it stays marked until purged
                 async with self._slots:
-                    (outcome,) = await self._send([dl.reading], self.log)
+                    (outcome,) = await self._send(stream, [dl.reading], self.log)
                 if isinstance(outcome, Retry):
                     break  # the sink is failing; the letter stays marked for retry
                 delivered = isinstance(outcome, Delivered)

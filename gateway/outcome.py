@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """The platform acknowledged the reading."""
+    """The platform acknowledged the reading. ``sent`` is what went out (a packet), for status and checks."""
+
+    sent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,8 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None) 
     running = bool(daemon.get("running")) and isinstance(beat, int) and now_ms - beat < STALE_HEARTBEAT_MS
     sink_health = daemon.get("sinks") if running else {}
     sinks: dict[str, dict[str, Any]] = {}
-    for name, meters in config.sink_meters().items():
-        info = store.sink_status(name, meters)
+    for name, streams in config.sink_streams().items():
+        info = store.sink_status(name, [(st.cursor, st.meter) for st in streams])
         c = store.counters
         oldest = info["oldest_ts_ms"]
         health = sink_health.get(name, {}) if isinstance(sink_health, dict) else {}

@@ -16,6 +16,7 @@ from gateway.forwarder import Forwarder, backoff_delay
 from gateway.outcome import DELIVERED, Outcome, Reject, Retry
 from gateway.queue import DiskQueue, QueueStore
 from gateway.reading import Reading
+from gateway.stream import Stream
 from tests.conftest import reading
 
 
@@ -37,7 +38,7 @@ class ScriptedSink:
     async def start(self) -> None:
         return None
 
-    async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
+    async def send(self, stream: Stream, readings: Sequence[Reading]) -> list[Outcome]:
         self.in_flight += 1
         self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
         try:
@@ -75,7 +76,7 @@ async def until(cond: Callable[[], bool], within: float = 10.0) -> None:
 
 async def run_forwarder(queue: DiskQueue, sink: ScriptedSink, meters: list[str], **kw: object) -> Forwarder:
     await queue.run(lambda st: st.configure({sink.name: meters}))
-    fwd = Forwarder(sink, cfg(**kw), queue, meters, rng=random.Random(1))
+    fwd = Forwarder(sink, cfg(**kw), queue, [Stream(sink.name, m) for m in meters], rng=random.Random(1))
     await fwd.start()
     return fwd
 
@@ -113,7 +114,7 @@ async def test_one_failing_meter_does_not_hold_back_the_others(queue: DiskQueue)
     await until(lambda: len(sink.delivered) == 2)
     await fwd.stop(1)
     assert [r.meter for r in sink.delivered] == ["good", "good"]
-    assert await queue.run(lambda st: st.sink_status("s", ["bad"])["depth"]) == 1
+    assert await queue.run(lambda st: st.sink_status("s", [("s", "bad")])["depth"]) == 1
 
 
 async def test_max_in_flight_bounds_parallel_sends(queue: DiskQueue) -> None:
@@ -154,7 +155,7 @@ async def test_a_rejected_reading_goes_to_the_dead_letters_and_the_stream_goes_o
     assert [r.ts_ms for r in sink.delivered] == [1, 3]
     letters = await queue.run(lambda st: st.dead_letters("s"))
     assert [(d.reading.ts_ms, d.reason) for d in letters] == [(2, "HTTP 400: bad packet")]
-    assert await queue.run(lambda st: st.sink_status("s", ["m1"])["depth"]) == 0
+    assert await queue.run(lambda st: st.sink_status("s", [("s", "m1")])["depth"]) == 0
 
 
 async def test_a_dead_letter_marked_for_retry_is_sent_again(queue: DiskQueue, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,13 +183,13 @@ async def test_a_sink_that_raises_or_hangs_costs_a_retry_not_a_reading(queue: Di
     calls = {"n": 0}
 
     class Flaky(ScriptedSink):
-        async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
+        async def send(self, stream: Stream, readings: Sequence[Reading]) -> list[Outcome]:
             calls["n"] += 1
             if calls["n"] == 1:
                 raise RuntimeError("bug in a sink")
             if calls["n"] == 2:
                 await asyncio.sleep(10)
-            return await super().send(readings)
+            return await super().send(stream, readings)
 
     sink = Flaky()
     fwd = await run_forwarder(queue, sink, ["m1"], send_timeout="200ms")
@@ -221,7 +222,7 @@ async def test_the_cursor_survives_a_restart_and_nothing_is_sent_twice(tmp_path:
 
 async def test_stop_returns_within_the_grace_period_even_with_a_hung_send(queue: DiskQueue) -> None:
     class Hung(ScriptedSink):
-        async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
+        async def send(self, stream: Stream, readings: Sequence[Reading]) -> list[Outcome]:
             await asyncio.sleep(60)
             return []
 
@@ -231,4 +232,4 @@ async def test_stop_returns_within_the_grace_period_even_with_a_hung_send(queue:
     t0 = time.monotonic()
     await fwd.stop(0.3)
     assert time.monotonic() - t0 < 1.0
-    assert await queue.run(lambda st: st.sink_status("s", ["m1"])["depth"]) == 1
+    assert await queue.run(lambda st: st.sink_status("s", [("s", "m1")])["depth"]) == 1

@@ -61,8 +61,8 @@ def test_each_sink_has_its_own_cursor_and_rows_go_when_all_are_past(store: Queue
     assert len(store.read("m1", -1, 10)) == 4  # b still needs them
     txn(store, lambda: store.ack("b", "m1", 2))
     assert [r.ts_ms for r in store.read("m1", -1, 10)] == [3, 4]
-    assert store.sink_status("a", ["m1"])["depth"] == 0
-    assert store.sink_status("b", ["m1"])["depth"] == 2
+    assert store.sink_status("a", [("a", "m1")])["depth"] == 0
+    assert store.sink_status("b", [("b", "m1")])["depth"] == 2
 
 
 def test_a_sink_only_holds_rows_of_the_meters_it_wants(store: QueueStore) -> None:
@@ -79,8 +79,8 @@ def test_a_new_sink_starts_with_readings_queued_after_it_was_added(store: QueueS
     txn(store, lambda: store.configure({"a": ["m1"], "new": ["m1"]}))
     txn(store, lambda: store.append([reading("m1", 3)]))
     assert store.cursor("new", "m1") == 2
-    assert store.sink_status("new", ["m1"])["depth"] == 1
-    assert store.sink_status("a", ["m1"])["depth"] == 3
+    assert store.sink_status("new", [("new", "m1")])["depth"] == 1
+    assert store.sink_status("a", [("a", "m1")])["depth"] == 3
 
 
 def test_a_removed_sink_no_longer_holds_rows_and_is_reported(store: QueueStore) -> None:

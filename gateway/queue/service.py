@@ -26,6 +26,7 @@ import structlog
 from gateway.errors import QueueError, QueueFullError
 from gateway.queue.store import AppendOutcome, QueueStore, is_disk_full
 from gateway.reading import Reading
+from gateway.stream import sink_of
 
 log = structlog.get_logger("gateway.queue")
 T = TypeVar("T")
@@ -103,21 +104,22 @@ class DiskQueue:
                 ev.set()
         return result
 
-    def ack(self, sink: str, meter: str, ts_ms: int, delivered: int) -> None:
+    def ack(self, cursor: str, meter: str, ts_ms: int, delivered: int) -> None:
         """The platform acknowledged ``meter`` up to ``ts_ms`` (``delivered`` readings). Not awaited."""
 
         def fn(st: QueueStore) -> None:
-            st.ack(sink, meter, ts_ms)
-            st.count(f"sink.{sink}.delivered", delivered)
+            st.ack(cursor, meter, ts_ms)
+            st.count(f"sink.{sink_of(cursor)}.delivered", delivered)
 
         self.post(fn)
 
-    async def dead_letter(self, sink: str, reading: Reading, reason: str) -> None:
-        """Keep a refused reading aside and move the sink past it; awaited, so the cursor never skips it unsaved."""
+    async def dead_letter(self, cursor: str, reading: Reading, reason: str, upto_ts: int | None = None) -> None:
+        """Keep a refused reading aside and move the stream past it (up to ``upto_ts``, for an aggregate of several
+        readings); awaited, so the cursor never skips a reading not yet saved."""
         job = _Job(
-            lambda st: st.dead_letter(sink, reading, reason),
+            lambda st: st.dead_letter(cursor, reading, reason),
             concurrent.futures.Future(),
-            on_commit=lambda st: st.ack(sink, reading.meter, reading.ts_ms),
+            on_commit=lambda st: st.ack(cursor, reading.meter, reading.ts_ms if upto_ts is None else upto_ts),
         )
         await self._submit(job)
 
@@ -127,9 +129,9 @@ class DiskQueue:
     async def flush(self) -> None:
         await self.run(lambda st: None)
 
-    def event(self, sink: str, meter: str) -> asyncio.Event:
-        """Set whenever readings of ``meter`` are committed; one per (sink, meter) so no waiter steals another's."""
-        return self._events.setdefault(meter, {}).setdefault(sink, asyncio.Event())
+    def event(self, cursor: str, meter: str) -> asyncio.Event:
+        """Set whenever readings of ``meter`` are committed; one per stream so no waiter steals another's."""
+        return self._events.setdefault(meter, {}).setdefault(cursor, asyncio.Event())
 
     # ------------------------------------------------------------ plumbing
 

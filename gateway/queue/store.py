@@ -29,6 +29,7 @@ import structlog
 
 from gateway.errors import QueueError
 from gateway.reading import Reading, decode_values, encode_values
+from gateway.stream import sink_of
 
 log = structlog.get_logger("gateway.queue")
 
@@ -363,7 +364,7 @@ class QueueStore:
         if ts_ms > cur.get(mid, -1):
             cur[mid] = ts_ms
             self._dirty_cursors.add((sink, mid))
-            self.gauge(f"sink.{sink}.last_delivery_ms", int(self.clock() * 1000))
+            self.gauge(f"sink.{sink_of(sink)}.last_delivery_ms", int(self.clock() * 1000))
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -421,8 +422,8 @@ class QueueStore:
                 ).fetchone()[0]
                 if k:
                     lost[sink] = lost.get(sink, 0) + k
-                    self.count(f"sink.{sink}.evicted", k)
-                    self.count(f"sink.{sink}.evicted.{reason}", k)
+                    self.count(f"sink.{sink_of(sink)}.evicted", k)
+                    self.count(f"sink.{sink_of(sink)}.evicted.{reason}", k)
             db.execute("DELETE FROM readings WHERE meter_id=? AND ts_ms<?", (mid, cutoff_ms))
             log.debug("evicted", meter=meter, rows=n, reason=reason)
 
@@ -435,14 +436,14 @@ class QueueStore:
             (sink, reading.meter, reading.ts_ms, FLAG_CLOCK_SYNCED if reading.clock_synced else 0,
              encode_values(reading.values), reason, now_ms),
         )
-        self.count(f"sink.{sink}.rejected")
+        self.count(f"sink.{sink_of(sink)}.rejected")
 
     def dead_letters(self, sink: str | None = None, state: str | None = None, limit: int = 1000) -> list[DeadLetter]:
         sql = "SELECT id, sink, meter, ts_ms, flags, data, reason, at_ms, state, attempts FROM deadletters WHERE 1=1"
         args: list[object] = []
         if sink is not None:
-            sql += " AND sink=?"
-            args.append(sink)
+            sql += " AND (sink=? OR sink LIKE ? || '#%')"
+            args += [sink, sink]
         if state is not None:
             sql += " AND state=?"
             args.append(state)
@@ -463,8 +464,8 @@ class QueueStore:
 
     def _where_ids(self, sql: str, args: list[object], ids: Sequence[int] | None, sink: str | None) -> int:
         if sink is not None:
-            sql += " AND sink=?"
-            args.append(sink)
+            sql += " AND (sink=? OR sink LIKE ? || '#%')"
+            args += [sink, sink]
         if ids is not None:
             sql += f" AND id IN ({','.join('?' * len(ids))})"
             args.extend(ids)
@@ -490,16 +491,17 @@ class QueueStore:
         row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
-    def sink_status(self, sink: str, meters: Sequence[str]) -> dict[str, object]:
-        """Depth, oldest undelivered timestamp and last delivery of one sink over the given meters."""
+    def sink_status(self, sink: str, streams: Sequence[tuple[str, str]]) -> dict[str, object]:
+        """Depth, oldest undelivered timestamp, last delivery and dead letters of one sink over its streams,
+        given as (cursor, meter) pairs."""
         db = self._conn
         depth = 0
         oldest: int | None = None
-        for meter in meters:
+        for cursor, meter in streams:
             mid = self.meter_ids.get(meter)
             if mid is None:
                 continue
-            after = self.cursors.get(sink, {}).get(mid, -1)
+            after = self.cursors.get(cursor, {}).get(mid, -1)
             n, first = db.execute(
                 "SELECT count(*), min(ts_ms) FROM readings WHERE meter_id=? AND ts_ms>?", (mid, after)
             ).fetchone()
@@ -507,5 +509,7 @@ class QueueStore:
             if first is not None and (oldest is None or first < oldest):
                 oldest = first
         last = self.counters.get(f"sink.{sink}.last_delivery_ms")
-        dead = db.execute("SELECT count(*) FROM deadletters WHERE sink=?", (sink,)).fetchone()[0]
+        dead = db.execute(
+            "SELECT count(*) FROM deadletters WHERE sink=? OR sink LIKE ? || '#%'", (sink, sink)
+        ).fetchone()[0]
         return {"depth": depth, "oldest_ts_ms": oldest, "last_delivery_ms": last, "dead_letters": dead}

@@ -1,8 +1,9 @@
 """Sinks turn readings into a platform's packets and send them. They know nothing of buffering or retries.
 
-A sink receives a batch of readings of one meter, in timestamp order (at most ``max_batch``), and returns one
-outcome per reading, in the same order. The forwarder acts on the outcomes in order: a ``Retry`` stops the batch
-there (the rest is sent again later), a ``Reject`` moves one reading aside and the batch goes on.
+A sink receives a batch of readings of one stream (one meter, or one data point fed by a meter), in timestamp order
+(at most ``max_batch``), and returns one outcome per reading, in the same order. The forwarder acts on the outcomes
+in order: a ``Retry`` stops the batch there (the rest is sent again later), a ``Reject`` moves one reading aside
+and the batch goes on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from gateway.config.models import GatewayConfig, SinkBase
 from gateway.errors import SinkError
 from gateway.outcome import Outcome
 from gateway.reading import Reading
+from gateway.stream import Stream
 
 
 class Sink(Protocol):
@@ -22,7 +24,7 @@ class Sink(Protocol):
 
     async def start(self) -> None: ...
 
-    async def send(self, readings: Sequence[Reading]) -> list[Outcome]: ...
+    async def send(self, stream: Stream, readings: Sequence[Reading]) -> list[Outcome]: ...
 
     async def close(self) -> None: ...
 
@@ -41,7 +43,10 @@ def register(type_name: str) -> Callable[[SinkFactory], SinkFactory]:
 
 def create_sink(config: SinkBase, gateway: GatewayConfig) -> Sink:
     # Importing the modules fills the registry.
-    from gateway.sinks import file, stdout  # noqa: F401
+    import importlib
+
+    for module in ("file", "stdout", "wattics"):
+        importlib.import_module(f"gateway.sinks.{module}")
 
     type_name = str(getattr(config, "type", ""))
     factory = _REGISTRY.get(type_name)

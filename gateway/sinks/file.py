@@ -15,6 +15,7 @@ from gateway.config.models import GatewayConfig
 from gateway.outcome import DELIVERED, Outcome, Retry
 from gateway.reading import Reading, json_lines
 from gateway.sinks import register
+from gateway.stream import Stream
 
 log = structlog.get_logger("gateway.sinks.file")
 
@@ -30,7 +31,7 @@ class FileSink:
     async def start(self) -> None:
         await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
 
-    async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
+    async def send(self, stream: Stream, readings: Sequence[Reading]) -> list[Outcome]:
         text = json_lines(readings)
         try:
             await asyncio.to_thread(self._write, text)

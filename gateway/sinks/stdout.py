@@ -10,6 +10,7 @@ from gateway.config.models import StdoutSink as StdoutSinkConfig
 from gateway.outcome import DELIVERED, Outcome, Retry
 from gateway.reading import Reading, json_lines
 from gateway.sinks import register
+from gateway.stream import Stream
 
 
 class StdoutSink:
@@ -20,7 +21,7 @@ class StdoutSink:
     async def start(self) -> None:
         return None
 
-    async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
+    async def send(self, stream: Stream, readings: Sequence[Reading]) -> list[Outcome]:
         text = json_lines(readings)
         try:
             sys.stdout.write(text)

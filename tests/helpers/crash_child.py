@@ -36,12 +36,12 @@ async def main(d: Path, mode: str) -> int:
     raw = {"name": "out", "type": "file", "path": str(d / "out.jsonl"), "max_batch": 7, "backoff_base": "10ms"}
     sink_cfg = FileSinkConfig.model_validate(raw)
     gw = GatewayConfig.model_validate({"meters": [{"name": m, "type": "simulated"} for m in METERS], "sinks": [raw]})
-    fwd = Forwarder(FileSink(sink_cfg, gw), sink_cfg, q, METERS)
+    fwd = Forwarder(FileSink(sink_cfg, gw), sink_cfg, q, gw.sink_streams()["out"])
     await fwd.start()
     print("ready", flush=True)
     if mode == "drain":
         while True:
-            depth = await q.run(lambda st: st.sink_status("out", METERS)["depth"])
+            depth = await q.run(lambda st: st.sink_status("out", [("out", m) for m in METERS])["depth"])
             if depth == 0:
                 break
             await asyncio.sleep(0.05)

@@ -1,0 +1,129 @@
+"""Building blocks of the configuration models: strictness, human units, names, and the bases of meters and sinks."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+)
+
+from gateway.config.units import parse_duration, parse_size
+from gateway.quantities import VALUE_UNITS
+from gateway.stream import Stream
+
+
+def _positive(v: float) -> float:
+    if v <= 0:
+        raise ValueError("must be longer than zero")
+    return v
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+Size = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+Name = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="letters, digits, '_', '.', '-'; starting with a letter or digit",
+    ),
+]
+
+
+def system_timezone() -> str:
+    """The system's IANA time zone name, or UTC when it cannot be told."""
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz and _is_zone(tz):
+        return tz
+    try:
+        target = os.readlink("/etc/localtime")
+        if "zoneinfo/" in target:
+            name = target.split("zoneinfo/", 1)[1]
+            if _is_zone(name):
+                return name
+    except OSError:
+        pass
+    try:
+        name = Path("/etc/timezone").read_text().strip()
+        if _is_zone(name):
+            return name
+    except OSError:
+        pass
+    return "UTC"
+
+
+def _is_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def check_zone(name: str) -> str:
+    if not _is_zone(name):
+        close = difflib.get_close_matches(name, sorted(available_timezones()), n=2)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"'{name}' is not an IANA time zone such as Europe/Dublin{hint}")
+    return name
+
+
+def check_value_unit(unit: str) -> str:
+    if unit not in VALUE_UNITS:
+        raise ValueError(f"'{unit}' is not a known unit (expected one of {', '.join(VALUE_UNITS)})")
+    return unit
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MeterBase(Strict):
+    name: Name
+    interval: PositiveDuration = 60.0
+
+
+
+class SinkBase(Strict):
+    name: Name
+    #: Which meters this sink receives; all meters when absent.
+    meters: list[Name] | None = None
+    #: Meters sent in parallel; each meter's readings are always sent one after the other.
+    max_in_flight: Annotated[int, Field(ge=1, le=1024)] = 8
+    backoff_base: PositiveDuration = 1.0
+    backoff_cap: PositiveDuration = 300.0
+    #: A send that has not answered by then counts as a failure to retry.
+    send_timeout: PositiveDuration = 30.0
+
+    def streams(self, meters: Sequence[MeterBase]) -> list[Stream]:
+        """The streams this sink receives: by default one per meter (all meters, or those listed)."""
+        return [Stream(self.name, m.name) for m in meters if self.meters is None or m.name in self.meters]
+
+    def cross_check(self, meters: Sequence[MeterBase]) -> list[tuple[tuple[str | int, ...], str]]:
+        """Problems between this sink and the rest of the file, as (key path within the sink, message)."""
+        known = {m.name for m in meters}
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for j, m in enumerate(self.meters or []):
+            if m not in known:
+                problems.append((("meters", j), f"no meter named '{m}' (defined: {', '.join(sorted(known))})"))
+        if self.backoff_base > self.backoff_cap:
+            problems.append((("backoff_base",), "is longer than backoff_cap"))
+        return problems
+
+    def secrets(self) -> list[str]:
+        return [v.get_secret_value() for v in self.__dict__.values() if isinstance(v, SecretStr) and v]
+
+

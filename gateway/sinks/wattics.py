@@ -1,0 +1,224 @@
+"""``wattics`` sink: Wattics data push, one JSON packet per HTTPS POST (seed document 002, FACTS.md).
+
+The packet formats live here and nowhere else:
+
+- electrical: ``{"id", "tsISO8601", "aP_1".."aP_3", "rP_*", "apP_*", "v_1".."v_3", "c_*", "pC_*" (Wh),
+  "v_12", "v_13", "v_23"}``; a quantity the meter lacks is left out; a meter with totals only uses the ``_1`` key;
+- single value: ``{"id", "tsISO8601", "value"}``.
+
+``tsISO8601`` is the site's local time with its offset and milliseconds (``2016-02-10T21:45:31.070+11:00``).
+How each answer is treated is in :meth:`WatticsSink._outcome`.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+import httpx
+import structlog
+
+from gateway import __version__
+from gateway.config.models import GatewayConfig
+from gateway.config.wattics import WatticsSink as WatticsConfig
+from gateway.errors import SinkError
+from gateway.outcome import Delivered, Outcome, Reject, Retry
+from gateway.quantities import Quantity as Q
+from gateway.reading import Reading
+from gateway.sinks import register
+from gateway.stream import Stream
+
+log = structlog.get_logger("gateway.sinks.wattics")
+
+# (key prefix, per-phase quantities, the total used as phase 1 when the meter has no per-phase values)
+_PHASED: tuple[tuple[str, tuple[Q, Q, Q], Q | None], ...] = (
+    ("aP", (Q.POWER_ACTIVE_L1, Q.POWER_ACTIVE_L2, Q.POWER_ACTIVE_L3), Q.POWER_ACTIVE_TOTAL),
+    ("rP", (Q.POWER_REACTIVE_L1, Q.POWER_REACTIVE_L2, Q.POWER_REACTIVE_L3), Q.POWER_REACTIVE_TOTAL),
+    ("apP", (Q.POWER_APPARENT_L1, Q.POWER_APPARENT_L2, Q.POWER_APPARENT_L3), Q.POWER_APPARENT_TOTAL),
+    ("v", (Q.VOLTAGE_L1, Q.VOLTAGE_L2, Q.VOLTAGE_L3), None),
+    ("c", (Q.CURRENT_L1, Q.CURRENT_L2, Q.CURRENT_L3), None),
+    ("pC", (Q.ENERGY_IMPORT_L1, Q.ENERGY_IMPORT_L2, Q.ENERGY_IMPORT_L3), Q.ENERGY_IMPORT_TOTAL),
+)
+_LINE_VOLTAGES = (("v_12", Q.VOLTAGE_L1_L2), ("v_13", Q.VOLTAGE_L3_L1), ("v_23", Q.VOLTAGE_L2_L3))
+
+ELECTRICAL_KEYS = frozenset(
+    {"id", "tsISO8601"} | {f"{p}_{i}" for p, _, _ in _PHASED for i in (1, 2, 3)} | {k for k, _ in _LINE_VOLTAGES}
+)
+VALUE_KEYS = frozenset({"id", "tsISO8601", "value"})
+
+
+def local_iso(ts_ms: int, tz: ZoneInfo) -> str:
+    """``2016-02-10T21:45:31.070+11:00``: local time in ``tz``, milliseconds, offset (never ``Z``)."""
+    dt = datetime.fromtimestamp(ts_ms // 1000, tz=UTC).replace(microsecond=ts_ms % 1000 * 1000).astimezone(tz)
+    return dt.isoformat(timespec="milliseconds")
+
+
+def electrical_packet(point_id: str, ts: str, values: Mapping[Q, float]) -> dict[str, object]:
+    packet: dict[str, object] = {"id": point_id, "tsISO8601": ts}
+    for prefix, phases, total in _PHASED:
+        if any(q in values for q in phases):
+            for i, q in enumerate(phases, 1):
+                if q in values:
+                    packet[f"{prefix}_{i}"] = values[q]
+        elif total is not None and total in values:
+            packet[f"{prefix}_1"] = values[total]
+    for key, q in _LINE_VOLTAGES:
+        if q in values:
+            packet[key] = values[q]
+    return packet
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """The system's CAs, plus ``ca_file`` if given. Verification and host name checks are always on."""
+    ctx = ssl.create_default_context()
+    if ca_file:
+        ctx.load_verify_locations(cafile=ca_file)
+    return ctx
+
+
+class WatticsSink:
+    max_batch = 1  # one packet per request, and per data point one at a time
+
+    def __init__(self, config: WatticsConfig, gateway: GatewayConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.tz = ZoneInfo(gateway.site.timezone)
+        self.points = {dp.id: dp for dp in config.data_points}
+        self.client: httpx.AsyncClient | None = None
+        self._bad_requests: dict[tuple[str, int], int] = {}
+        self._auth_refused = False
+        self._missing_points: set[str] = set()
+        self.log = log.bind(sink=config.name)
+
+    async def start(self) -> None:
+        if urlsplit(self.config.url).scheme == "http":
+            self.log.warning("sending to Wattics over plain http: allowed by allow_insecure_http, for tests only",
+                             url=self.config.url)
+        self.client = make_client(self.config)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    def packet(self, stream: Stream, reading: Reading) -> dict[str, object] | None:
+        dp = self.points[stream.key]
+        ts = local_iso(reading.ts_ms, self.tz)
+        if dp.format == "value":
+            q = dp.quantity or Q.VALUE
+            return {"id": dp.id, "tsISO8601": ts, "value": reading.values[q]} if q in reading.values else None
+        packet = electrical_packet(dp.id, ts, reading.values)
+        return packet if len(packet) > 2 else None
+
+    async def send(self, stream: Stream, readings: Sequence[Reading]) -> list[Outcome]:
+        return [await self._post(stream, r) for r in readings]
+
+    async def _post(self, stream: Stream, reading: Reading) -> Outcome:
+        if self.client is None:
+            raise SinkError("the Wattics sink is not started")
+        packet = self.packet(stream, reading)
+        if packet is None:
+            dp = self.points[stream.key]
+            what = f"no {dp.quantity or Q.VALUE}" if dp.format == "value" else "no electrical quantity"
+            return Reject(f"reading of {reading.meter} has {what} for data point {dp.id}")
+        body = json.dumps(packet, separators=(",", ":"))
+        try:
+            resp = await self.client.post(self.config.url, content=body)
+        except httpx.TimeoutException:
+            return Retry(f"no answer within {self.config.request_timeout:g}s")
+        except httpx.HTTPError as e:
+            return Retry(_describe(e))
+        return self._outcome(stream.key, reading.ts_ms, resp, body)
+
+    def _outcome(self, point: str, ts_ms: int, resp: httpx.Response, body: str) -> Outcome:
+        code = resp.status_code
+        key = (point, ts_ms)
+        if 200 <= code < 300:
+            self._bad_requests.pop(key, None)
+            if self._auth_refused:
+                self._auth_refused = False
+                self.log.info("Wattics accepts the credentials again")
+            if point in self._missing_points:
+                self._missing_points.discard(point)
+                self.log.info("Wattics accepts the data point again", data_point=point)
+            return Delivered(body)
+        if code in (401, 403):
+            if not self._auth_refused:
+                self._auth_refused = True
+                self.log.error(
+                    "Wattics refuses the credentials: check username and password; readings are kept",
+                    status=code, retry_every_s=self.config.auth_retry,
+                )
+            return Retry(f"HTTP {code}: Wattics refuses the credentials", after=self.config.auth_retry)
+        if code == 404:
+            if point not in self._missing_points:
+                self._missing_points.add(point)
+                self.log.error("Wattics does not know this data point: is it registered? readings are kept",
+                               data_point=point, retry_every_s=self.config.auth_retry)
+            return Retry(f"HTTP 404: data point {point} is not registered at Wattics", after=self.config.auth_retry)
+        if code == 400:
+            n = self._bad_requests.get(key, 0) + 1
+            if n >= self.config.max_bad_request:
+                self._bad_requests.pop(key, None)
+                return Reject(f"HTTP 400 {n} times: {_snippet(resp)}")
+            self._bad_requests[key] = n
+            return Retry(f"HTTP 400 ({n} of {self.config.max_bad_request}): {_snippet(resp)}")
+        after = retry_after(resp.headers.get("Retry-After")) if code in (429, 503) else None
+        return Retry(f"HTTP {code}: {_snippet(resp)}", after=after)
+
+
+def make_client(config: WatticsConfig) -> httpx.AsyncClient:
+    """One client per sink: a pool of kept-alive HTTPS connections (one per data point in flight), cookies kept."""
+    return httpx.AsyncClient(
+        auth=httpx.BasicAuth(config.username, config.password.get_secret_value()),
+        verify=ssl_context(str(config.ca_file) if config.ca_file else None),
+        timeout=httpx.Timeout(config.request_timeout),
+        headers={"Content-Type": "application/json", "User-Agent": f"meter-gateway/{__version__}"},
+        limits=httpx.Limits(
+            max_connections=config.max_in_flight, max_keepalive_connections=config.max_in_flight, keepalive_expiry=60
+        ),
+    )
+
+
+def _snippet(resp: httpx.Response, limit: int = 300) -> str:
+    text = resp.text.strip().replace("\n", " ") if resp.content else ""
+    return (text[:limit] + "...") if len(text) > limit else (text or resp.reason_phrase or "no body")
+
+
+def _describe(e: httpx.HTTPError) -> str:
+    cause = e.__cause__ or e.__context__
+    if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
+        return f"TLS: the server's certificate is not trusted ({getattr(cause, 'verify_message', None) or e})"
+    kinds: dict[type[Exception], str] = {
+        httpx.ConnectError: "cannot connect", httpx.RemoteProtocolError: "bad HTTP answer",
+        httpx.ReadError: "connection lost", httpx.WriteError: "connection lost",
+    }
+    kind = kinds.get(type(e), type(e).__name__)
+    detail = str(e) or (type(cause).__name__ if cause else "")
+    return f"{kind}: {detail}"[:300]
+
+
+@register("wattics")
+def _make(config: WatticsConfig, gateway: GatewayConfig) -> WatticsSink:
+    return WatticsSink(config, gateway)
