@@ -35,7 +35,7 @@ MAX_RETRY_AFTER = 3600.0
 DEADLETTER_POLL = 5.0
 #: Longest idle wait before a stream looks at the queue again even without a notification.
 IDLE_POLL = 5.0
-#: An interval is sent once a reading after it exists, or this long after its end (a meter gone quiet).
+#: An interval is sent once a reading after it exists, or once it is over and its meter has been quiet this long.
 AGGREGATE_GRACE = 30.0
 
 
@@ -143,6 +143,7 @@ class Forwarder:
         last_end = bucket_end(position, interval_ms) if interval_ms and position >= 0 else -1
         buffer: deque[Reading] = deque()
         exhausted = False
+        grew_at = time.monotonic()
         attempt = 0
         read_size = max(2 * self.sink.max_batch, 64)
         while not self._stopping.is_set():
@@ -156,9 +157,13 @@ class Forwarder:
                     more = await self._read(meter, buffer[-1].ts_ms, read_size, event)
                     buffer.extend(more)
                     exhausted = len(more) < read_size
+                    grew_at = time.monotonic() if more else grew_at
                     continue
-                if not closed and self.clock() < end / 1000 + AGGREGATE_GRACE:
-                    wait_until = end / 1000 + AGGREGATE_GRACE
+                # Without a reading after the interval, it closes once it is over and the meter has been quiet for
+                # a while: a meter still sending (a backlog, late answers) may yet add to it.
+                wait = max(end / 1000 - self.clock(), grew_at + AGGREGATE_GRACE - time.monotonic())
+                if not closed and wait > 0:
+                    wait_until = time.monotonic() + wait
                 else:
                     raws = [buffer[i] for i in range(n)]
                     batch = [aggregate(raws, end, stream.last)]
@@ -171,9 +176,10 @@ class Forwarder:
                 if more:
                     buffer.extend(more)
                     exhausted = len(more) < read_size
+                    grew_at = time.monotonic()
                     continue
                 exhausted = True
-                timeout = IDLE_POLL if wait_until is None else min(IDLE_POLL, max(0.0, wait_until - self.clock()))
+                timeout = IDLE_POLL if wait_until is None else min(IDLE_POLL, max(0.0, wait_until - time.monotonic()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), timeout)
                 continue

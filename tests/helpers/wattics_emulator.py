@@ -1,0 +1,305 @@
+"""A Wattics data-push emulator: HTTPS on loopback with a throwaway certificate, enforcing the platform's rules.
+
+Rules (seed document 002 and FACTS.md): POST to the endpoint, basic auth, ``Content-Type: application/json``, the
+JSON on one line, known keys only and no nulls, ``tsISO8601`` as ``yyyy-mm-ddThh:mm:ss.sss+hh:mm``, one packet
+per request, chronological per ``id``: a packet not newer than the last accepted one for its id is discarded and
+recorded (``duplicates`` when it has the same time, ``out_of_order`` when older).
+``GET <endpoint>?stream=<id>`` answers the last packet processed for that id (an invented shape: the real one is
+not documented).
+
+Faults to order: ``answer(status, times, retry_after, body)``, ``stall(seconds, times)``, ``drop(times)`` (close the
+connection without answering), ``latency`` (added to every answer).
+
+    python -m tests.helpers.wattics_emulator DIR [--latency 0.02]   (prints "PORT"; stats at GET /_stats)
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import trustme
+
+PATH = "/measurements/v2/unifiedjson/"
+TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}[+-]\d{2}:\d{2}$")
+PHASED = ("aP", "rP", "apP", "v", "c", "pC")
+ELECTRICAL = {"id", "tsISO8601", "v_12", "v_13", "v_23"} | {f"{p}_{i}" for p in PHASED for i in (1, 2, 3)}
+VALUE = {"id", "tsISO8601", "value"}
+
+
+@dataclass
+class Fault:
+    kind: str  # "answer", "stall", "drop"
+    times: int
+    status: int = 200
+    retry_after: str | None = None
+    body: str = ""
+    seconds: float = 0.0
+
+
+class WatticsEmulator:
+    def __init__(self, cert_dir: Path, users: dict[str, str] | None = None, known_ids: set[str] | None = None,
+                 latency: float = 0.0) -> None:
+        self.users = users if users is not None else {"gateway": "s3cret-pass"}
+        self.known_ids = known_ids
+        self.latency = latency
+        self.lock = threading.Lock()
+        self.packets: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.last_ts: dict[str, float] = {}
+        self.duplicates: list[tuple[str, str]] = []
+        self.out_of_order: list[tuple[str, str]] = []
+        self.refused: list[tuple[int, str]] = []
+        self.requests = 0
+        self.connections = 0
+        self.faults: deque[Fault] = deque()
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        cert_dir.mkdir(parents=True, exist_ok=True)
+        self.ca_file = cert_dir / "wattics-ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        cert.configure_cert(self._ctx)
+        self._server: ThreadingHTTPServer | None = None
+
+    # ------------------------------------------------------------ control
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"https://127.0.0.1:{self._server.server_address[1]}{PATH}"
+
+    def start(self, port: int = 0) -> WatticsEmulator:
+        emu = self
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+            def get_request(self) -> tuple[socket.socket, Any]:
+                sock, addr = super().get_request()
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with emu.lock:
+                    emu.connections += 1
+                # The TLS handshake happens in the handler's thread, at its first read.
+                return emu._ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # clients that time out and go away are part of the tests
+
+        self._server = Server(("127.0.0.1", port), _handler(self))
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def answer(self, status: int, times: int = 1, retry_after: str | None = None, body: str = "") -> None:
+        with self.lock:
+            self.faults.append(Fault("answer", times, status, retry_after, body))
+
+    def stall(self, seconds: float, times: int = 1) -> None:
+        with self.lock:
+            self.faults.append(Fault("stall", times, seconds=seconds))
+
+    def drop(self, times: int = 1) -> None:
+        with self.lock:
+            self.faults.append(Fault("drop", times))
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+
+    def _next_fault(self) -> Fault | None:
+        with self.lock:
+            if not self.faults:
+                return None
+            fault = self.faults[0]
+            fault.times -= 1
+            if fault.times <= 0:
+                self.faults.popleft()
+            return fault
+
+    def count(self) -> int:
+        with self.lock:
+            return sum(len(v) for v in self.packets.values())
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "packets": sum(len(v) for v in self.packets.values()),
+                "per_id": {k: len(v) for k, v in self.packets.items()},
+                "duplicates": len(self.duplicates),
+                "out_of_order": len(self.out_of_order),
+                "refused": len(self.refused),
+                "requests": self.requests,
+                "connections": self.connections,
+            }
+
+    def __enter__(self) -> WatticsEmulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ the rules
+
+    def check(self, headers: Any, body: bytes) -> tuple[int, str, dict[str, Any] | None]:
+        if headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
+            return 400, "Content-Type must be application/json", None
+        if b"\n" in body or b"\r" in body:
+            return 400, "the packet must be on one line", None
+        try:
+            packet = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return 400, "not JSON", None
+        if not isinstance(packet, dict) or "id" not in packet or "tsISO8601" not in packet:
+            return 400, "a packet needs id and tsISO8601", None
+        keys = set(packet)
+        if not (keys <= ELECTRICAL or keys <= VALUE):
+            return 400, f"unknown keys {sorted(keys - ELECTRICAL - VALUE)}", None
+        for k, v in packet.items():
+            if k in ("id", "tsISO8601"):
+                if not isinstance(v, str) or not v:
+                    return 400, f"{k} must be a non-empty string", None
+            elif isinstance(v, bool) or not isinstance(v, int | float):
+                return 400, f"{k} must be a number, got {v!r}", None
+        if not TS.match(packet["tsISO8601"]):
+            return 400, f"bad tsISO8601 {packet['tsISO8601']!r}", None
+        if self.known_ids is not None and packet["id"] not in self.known_ids:
+            return 404, f"unknown data point {packet['id']}", None
+        return 200, "", packet
+
+    def accept(self, packet: dict[str, Any]) -> None:
+        ts = datetime.fromisoformat(packet["tsISO8601"]).timestamp()
+        pid = packet["id"]
+        with self.lock:
+            last = self.last_ts.get(pid)
+            if last is not None and ts == last:
+                self.duplicates.append((pid, packet["tsISO8601"]))
+            elif last is not None and ts < last:
+                self.out_of_order.append((pid, packet["tsISO8601"]))
+            else:
+                self.last_ts[pid] = ts
+                self.packets[pid].append(packet)
+
+
+def _handler(emu: WatticsEmulator) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _reply(self, code: int, body: str, headers: dict[str, str] | None = None) -> None:
+            data = body.encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json" if body.startswith("{") else "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            # Headers and body in one write: two small writes would meet the client's delayed ACK (40 ms each).
+            self._headers_buffer.append(b"\r\n" + data)  # type: ignore[attr-defined]
+            self.flush_headers()
+
+        def _authorised(self) -> bool:
+            auth = self.headers.get("Authorization", "")
+            if not auth.startswith("Basic "):
+                return False
+            try:
+                user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
+            except ValueError:
+                return False
+            return emu.users.get(user) == pw
+
+        def do_GET(self) -> None:
+            parts = urlsplit(self.path)
+            if parts.path == "/_stats":
+                self._reply(200, json.dumps(emu.stats()))
+                return
+            if not self._authorised():
+                self._reply(401, "unauthorised", {"WWW-Authenticate": 'Basic realm="wattics"'})
+                return
+            stream = parse_qs(parts.query).get("stream", [""])[0]
+            with emu.lock:
+                last = emu.packets.get(stream, [None])[-1]
+            if emu.known_ids is not None and stream not in emu.known_ids:
+                self._reply(404, "unknown stream")
+                return
+            self._reply(200, json.dumps({"stream": stream, "lastPacket": last}))
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            body = self.rfile.read(length)
+            with emu.lock:
+                emu.requests += 1
+            if urlsplit(self.path).path != PATH:
+                self._reply(404, "no such endpoint")
+                return
+            fault = emu._next_fault()
+            if fault is not None and fault.kind == "drop":
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if emu.latency:
+                time.sleep(emu.latency)
+            if not self._authorised():
+                with emu.lock:
+                    emu.refused.append((401, ""))
+                self._reply(401, "unauthorised", {"WWW-Authenticate": 'Basic realm="wattics"'})
+                return
+            if fault is not None and fault.kind == "answer" and fault.status != 200:
+                with emu.lock:
+                    emu.refused.append((fault.status, ""))
+                headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+                self._reply(fault.status, fault.body or f"emulated {fault.status}", headers)
+                return
+            code, why, packet = emu.check(self.headers, body)
+            if packet is None:
+                with emu.lock:
+                    emu.refused.append((code, why))
+                self._reply(code, why)
+                return
+            if fault is not None and fault.kind == "stall":
+                time.sleep(fault.seconds)  # processed late: the client may have given up, and will send again
+            emu.accept(packet)
+            self._reply(200, '{"status":"ok"}')
+
+    return Handler
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dir", type=Path)
+    ap.add_argument("--latency", type=float, default=0.0)
+    args = ap.parse_args()
+    emu = WatticsEmulator(args.dir, latency=args.latency).start()
+    print(emu.url.split(":")[2].split("/")[0], flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emu.stop()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
