@@ -49,6 +49,7 @@ def build_parser(settings: ProcessSettings) -> argparse.ArgumentParser:
     dl.add_argument("--sink", help="only this sink's dead letters")
     dl.add_argument("--id", type=int, nargs="+", dest="ids", help="only these dead letters")
     dl.add_argument("--all", action="store_true", help="with purge: every dead letter (of --sink, if given)")
+    with_config(sub.add_parser("verify", help="ask each platform what it received last, beside what was sent"))
     demo = sub.add_parser("demo", help="run with simulated meters and print readings; needs no hardware")
     demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: Ctrl-C)")
     demo.add_argument("--interval", default="2s", help="poll interval of the simulated meters (default 2s)")
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_level, args.log_format)
     try:
         handler = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "deadletter": cmd_deadletter,
-                   "demo": cmd_demo}[args.command]
+                   "demo": cmd_demo, "verify": cmd_verify}[args.command]
         return handler(args)
     except ConfigError as e:
         for line in e.problems:
@@ -179,6 +180,31 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         store.close()
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from gateway.config.wattics import WatticsSink
+    from gateway.sinks import wattics
+
+    config = _load(args)
+    store = _open_store(config)
+    daemon: dict[str, Any] = {}
+    if store is not None:
+        try:
+            daemon = store.get_meta("daemon") or {}
+        finally:
+            store.close()
+    sinks = [s for s in config.sinks if isinstance(s, WatticsSink)]
+    if not sinks:
+        print("no platform sink to verify in this configuration")
+        return EXIT_OK
+    all_ok = True
+    for sink in sinks:
+        health = (daemon.get("sinks") or {}).get(sink.name) or {}
+        ok, lines = asyncio.run(wattics.verify(sink, health.get("streams") or {}))
+        all_ok = all_ok and ok
+        print("\n".join(lines))
+    return EXIT_OK if all_ok else EXIT_RUNTIME
 
 
 DEMO_CONFIG = """\

@@ -70,6 +70,7 @@ class Gateway:
         self._reload = asyncio.Event()
         self._started = time.time()
         self._refusing: dict[str, int] = {}
+        self._health: dict[str, object] | None = None
 
     # ------------------------------------------------------------ entry
 
@@ -123,9 +124,16 @@ class Gateway:
         for name in inactive:
             log.warning("stream known to the queue is not in the configuration: its cursor is kept but ignored",
                         stream=name)
+        if self._health is None:  # what the previous run delivered last, for status and verify
+            previous = await self.queue.run(lambda st: st.get_meta("daemon")) or {}
+            sinks = previous.get("sinks")
+            self._health = dict(sinks) if isinstance(sinks, dict) else {}
         self.forwarders = []
         for sc in config.sinks:
             fwd = Forwarder(create_sink(sc, config), sc, self.queue, streams[sc.name])
+            before = (self._health or {}).get(sc.name, {})
+            if isinstance(before, dict) and isinstance(before.get("streams"), dict):
+                fwd.last_sent.update(before["streams"])
             await fwd.start()
             self.forwarders.append(fwd)
         self._source_stop = asyncio.Event()
@@ -153,6 +161,7 @@ class Gateway:
             await asyncio.gather(*self._source_tasks, return_exceptions=True)
         self._source_tasks = []
         await asyncio.gather(*(f.stop(SEND_GRACE) for f in self.forwarders))
+        self._health = self._sink_health()
         self.forwarders = []
         await self.queue.flush()
 
@@ -210,6 +219,10 @@ class Gateway:
             await self._write_heartbeat(running=True)
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
+    def _sink_health(self) -> dict[str, object]:
+        return {f.name: {"failing": f.last_error is not None, "last_error": f.last_error, "streams": f.last_sent}
+                for f in self.forwarders}
+
     async def _write_heartbeat(self, running: bool) -> None:
         info: dict[str, object] = {
             "pid": os.getpid(),
@@ -217,8 +230,7 @@ class Gateway:
             "started_ms": int(self._started * 1000),
             "heartbeat_ms": int(time.time() * 1000),
             "running": running,
-            "sinks": {f.name: {"failing": f.last_error is not None, "last_error": f.last_error,
-                               "streams": f.last_sent} for f in self.forwarders},
+            "sinks": self._sink_health() if self.forwarders else self._health or {},
         }
         await self.queue.run(lambda st: st.set_meta("daemon", info))
 

@@ -222,3 +222,38 @@ def _describe(e: httpx.HTTPError) -> str:
 @register("wattics")
 def _make(config: WatticsConfig, gateway: GatewayConfig) -> WatticsSink:
     return WatticsSink(config, gateway)
+
+
+async def verify(config: WatticsConfig, last_sent: Mapping[str, object]) -> tuple[bool, list[str]]:
+    """For each data point, what Wattics says it processed last (``GET ?stream=<id>``), beside what the gateway
+    delivered last (``last_sent``: stream cursor -> record, from the daemon's heartbeat). Sends nothing."""
+    lines: list[str] = []
+    ok = True
+    async with make_client(config) as client:
+        for dp in config.data_points:
+            cursor = f"{config.name}#{dp.id}"
+            lines.append(f"{config.name} / {dp.id} (meter {dp.meter}, {dp.format})")
+            try:
+                resp = await client.get(config.url, params={"stream": dp.id})
+            except httpx.TimeoutException:
+                ok = False
+                lines.append(f"  Wattics:  no answer within {config.request_timeout:g}s")
+            except httpx.HTTPError as e:
+                ok = False
+                lines.append(f"  Wattics:  {_describe(e)}")
+            else:
+                ok = ok and resp.status_code == 200
+                lines.append(f"  Wattics:  HTTP {resp.status_code} {_shown(resp)}")
+            record = last_sent.get(cursor)
+            packet = record.get("packet") if isinstance(record, dict) else None
+            lines.append(f"  gateway:  {packet if packet else 'nothing delivered yet'}")
+    return ok, lines
+
+
+def _shown(resp: httpx.Response) -> str:
+    """The answer as Wattics gave it: its shape is not documented, so parse defensively and show it raw."""
+    try:
+        text = json.dumps(resp.json(), separators=(",", ":"))
+    except ValueError:
+        text = resp.text.strip().replace("\n", " ")
+    return text if len(text) <= 600 else text[:600] + "..."

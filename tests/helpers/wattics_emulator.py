@@ -3,7 +3,8 @@
 Rules (seed document 002 and FACTS.md): POST to the endpoint, basic auth, ``Content-Type: application/json``, the
 JSON on one line, known keys only and no nulls, ``tsISO8601`` as ``yyyy-mm-ddThh:mm:ss.sss+hh:mm``, one packet
 per request, chronological per ``id``: a packet not newer than the last accepted one for its id is discarded and
-recorded (``duplicates`` when it has the same time, ``out_of_order`` when older).
+recorded: ``duplicates`` when that packet was accepted before (sent again), ``out_of_order`` when it is new but older
+than one accepted (the platform drops it: a hole).
 ``GET <endpoint>?stream=<id>`` answers the last packet processed for that id (an invented shape: the real one is
 not documented).
 
@@ -60,6 +61,7 @@ class WatticsEmulator:
         self.lock = threading.Lock()
         self.packets: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.last_ts: dict[str, float] = {}
+        self.seen: dict[str, set[float]] = defaultdict(set)
         self.duplicates: list[tuple[str, str]] = []
         self.out_of_order: list[tuple[str, str]] = []
         self.refused: list[tuple[int, str]] = []
@@ -191,12 +193,13 @@ class WatticsEmulator:
         pid = packet["id"]
         with self.lock:
             last = self.last_ts.get(pid)
-            if last is not None and ts == last:
-                self.duplicates.append((pid, packet["tsISO8601"]))
+            if ts in self.seen[pid]:
+                self.duplicates.append((pid, packet["tsISO8601"]))  # sent again: the platform has it already
             elif last is not None and ts < last:
-                self.out_of_order.append((pid, packet["tsISO8601"]))
+                self.out_of_order.append((pid, packet["tsISO8601"]))  # new, but older than one accepted: lost
             else:
                 self.last_ts[pid] = ts
+                self.seen[pid].add(ts)
                 self.packets[pid].append(packet)
 
 
