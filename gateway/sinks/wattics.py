@@ -12,6 +12,7 @@ How each answer is treated is in :meth:`WatticsSink._outcome`.
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ from gateway.outcome import Delivered, Outcome, Reject, Retry
 from gateway.quantities import Quantity as Q
 from gateway.reading import Reading
 from gateway.sinks import register
+from gateway.sinks.http11 import Http11Client, HttpError, Response
 from gateway.stream import Stream
 
 log = structlog.get_logger("gateway.sinks.wattics")
@@ -105,7 +107,10 @@ class WatticsSink:
         self.name = config.name
         self.tz = ZoneInfo(gateway.site.timezone)
         self.points = {dp.id: dp for dp in config.data_points}
-        self.client: httpx.AsyncClient | None = None
+        # One kept-alive connection per data point: data points go in parallel, each one's packets in order.
+        self._clients: dict[str, Http11Client] = {}
+        self._cookies = httpx.Cookies()
+        self._ssl: ssl.SSLContext | None = None
         self._bad_requests: dict[tuple[str, int], int] = {}
         self._auth_refused = False
         self._missing_points: set[str] = set()
@@ -115,12 +120,29 @@ class WatticsSink:
         if urlsplit(self.config.url).scheme == "http":
             self.log.warning("sending to Wattics over plain http: allowed by allow_insecure_http, for tests only",
                              url=self.config.url)
-        self.client = make_client(self.config)
+        self._ssl = ssl_context(str(self.config.ca_file) if self.config.ca_file else None)
 
     async def close(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    def _client(self, point: str) -> Http11Client:
+        client = self._clients.get(point)
+        if client is None:
+            if self._ssl is None:
+                raise SinkError("the Wattics sink is not started")
+            auth = base64.b64encode(
+                f"{self.config.username}:{self.config.password.get_secret_value()}".encode()
+            ).decode()
+            headers = [
+                ("Content-Type", "application/json"),
+                ("Authorization", f"Basic {auth}"),
+                ("User-Agent", f"meter-gateway/{__version__}"),
+            ]
+            client = Http11Client(self.config.url, self._ssl, self.config.request_timeout, headers, self._cookies)
+            self._clients[point] = client
+        return client
 
     def packet(self, stream: Stream, reading: Reading) -> dict[str, object] | None:
         dp = self.points[stream.key]
@@ -135,8 +157,7 @@ class WatticsSink:
         return [await self._post(stream, r) for r in readings]
 
     async def _post(self, stream: Stream, reading: Reading) -> Outcome:
-        if self.client is None:
-            raise SinkError("the Wattics sink is not started")
+        client = self._client(stream.key)
         packet = self.packet(stream, reading)
         if packet is None:
             dp = self.points[stream.key]
@@ -144,15 +165,13 @@ class WatticsSink:
             return Reject(f"reading of {reading.meter} has {what} for data point {dp.id}")
         body = json.dumps(packet, separators=(",", ":"))
         try:
-            resp = await self.client.post(self.config.url, content=body)
-        except httpx.TimeoutException:
-            return Retry(f"no answer within {self.config.request_timeout:g}s")
-        except httpx.HTTPError as e:
-            return Retry(_describe(e))
+            resp = await client.post(body.encode())
+        except HttpError as e:
+            return Retry(str(e))
         return self._outcome(stream.key, reading.ts_ms, resp, body)
 
-    def _outcome(self, point: str, ts_ms: int, resp: httpx.Response, body: str) -> Outcome:
-        code = resp.status_code
+    def _outcome(self, point: str, ts_ms: int, resp: Response, body: str) -> Outcome:
+        code = resp.status
         key = (point, ts_ms)
         if 200 <= code < 300:
             self._bad_requests.pop(key, None)
@@ -184,26 +203,23 @@ class WatticsSink:
                 return Reject(f"HTTP 400 {n} times: {_snippet(resp)}")
             self._bad_requests[key] = n
             return Retry(f"HTTP 400 ({n} of {self.config.max_bad_request}): {_snippet(resp)}")
-        after = retry_after(resp.headers.get("Retry-After")) if code in (429, 503) else None
+        after = retry_after(resp.headers.get("retry-after")) if code in (429, 503) else None
         return Retry(f"HTTP {code}: {_snippet(resp)}", after=after)
 
 
-def make_client(config: WatticsConfig) -> httpx.AsyncClient:
-    """One client per sink: a pool of kept-alive HTTPS connections (one per data point in flight), cookies kept."""
+def make_client(config: WatticsConfig, ctx: ssl.SSLContext) -> httpx.AsyncClient:
+    """An httpx client for requests off the hot path (the technician's check)."""
     return httpx.AsyncClient(
         auth=httpx.BasicAuth(config.username, config.password.get_secret_value()),
-        verify=ssl_context(str(config.ca_file) if config.ca_file else None),
+        verify=ctx,
         timeout=httpx.Timeout(config.request_timeout),
-        headers={"Content-Type": "application/json", "User-Agent": f"meter-gateway/{__version__}"},
-        limits=httpx.Limits(
-            max_connections=config.max_in_flight, max_keepalive_connections=config.max_in_flight, keepalive_expiry=60
-        ),
+        headers={"User-Agent": f"meter-gateway/{__version__}"},
     )
 
 
-def _snippet(resp: httpx.Response, limit: int = 300) -> str:
-    text = resp.text.strip().replace("\n", " ") if resp.content else ""
-    return (text[:limit] + "...") if len(text) > limit else (text or resp.reason_phrase or "no body")
+def _snippet(resp: Response, limit: int = 300) -> str:
+    text = resp.text.strip().replace("\n", " ")
+    return (text[:limit] + "...") if len(text) > limit else (text or resp.reason or "no body")
 
 
 def _describe(e: httpx.HTTPError) -> str:
@@ -229,7 +245,8 @@ async def verify(config: WatticsConfig, last_sent: Mapping[str, object]) -> tupl
     delivered last (``last_sent``: stream cursor -> record, from the daemon's heartbeat). Sends nothing."""
     lines: list[str] = []
     ok = True
-    async with make_client(config) as client:
+    ctx = ssl_context(str(config.ca_file) if config.ca_file else None)
+    async with make_client(config, ctx) as client:
         for dp in config.data_points:
             cursor = f"{config.name}#{dp.id}"
             lines.append(f"{config.name} / {dp.id} (meter {dp.meter}, {dp.format})")
