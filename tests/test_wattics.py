@@ -368,3 +368,39 @@ async def test_a_restart_in_the_middle_of_a_backlog_sends_the_rest_once(emu: Wat
     assert got == [(BASE_MS + i * 1000) / 1000 for i in range(300)]
     assert len(emu.duplicates) <= 1 and not emu.out_of_order
     await rig2.stop()
+
+
+async def test_a_server_without_keep_alive_and_one_answering_garbage(emu: WatticsEmulator, rig_factory: Any) -> None:
+    emu.keepalive = False
+    emu.garbage(2)
+    rig = await rig_factory(config_text(emu.url, emu.ca_file, points="      - {id: e, meter: main}\n"))
+    await rig.queue.append([elec(BASE_MS + i * 10_000) for i in range(5)])
+    await until(lambda: emu.count() == 5)
+    assert emu.stats()["connections"] >= 5  # a new connection after every "Connection: close"
+    assert emu.stats()["out_of_order"] == 0
+
+
+async def test_cookies_set_by_the_platform_are_sent_back(emu: WatticsEmulator, rig_factory: Any) -> None:
+    emu.cookie = "AWSALB=sticky-42"
+    rig = await rig_factory(config_text(emu.url, emu.ca_file, points="      - {id: e, meter: main}\n"))
+    await rig.queue.append([elec(BASE_MS + i * 10_000) for i in range(4)])
+    await until(lambda: emu.count() == 4)
+    assert emu.with_cookie == 3  # every request after the first answer
+
+
+async def test_a_connection_the_server_dropped_while_idle_is_replaced_without_a_retry(
+    emu: WatticsEmulator, rig_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = await rig_factory(config_text(emu.url, emu.ca_file, points="      - {id: e, meter: main}\n"))
+    await rig.queue.append([elec(BASE_MS)])
+    await until(lambda: emu.count() == 1)
+    # The server goes away and comes back on the same port: the kept-alive connection is dead.
+    port = int(emu.url.split(":")[2].split("/")[0])
+    emu.stop()
+    emu.start(port)
+    await asyncio.sleep(0.2)
+    await rig.queue.append([elec(BASE_MS + 10_000)])
+    await until(lambda: emu.count() == 2)
+    await rig.queue.flush()
+    assert await rig.queue.run(lambda st: st.counters.get("sink.wattics.retried", 0)) == 0
+    assert emu.stats()["connections"] == 2

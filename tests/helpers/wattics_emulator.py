@@ -68,8 +68,14 @@ class WatticsEmulator:
         self.requests = 0
         self.connections = 0
         self.last_accept_at = 0.0
+        self.open_sockets: set[socket.socket] = set()
         self.first_accept_at = 0.0
         self.faults: deque[Fault] = deque()
+        #: False: answer "Connection: close" and close, as a server without keep-alive does
+        self.keepalive = True
+        #: set as a cookie on the first answer; requests carrying it back are counted
+        self.cookie: str | None = None
+        self.with_cookie = 0
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1", "localhost")
         cert_dir.mkdir(parents=True, exist_ok=True)
@@ -98,10 +104,12 @@ class WatticsEmulator:
             def get_request(self) -> tuple[socket.socket, Any]:
                 sock, addr = super().get_request()
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # The TLS handshake happens in the handler's thread, at its first read.
+                tls = emu._ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
                 with emu.lock:
                     emu.connections += 1
-                # The TLS handshake happens in the handler's thread, at its first read.
-                return emu._ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+                    emu.open_sockets.add(tls)
+                return tls, addr
 
             def handle_error(self, request: Any, client_address: Any) -> None:
                 pass  # clients that time out and go away are part of the tests
@@ -111,10 +119,18 @@ class WatticsEmulator:
         return self
 
     def stop(self) -> None:
+        """Stop listening and cut every open connection, as a server that goes away does."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self.lock:
+            sockets, self.open_sockets = self.open_sockets, set()
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def answer(self, status: int, times: int = 1, retry_after: str | None = None, body: str = "") -> None:
         with self.lock:
@@ -123,6 +139,11 @@ class WatticsEmulator:
     def stall(self, seconds: float, times: int = 1) -> None:
         with self.lock:
             self.faults.append(Fault("stall", times, seconds=seconds))
+
+    def garbage(self, times: int = 1) -> None:
+        """Answer bytes that are not HTTP."""
+        with self.lock:
+            self.faults.append(Fault("garbage", times))
 
     def drop(self, times: int = 1) -> None:
         with self.lock:
@@ -225,6 +246,11 @@ def _handler(emu: WatticsEmulator) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
+            if emu.cookie:
+                self.send_header("Set-Cookie", f"{emu.cookie}; Path=/; HttpOnly")
+            if not emu.keepalive:
+                self.send_header("Connection", "close")
+                self.close_connection = True
             # Headers and body in one write: two small writes would meet the client's delayed ACK (40 ms each).
             self._headers_buffer.append(b"\r\n" + data)  # type: ignore[attr-defined]
             self.flush_headers()
@@ -268,6 +294,13 @@ def _handler(emu: WatticsEmulator) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
+            if fault is not None and fault.kind == "garbage":
+                self.close_connection = True
+                self.wfile.write(b"SPAM SPAM SPAM\r\n\r\n")
+                return
+            if emu.cookie and emu.cookie in self.headers.get("Cookie", ""):
+                with emu.lock:
+                    emu.with_cookie += 1
             if emu.latency:
                 time.sleep(emu.latency)
             if not self._authorised():
