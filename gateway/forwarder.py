@@ -23,7 +23,7 @@ import structlog
 
 from gateway.aggregate import aggregate, bucket_end
 from gateway.config.common import SinkBase
-from gateway.outcome import Delivered, Outcome, Reject, Retry
+from gateway.outcome import Delivered, Outcome, Reject, Retry, Skip
 from gateway.queue import DiskQueue, QueueStore
 from gateway.reading import Reading, iso_utc
 from gateway.sinks import Sink
@@ -69,6 +69,7 @@ class Forwarder:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._failing: set[str] = set()
+        self._skipping: set[str] = set()
         self._failing_since: float | None = None
         self.last_error: str | None = None
         #: per stream cursor: what was last delivered (for status and the technicians' check)
@@ -198,6 +199,9 @@ class Forwarder:
                 else:
                     if isinstance(outcome, Reject):
                         await self._reject(stream, batch[0], outcome, log, upto)
+                    elif isinstance(outcome, Skip):
+                        self.queue.ack(cursor, meter, upto, 0)
+                        self._skipped(stream, outcome, n)
                     else:
                         self.queue.ack(cursor, meter, upto, n)
                         self._sent(stream, batch[0], outcome)
@@ -205,22 +209,25 @@ class Forwarder:
                         buffer.popleft()
                     position, last_end = upto, batch[0].ts_ms
             else:
-                delivered = 0
+                delivered = skipped = 0
                 for reading, outcome in zip(batch, outcomes, strict=True):
                     if isinstance(outcome, Retry):
                         retry = outcome
                         break
                     if isinstance(outcome, Reject):
-                        if delivered:
+                        if delivered or skipped:
                             self.queue.ack(cursor, meter, position, delivered)
                             delivered = 0
                         await self._reject(stream, reading, outcome, log)
+                    elif isinstance(outcome, Skip):
+                        skipped += 1
+                        self._skipped(stream, outcome, 1)
                     else:
                         delivered += 1
                         self._sent(stream, reading, outcome)
                     position = reading.ts_ms
                     buffer.popleft()
-                if delivered:
+                if delivered or skipped:
                     self.queue.ack(cursor, meter, position, delivered)
             if retry is None:
                 if attempt:
@@ -264,6 +271,13 @@ class Forwarder:
             "packet": outcome.sent if isinstance(outcome, Delivered) else None,
         }
 
+    def _skipped(self, stream: Stream, outcome: Skip, n: int) -> None:
+        self.queue.post(lambda st: st.count(f"sink.{self.name}.skipped", n))
+        if stream.cursor not in self._skipping:
+            self._skipping.add(stream.cursor)
+            self.log.info("readings not sent on purpose (counted as skipped)", stream=stream.label,
+                          reason=outcome.reason)
+
     # ------------------------------------------------------------ health, logged on change
 
     def _failed(self, stream: Stream, retry: Retry) -> None:
@@ -300,7 +314,7 @@ class Forwarder:
                     (outcome,) = await self._send(stream, [dl.reading], self.log)
                 if isinstance(outcome, Retry):
                     break  # the sink is failing; the letter stays marked for retry
-                delivered = isinstance(outcome, Delivered)
+                delivered = isinstance(outcome, Delivered | Skip)
                 reason = outcome.reason if isinstance(outcome, Reject) else ""
 
                 def resolve(st: QueueStore, dl_id: int = dl.id, ok: bool = delivered, why: str = reason) -> None:

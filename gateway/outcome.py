@@ -30,5 +30,13 @@ class Reject:
     reason: str
 
 
-Outcome = Delivered | Retry | Reject
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Not sent on purpose (the configuration says so, e.g. a template needs a quantity the reading lacks):
+    the stream moves past it, and it is counted as skipped."""
+
+    reason: str
+
+
+Outcome = Delivered | Retry | Reject | Skip
 DELIVERED = Delivered()

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from gateway.quantities import ALL, CODE, Quantity
 
@@ -69,6 +70,12 @@ class Reading:
 def json_lines(readings: Iterable[Reading]) -> str:
     """One compact JSON object per reading, each on its own line (the file and stdout sinks' format)."""
     return "".join(json.dumps(r.to_json_dict(), separators=(",", ":")) + "\n" for r in readings)
+
+
+def local_iso(ts_ms: int, tz: ZoneInfo) -> str:
+    """``2016-02-10T21:45:31.070+11:00``: local time in ``tz``, milliseconds, offset (never ``Z``)."""
+    dt = datetime.fromtimestamp(ts_ms // 1000, tz=UTC).replace(microsecond=ts_ms % 1000 * 1000).astimezone(tz)
+    return dt.isoformat(timespec="milliseconds")
 
 
 def iso_utc(ts_ms: int) -> str:

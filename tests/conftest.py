@@ -31,3 +31,13 @@ async def queue(tmp_path: Path) -> AsyncIterator[DiskQueue]:
     await q.start()
     yield q
     await q.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from tests.helpers.mosquitto import MOSQUITTO, Mosquitto
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (CI installs it)")
+    with Mosquitto(tmp_path / "broker").start() as b:
+        yield b

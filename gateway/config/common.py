@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import difflib
 import os
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import (
@@ -85,6 +87,25 @@ def check_value_unit(unit: str) -> str:
     if unit not in VALUE_UNITS:
         raise ValueError(f"'{unit}' is not a known unit (expected one of {', '.join(VALUE_UNITS)})")
     return unit
+
+
+def check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"'{url}' is not a URL such as https://host/path")
+    if parts.username or parts.password:
+        raise ValueError("put the credentials in username/password, not in the URL")
+    return url
+
+
+def check_ca_file(path: Path) -> Path:
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except FileNotFoundError:
+        raise ValueError(f"'{path}' does not exist") from None
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError(f"'{path}' is not a PEM file of CA certificates ({e.__class__.__name__})") from None
+    return path
 
 
 class Strict(BaseModel):

@@ -78,7 +78,7 @@ def _pydantic_problems(e: ValidationError, data: Any, origins: dict[KeyPath, str
     for err in e.errors(include_url=False):
         path, model = _strip_tags(err["loc"], data)
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            path = (*path, "type")
+            path = (*path, str((err.get("ctx") or {}).get("discriminator", "type")).strip("'"))
         out.append(_line(origins, path, filename, data, _message(err, path, model)))
     # Line order reads best; pydantic reports by schema order.
     return sorted(dict.fromkeys(out), key=_sort_key)
@@ -100,8 +100,8 @@ def _strip_tags(loc: tuple[int | str, ...], data: Any) -> tuple[KeyPath, type[Ba
     cur = data
     model: Any = GatewayConfig
     for i, part in enumerate(loc):
-        if isinstance(cur, dict) and isinstance(part, str) and part not in cur and cur.get("type") == part:
-            continue  # discriminated-union tag, not a key
+        if isinstance(cur, dict) and isinstance(part, str) and part not in cur and part in cur.values():
+            continue  # discriminated-union tag (the value of type:, key:...), not a key
         if (isinstance(part, str) and part.startswith("function-")) or part in ("list[...]", "dict[...]"):
             continue
         path.append(part)
@@ -175,7 +175,7 @@ def _message(err: Any, path: KeyPath, model: type[BaseModel] | None) -> str:
     if kind == "union_tag_invalid":
         return f"unknown type {ctx.get('tag')!r} (expected one of: {ctx.get('expected_tags', '')})"
     if kind == "union_tag_not_found":
-        return "required key 'type' is missing"
+        return f"required key {ctx.get('discriminator', 'type')} is missing"
     if kind in _TYPE_WORDS:
         return f"expected {_TYPE_WORDS[kind]}, got {got}" if got else f"expected {_TYPE_WORDS[kind]}"
     if kind == "literal_error":

@@ -23,10 +23,14 @@ from gateway.config.common import (
     check_zone,
     system_timezone,
 )
+from gateway.config.voltaware import VoltawareSink
 from gateway.config.wattics import WatticsSink
 from gateway.stream import Stream
 
-__all__ = ["FileSink", "GatewayConfig", "MeterBase", "SimulatedMeter", "SinkBase", "StdoutSink", "WatticsSink"]
+__all__ = [
+    "FileSink", "GatewayConfig", "MeterBase", "SimulatedMeter", "SinkBase", "StdoutSink", "VoltawareSink",
+    "WatticsSink",
+]
 
 
 class SiteConfig(Strict):
@@ -75,7 +79,7 @@ class StdoutSink(SinkBase):
     max_batch: Annotated[int, Field(ge=1, le=10000)] = 100
 
 
-SinkConfig = Annotated[FileSink | StdoutSink | WatticsSink, Field(discriminator="type")]
+SinkConfig = Annotated[FileSink | StdoutSink | WatticsSink | VoltawareSink, Field(discriminator="type")]
 
 
 # ---------------------------------------------------------------- the file

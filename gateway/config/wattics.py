@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
@@ -10,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr
 
-from gateway.config.common import MeterBase, Name, PositiveDuration, SinkBase, Strict
+from gateway.config.common import MeterBase, Name, PositiveDuration, SinkBase, Strict, check_ca_file, check_url
 from gateway.config.units import format_duration
 from gateway.quantities import Quantity
 from gateway.stream import ENERGY, Stream
@@ -18,25 +17,6 @@ from gateway.stream import ENERGY, Stream
 PRODUCTION_URL = "https://web-collector.wattics.com/measurements/v2/unifiedjson/"
 #: Units of a single value that counts up (aggregated by its last value); other units are averaged.
 COUNTER_UNITS = frozenset({"m3", "l", "kWh", "Wh", "MWh", "GJ", "MJ", "pulses", "count"})
-
-
-def _check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValueError(f"'{url}' is not a URL such as {PRODUCTION_URL}")
-    if parts.username or parts.password:
-        raise ValueError("put the credentials in username/password, not in the URL")
-    return url
-
-
-def _check_ca_file(path: Path) -> Path:
-    try:
-        ssl.create_default_context().load_verify_locations(cafile=str(path))
-    except FileNotFoundError:
-        raise ValueError(f"'{path}' does not exist") from None
-    except (OSError, ssl.SSLError) as e:
-        raise ValueError(f"'{path}' is not a PEM file of CA certificates ({e.__class__.__name__})") from None
-    return path
 
 
 class WatticsDataPoint(Strict):
@@ -56,11 +36,11 @@ class WatticsSink(SinkBase):
     """Wattics data push: one JSON packet per HTTPS POST, basic auth, chronological per data point."""
 
     type: Literal["wattics"]
-    url: Annotated[str, AfterValidator(_check_url)] = PRODUCTION_URL
+    url: Annotated[str, AfterValidator(check_url)] = PRODUCTION_URL
     username: Annotated[str, Field(min_length=1)]
     password: SecretStr
     #: A private CA to trust besides the system's (TLS is always verified).
-    ca_file: Annotated[Path, AfterValidator(_check_ca_file)] | None = None
+    ca_file: Annotated[Path, AfterValidator(check_ca_file)] | None = None
     #: Only for local testing: allow http:// (logged as a warning at every start).
     allow_insecure_http: bool = False
     request_timeout: PositiveDuration = 20.0

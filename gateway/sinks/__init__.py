@@ -45,7 +45,7 @@ def create_sink(config: SinkBase, gateway: GatewayConfig) -> Sink:
     # Importing the modules fills the registry.
     import importlib
 
-    for module in ("file", "stdout", "wattics"):
+    for module in ("file", "stdout", "voltaware", "wattics"):
         importlib.import_module(f"gateway.sinks.{module}")
 
     type_name = str(getattr(config, "type", ""))

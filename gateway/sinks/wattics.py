@@ -30,7 +30,7 @@ from gateway.config.wattics import WatticsSink as WatticsConfig
 from gateway.errors import SinkError
 from gateway.outcome import Delivered, Outcome, Reject, Retry
 from gateway.quantities import Quantity as Q
-from gateway.reading import Reading
+from gateway.reading import Reading, local_iso
 from gateway.sinks import register
 from gateway.sinks.http11 import Http11Client, HttpError, Response
 from gateway.stream import Stream
@@ -52,12 +52,6 @@ ELECTRICAL_KEYS = frozenset(
     {"id", "tsISO8601"} | {f"{p}_{i}" for p, _, _ in _PHASED for i in (1, 2, 3)} | {k for k, _ in _LINE_VOLTAGES}
 )
 VALUE_KEYS = frozenset({"id", "tsISO8601", "value"})
-
-
-def local_iso(ts_ms: int, tz: ZoneInfo) -> str:
-    """``2016-02-10T21:45:31.070+11:00``: local time in ``tz``, milliseconds, offset (never ``Z``)."""
-    dt = datetime.fromtimestamp(ts_ms // 1000, tz=UTC).replace(microsecond=ts_ms % 1000 * 1000).astimezone(tz)
-    return dt.isoformat(timespec="milliseconds")
 
 
 def electrical_packet(point_id: str, ts: str, values: Mapping[Q, float]) -> dict[str, object]:

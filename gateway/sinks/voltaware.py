@@ -1,0 +1,246 @@
+"""``voltaware`` sink: one MQTT event per reading to Voltaware's broker, over TLS, QoS 2 by default.
+
+A reading counts as delivered only once the broker acknowledged it (PUBCOMP for QoS 2, PUBACK for QoS 1). paho
+keeps every unacknowledged message of a client and sends it again by itself after a reconnection (FACTS.md): so a
+message is published once per client and its acknowledgement awaited, across reconnections; a reading sent again by
+the forwarder while its first publish is still in paho's hands is not published a second time. After a restart
+(a new client), what the broker had not acknowledged is published again: at-least-once.
+
+The first connection of a process starts a clean session, and later reconnections resume it: a new client numbers
+its messages from 1 again, and a broker still holding the previous process's half-finished QoS 2 exchanges under
+those numbers would take a new message for an old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+
+from gateway.config.models import GatewayConfig
+from gateway.config.voltaware import VoltawareSink as VoltawareConfig
+from gateway.errors import SinkError
+from gateway.outcome import Delivered, Outcome, Retry, Skip
+from gateway.quantities import Quantity
+from gateway.reading import Reading, iso_utc, local_iso
+from gateway.sinks import register
+from gateway.template import MissingQuantity, compile_template, render_json, uses
+from gateway.stream import Stream
+
+log = structlog.get_logger("gateway.sinks.voltaware")
+
+_QUANTITY_NAMES = frozenset(q.value for q in Quantity)
+FIRST_CONNECT_WAIT = 5.0
+
+
+class VoltawareSink:
+    def __init__(self, config: VoltawareConfig, gateway: GatewayConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.max_batch = config.window
+        self.site = gateway.site.name
+        self.tz = ZoneInfo(gateway.site.timezone)
+        self._topic = compile_template(config.topic)
+        self._payload = compile_template(config.payload)
+        self._needs = uses(config.payload) & _QUANTITY_NAMES
+        self.log = log.bind(sink=config.name)
+        self._client: mqtt.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = False
+        self._down_since: float | None = None
+        self._refused_logged = False
+        self._lock = threading.Lock()  # mids are completed in paho's thread
+        self._by_mid: dict[int, asyncio.Future[None]] = {}
+        self._done_mids: set[int] = set()
+        #: (stream cursor, ts) -> the acknowledgement of a publish paho still holds or that completed unreported
+        self._pending: dict[tuple[str, int], tuple[asyncio.Future[None], str]] = {}
+        self.published = 0
+        self._closing = False
+
+    # ------------------------------------------------------------ connection
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        c = self.config
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=c.effective_client_id, clean_session=True,
+            protocol=MQTTProtocolVersion.MQTTv311,
+        )
+        client.username_pw_set(c.username, c.password.get_secret_value())
+        ctx = ssl.create_default_context(cafile=str(c.ca_file) if c.ca_file else None)
+        if c.client_cert and c.client_key:
+            try:
+                ctx.load_cert_chain(str(c.client_cert), str(c.client_key))
+            except (OSError, ssl.SSLError) as e:
+                raise SinkError(f"cannot load the client certificate {c.client_cert}: {e}") from None
+        client.tls_set_context(ctx)
+        client.max_inflight_messages_set(max(20, min(65000, c.window * c.max_in_flight)))
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(1, 60)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_connect_fail = self._on_connect_fail
+        self._down_since = time.monotonic()
+        client.connect_async(c.host, c.port, keepalive=round(c.keepalive))
+        client.loop_start()
+        self._client = client
+        # Give the first connection a moment, so that a normal start does not begin with a failed send.
+        deadline = time.monotonic() + FIRST_CONNECT_WAIT
+        while not self._connected and not self._refused_logged and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        self._closing = True
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+        for fut, _ in self._pending.values():
+            fut.cancel()
+        self._pending.clear()
+        self._by_mid.clear()
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self._call(self._refused, str(reason))
+            return
+        # Resume this session at later reconnections (see the module's docstring). paho reads the flag at each
+        # connection; it has no public setter.
+        if hasattr(client, "_clean_session"):
+            client._clean_session = False
+        self._call(self._up)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._call(self._down, str(reason))
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._call(self._down, "cannot connect")
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        with self._lock:
+            fut = self._by_mid.pop(mid, None)
+            if fut is None:
+                self._done_mids.add(mid)  # acknowledged before send() registered it
+                return
+        self._call(_resolve, fut)
+
+    def _up(self) -> None:
+        self._connected = True
+        self._refused_logged = False
+        if self._down_since is not None:
+            self.log.info("connected to the broker", host=self.config.host, port=self.config.port,
+                          down_s=round(time.monotonic() - self._down_since, 1))
+            self._down_since = None
+
+    def _down(self, why: str) -> None:
+        self._connected = False
+        if self._down_since is None and not self._closing:
+            self._down_since = time.monotonic()
+            self.log.warning("broker connection lost; reconnecting, readings are kept", reason=why)
+
+    def _refused(self, why: str) -> None:
+        self._connected = False
+        if not self._refused_logged:
+            self._refused_logged = True
+            self.log.error("the broker refused the connection: check username, password and client id", reason=why)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # ------------------------------------------------------------ sending
+
+    def render(self, stream: Stream, reading: Reading) -> tuple[str, str] | Skip:
+        ctx: dict[str, object] = {
+            "device_id": stream.key, "meter": reading.meter, "site": self.site,
+            "ts_iso": iso_utc(reading.ts_ms),
+            "ts_s": reading.ts_ms // 1000 if reading.ts_ms % 1000 == 0 else reading.ts_ms / 1000,
+            "ts_ms": reading.ts_ms, "ts_local": local_iso(reading.ts_ms, self.tz),
+        }
+        for q, v in reading.values.items():
+            ctx[q.value] = v
+        if self.config.missing == "skip":
+            lacking = self._needs - ctx.keys()
+            if lacking:
+                return Skip(f"the reading lacks {', '.join(sorted(lacking))}")
+        try:
+            return str(self._topic(ctx)), render_json(self._payload, ctx)
+        except MissingQuantity as e:
+            return Skip(f"the reading lacks {e.args[0]}, which the template needs inside a text")
+
+    async def send(self, stream: Stream, readings: Sequence[Reading]) -> list[Outcome]:
+        client = self._client
+        if client is None or self._loop is None:
+            raise SinkError("the Voltaware sink is not started")
+        outcomes: list[Outcome | None] = [None] * len(readings)
+        waits: list[tuple[int, tuple[str, int]]] = []
+        blocked: str | None = None
+        for i, reading in enumerate(readings):
+            key = (stream.cursor, reading.ts_ms)
+            if key in self._pending:  # published before and still in paho's hands: never publish it twice
+                waits.append((i, key))
+                continue
+            if blocked is not None:
+                outcomes[i] = Retry(blocked)
+                continue
+            rendered = self.render(stream, reading)
+            if isinstance(rendered, Skip):
+                outcomes[i] = rendered
+                continue
+            if not self._connected:
+                blocked = "not connected to the broker"
+                outcomes[i] = Retry(blocked)
+                continue
+            topic, payload = rendered
+            fut: asyncio.Future[None] = self._loop.create_future()
+            # Not under self._lock: paho calls on_publish holding its own lock, which publish() takes too.
+            info = client.publish(topic, payload, qos=self.config.qos)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                blocked = f"publish refused by the MQTT client: {mqtt.error_string(info.rc)}"
+                outcomes[i] = Retry(blocked)
+                continue
+            # NO_CONN: paho keeps the message and sends it at the next connection, so it is in flight too.
+            with self._lock:
+                if info.mid in self._done_mids:
+                    self._done_mids.discard(info.mid)
+                    fut.set_result(None)
+                else:
+                    self._by_mid[info.mid] = fut
+            self.published += 1
+            self._pending[key] = (fut, payload)
+            waits.append((i, key))
+        if waits:
+            await asyncio.wait([self._pending[k][0] for _, k in waits], timeout=self.config.ack_timeout)
+        for i, key in waits:
+            fut, payload = self._pending[key]
+            if fut.done():
+                del self._pending[key]
+                outcomes[i] = Delivered(payload)
+            else:
+                outcomes[i] = Retry(f"no acknowledgement from the broker within {self.config.ack_timeout:g}s")
+        return [o if o is not None else Retry("not sent") for o in outcomes]
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+@register("voltaware")
+def _make(config: VoltawareConfig, gateway: GatewayConfig) -> VoltawareSink:
+    return VoltawareSink(config, gateway)
