@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from gateway.config.common import MeterBase, Name, PositiveDuration, SinkBase, Strict, check_ca_file, check_url
-from gateway.template import NAMES, unknown_placeholders, uses
 from gateway.stream import Stream
+from gateway.template import NAMES, unknown_placeholders, uses
 
 API_URL = "https://smart-meter-reseller-api.voltaware.com"
 

@@ -33,8 +33,8 @@ from gateway.outcome import Delivered, Outcome, Retry, Skip
 from gateway.quantities import Quantity
 from gateway.reading import Reading, iso_utc, local_iso
 from gateway.sinks import register
-from gateway.template import MissingQuantity, compile_template, render_json, uses
 from gateway.stream import Stream
+from gateway.template import MissingQuantity, compile_template, render_json, uses
 
 log = structlog.get_logger("gateway.sinks.voltaware")
 
@@ -65,6 +65,7 @@ class VoltawareSink:
         self._pending: dict[tuple[str, int], tuple[asyncio.Future[None], str]] = {}
         self.published = 0
         self._closing = False
+        self._first_answer = asyncio.Event()  # the broker accepted or refused the first connection
 
     # ------------------------------------------------------------ connection
 
@@ -95,9 +96,8 @@ class VoltawareSink:
         client.loop_start()
         self._client = client
         # Give the first connection a moment, so that a normal start does not begin with a failed send.
-        deadline = time.monotonic() + FIRST_CONNECT_WAIT
-        while not self._connected and not self._refused_logged and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_answer.wait(), FIRST_CONNECT_WAIT)
 
     async def close(self) -> None:
         self._closing = True
@@ -140,6 +140,7 @@ class VoltawareSink:
         self._call(_resolve, fut)
 
     def _up(self) -> None:
+        self._first_answer.set()
         self._connected = True
         self._refused_logged = False
         if self._down_since is not None:
@@ -154,6 +155,7 @@ class VoltawareSink:
             self.log.warning("broker connection lost; reconnecting, readings are kept", reason=why)
 
     def _refused(self, why: str) -> None:
+        self._first_answer.set()
         self._connected = False
         if not self._refused_logged:
             self._refused_logged = True
