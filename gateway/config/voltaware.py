@@ -198,6 +198,10 @@ class VoltawareApi(Strict):
     client_secret: SecretStr
     ca_file: Annotated[Path, AfterValidator(check_ca_file)] | None = None
     request_timeout: PositiveDuration = 20.0
+    #: Metadata not accepted yet (403 before the device is registered, errors) is tried again after this,
+    #: doubling up to retry_cap.
+    retry_base: PositiveDuration = 30.0
+    retry_cap: PositiveDuration = 3600.0
 
 
 def default_client_id(sink: str) -> str:

@@ -33,6 +33,7 @@ from gateway.outcome import Delivered, Outcome, Retry, Skip
 from gateway.quantities import Quantity
 from gateway.reading import Reading, iso_utc, local_iso
 from gateway.sinks import register
+from gateway.sinks.voltaware_api import Provisioner, VoltawareClient
 from gateway.stream import Stream
 from gateway.template import MissingQuantity, compile_template, render_json, uses
 
@@ -48,6 +49,7 @@ class VoltawareSink:
         self.name = config.name
         self.max_batch = config.window
         self.site = gateway.site.name
+        self.state_dir = gateway.state_dir
         self.tz = ZoneInfo(gateway.site.timezone)
         self._topic = compile_template(config.topic)
         self._payload = compile_template(config.payload)
@@ -66,6 +68,7 @@ class VoltawareSink:
         self.published = 0
         self._closing = False
         self._first_answer = asyncio.Event()  # the broker accepted or refused the first connection
+        self.provisioner: Provisioner | None = None
 
     # ------------------------------------------------------------ connection
 
@@ -95,6 +98,12 @@ class VoltawareSink:
         client.connect_async(c.host, c.port, keepalive=round(c.keepalive))
         client.loop_start()
         self._client = client
+        metadata = {d.device_id: d.metadata for d in c.devices if d.metadata is not None}
+        if c.api is not None and metadata:
+            self.provisioner = Provisioner(
+                c.name, VoltawareClient(c.api), metadata, self.state_dir / f"voltaware-{c.name}.json",
+                c.api.retry_base, c.api.retry_cap,
+            )
         # Give the first connection a moment, so that a normal start does not begin with a failed send.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._first_answer.wait(), FIRST_CONNECT_WAIT)
@@ -105,6 +114,9 @@ class VoltawareSink:
         if client is not None:
             client.disconnect()
             await asyncio.to_thread(client.loop_stop)
+        if self.provisioner is not None:
+            await self.provisioner.close()
+            self.provisioner = None
         for fut, _ in self._pending.values():
             fut.cancel()
         self._pending.clear()
@@ -233,6 +245,8 @@ class VoltawareSink:
             if fut.done():
                 del self._pending[key]
                 outcomes[i] = Delivered(payload)
+                if self.provisioner is not None:
+                    self.provisioner.event_acknowledged(stream.key)
             else:
                 outcomes[i] = Retry(f"no acknowledgement from the broker within {self.config.ack_timeout:g}s")
         return [o if o is not None else Retry("not sent") for o in outcomes]

@@ -21,19 +21,18 @@ import base64
 import json
 import re
 import socket
-import ssl
 import sys
 import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import trustme
+from tests.helpers.https import HttpsServer, reply
 
 PATH = "/measurements/v2/unifiedjson/"
 TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}[+-]\d{2}:\d{2}$")
@@ -66,9 +65,7 @@ class WatticsEmulator:
         self.out_of_order: list[tuple[str, str]] = []
         self.refused: list[tuple[int, str]] = []
         self.requests = 0
-        self.connections = 0
         self.last_accept_at = 0.0
-        self.open_sockets: set[socket.socket] = set()
         self.first_accept_at = 0.0
         self.faults: deque[Fault] = deque()
         #: False: answer "Connection: close" and close, as a server without keep-alive does
@@ -76,61 +73,26 @@ class WatticsEmulator:
         #: set as a cookie on the first answer; requests carrying it back are counted
         self.cookie: str | None = None
         self.with_cookie = 0
-        ca = trustme.CA()
-        cert = ca.issue_cert("127.0.0.1", "localhost")
-        cert_dir.mkdir(parents=True, exist_ok=True)
-        self.ca_file = cert_dir / "wattics-ca.pem"
-        ca.cert_pem.write_to_path(str(self.ca_file))
-        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        cert.configure_cert(self._ctx)
-        self._server: ThreadingHTTPServer | None = None
+        self.https = HttpsServer(cert_dir, "wattics-ca.pem")
+        self.ca_file = self.https.ca_file
 
     # ------------------------------------------------------------ control
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        return f"https://127.0.0.1:{self._server.server_address[1]}{PATH}"
+        return f"https://127.0.0.1:{self.https.port}{PATH}"
+
+    @property
+    def connections(self) -> int:
+        return self.https.connections
 
     def start(self, port: int = 0) -> WatticsEmulator:
-        emu = self
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-            # The default backlog of 5 drops the SYNs of many clients connecting at once: they come back 1 s later.
-            request_queue_size = 128
-
-            def get_request(self) -> tuple[socket.socket, Any]:
-                sock, addr = super().get_request()
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                # The TLS handshake happens in the handler's thread, at its first read.
-                tls = emu._ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-                with emu.lock:
-                    emu.connections += 1
-                    emu.open_sockets.add(tls)
-                return tls, addr
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # clients that time out and go away are part of the tests
-
-        self._server = Server(("127.0.0.1", port), _handler(self))
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.https.serve(_handler(self), port)
         return self
 
     def stop(self) -> None:
         """Stop listening and cut every open connection, as a server that goes away does."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        with self.lock:
-            sockets, self.open_sockets = self.open_sockets, set()
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self.https.shutdown()
 
     def answer(self, status: int, times: int = 1, retry_after: str | None = None, body: str = "") -> None:
         with self.lock:
@@ -240,20 +202,13 @@ def _handler(emu: WatticsEmulator) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _reply(self, code: int, body: str, headers: dict[str, str] | None = None) -> None:
-            data = body.encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json" if body.startswith("{") else "text/plain")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
+            extra = dict(headers or {})
             if emu.cookie:
-                self.send_header("Set-Cookie", f"{emu.cookie}; Path=/; HttpOnly")
+                extra["Set-Cookie"] = f"{emu.cookie}; Path=/; HttpOnly"
             if not emu.keepalive:
-                self.send_header("Connection", "close")
+                extra["Connection"] = "close"
                 self.close_connection = True
-            # Headers and body in one write: two small writes would meet the client's delayed ACK (40 ms each).
-            self._headers_buffer.append(b"\r\n" + data)  # type: ignore[attr-defined]
-            self.flush_headers()
+            reply(self, code, body, extra)
 
         def _authorised(self) -> bool:
             auth = self.headers.get("Authorization", "")
