@@ -183,8 +183,9 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from gateway.config.voltaware import VoltawareSink
     from gateway.config.wattics import WatticsSink
-    from gateway.sinks import wattics
+    from gateway.sinks import voltaware_api, wattics
 
     config = _load(args)
     store = _open_store(config)
@@ -194,14 +195,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
             daemon = store.get_meta("daemon") or {}
         finally:
             store.close()
-    sinks = [s for s in config.sinks if isinstance(s, WatticsSink)]
-    if not sinks:
+    checks = [s for s in config.sinks if isinstance(s, WatticsSink | VoltawareSink)]
+    if not checks:
         print("no platform sink to verify in this configuration")
         return EXIT_OK
     all_ok = True
-    for sink in sinks:
+    for sink in checks:
         health = (daemon.get("sinks") or {}).get(sink.name) or {}
-        ok, lines = asyncio.run(wattics.verify(sink, health.get("streams") or {}))
+        sent = health.get("streams") or {}
+        if isinstance(sink, WatticsSink):
+            ok, lines = asyncio.run(wattics.verify(sink, sent))
+        else:
+            ok, lines = asyncio.run(voltaware_api.verify(sink, sent))
         all_ok = all_ok and ok
         print("\n".join(lines))
     return EXIT_OK if all_ok else EXIT_RUNTIME

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -117,7 +116,7 @@ class Registrar(Subscriber):
 
     def _on_message(self, client: object, userdata: object, msg: object) -> None:
         super()._on_message(client, userdata, msg)  # type: ignore[arg-type]
-        device = json.loads(msg.payload)["device_id"]  # type: ignore[attr-defined]
+        device = msg.topic.split("/")[1]  # type: ignore[attr-defined]  # the default topic: meters/{device_id}/events
         if self.delay:
             import threading
 

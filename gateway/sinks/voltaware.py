@@ -6,9 +6,12 @@ message is published once per client and its acknowledgement awaited, across rec
 the forwarder while its first publish is still in paho's hands is not published a second time. After a restart
 (a new client), what the broker had not acknowledged is published again: at-least-once.
 
-The first connection of a process starts a clean session, and later reconnections resume it: a new client numbers
-its messages from 1 again, and a broker still holding the previous process's half-finished QoS 2 exchanges under
-those numbers would take a new message for an old one.
+Every connection starts a clean session. A resumed (persistent) session would make QoS 2 exactly-once across
+reconnections only while the broker kept the session: a broker restarted without its state answers a resumed
+PUBREL with PUBCOMP although it never stored the message, and the reading would count as delivered while lost
+(seen in the fault tests). With clean sessions, paho publishes unacknowledged messages again after a reconnection:
+a broker may then deliver one twice, never lose one. A new process also never meets the previous one's
+half-finished exchanges under reused message ids.
 """
 
 from __future__ import annotations
@@ -131,10 +134,6 @@ class VoltawareSink:
         if reason.is_failure:
             self._call(self._refused, str(reason))
             return
-        # Resume this session at later reconnections (see the module's docstring). paho reads the flag at each
-        # connection; it has no public setter.
-        if hasattr(client, "_clean_session"):
-            client._clean_session = False
         self._call(self._up)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:

@@ -28,6 +28,7 @@ import structlog
 
 from gateway import __version__
 from gateway.config.voltaware import DeviceMetadata, VoltawareApi
+from gateway.config.voltaware import VoltawareSink as VoltawareSinkConfig
 
 log = structlog.get_logger("gateway.sinks.voltaware")
 
@@ -237,3 +238,41 @@ class Provisioner:
             if status not in (200, 201, 204):
                 return f"HTTP {status} on {kind}"
         return None
+
+
+async def verify(config: VoltawareSinkConfig, last_sent: dict[str, Any]) -> tuple[bool, list[str]]:
+    """For each device: what the API says of it (``GET /sensors/{id}``) and whether its metadata is in place,
+    beside the last event the gateway delivered. Sends nothing."""
+    lines: list[str] = []
+    ok = True
+    client = VoltawareClient(config.api) if config.api is not None else None
+    try:
+        for d in config.devices:
+            lines.append(f"{config.name} / {d.device_id} (meter {d.meter})")
+            if client is None:
+                lines.append("  Voltaware: no api: section, so the device's state cannot be asked")
+            else:
+                try:
+                    status, body = await client.sensor(d.device_id)
+                    if status == 200 and isinstance(body, dict):
+                        lines.append(f"  Voltaware: connection {body.get('connection_state')}, first event"
+                                     f" {body.get('first_event')}, last event {body.get('last_event')}")
+                    else:
+                        ok = False
+                        lines.append(f"  Voltaware: HTTP {status} {json.dumps(body)[:300]}")
+                    for kind, wanted in (d.metadata.documents() if d.metadata else {}).items():
+                        status, got = await client.metadata(d.device_id, kind)
+                        state = "in place" if status == 200 and got == wanted else (
+                            "different from the configuration" if status == 200 else f"missing (HTTP {status})")
+                        ok = ok and state == "in place"
+                        lines.append(f"  metadata {kind}: {state}")
+                except ApiError as e:
+                    ok = False
+                    lines.append(f"  Voltaware: {e}")
+            record = last_sent.get(f"{config.name}#{d.device_id}")
+            packet = record.get("packet") if isinstance(record, dict) else None
+            lines.append(f"  gateway:   {packet if packet else 'nothing delivered yet'}")
+    finally:
+        if client is not None:
+            await client.aclose()
+    return ok, lines
