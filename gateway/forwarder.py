@@ -108,9 +108,10 @@ class Forwarder:
 
     async def _supervise(self, stream: Stream) -> None:
         # A bug in a stream must not silently stall it: log it and start the stream again from its cursor.
+        run = self._stream if stream.interval else self._stream_plain
         while not self._stopping.is_set():
             try:
-                await self._stream(stream)
+                await run(stream)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -240,6 +241,89 @@ class Forwarder:
             log.debug("retrying", attempt=attempt, delay_s=round(delay, 2), reason=retry.reason)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _stream_plain(self, stream: Stream) -> None:
+        """Every reading, in order, in batches of ``max_batch``; with a sink whose ``pipeline`` is above 1, the next
+        batches are sent before the first is answered (the sink keeps them in order, as an MQTT connection does)."""
+        log = self.log.bind(stream=stream.label)
+        cursor, meter = stream.cursor, stream.meter
+        event = self.queue.event(cursor, meter)
+        position = await self.queue.run(lambda st: st.cursor(cursor, meter))
+        depth = max(1, int(getattr(self.sink, "pipeline", 1)))
+        buffer: deque[Reading] = deque()
+        ahead: deque[tuple[list[Reading], asyncio.Task[list[Outcome]]]] = deque()
+        exhausted = False
+        attempt = 0
+        read_size = max(2 * self.sink.max_batch * depth, 64)
+        try:
+            while not self._stopping.is_set():
+                sent = sum(len(b) for b, _ in ahead)
+                if (sent == len(buffer) and not exhausted) or not buffer:
+                    more = await self._read(meter, buffer[-1].ts_ms if buffer else position, read_size, event)
+                    buffer.extend(more)
+                    exhausted = len(more) < read_size
+                    if not buffer:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(event.wait(), IDLE_POLL)
+                        exhausted = False
+                        continue
+                while len(ahead) < depth and sent < len(buffer):
+                    batch = [buffer[i] for i in range(sent, min(sent + self.sink.max_batch, len(buffer)))]
+                    ahead.append((batch, asyncio.create_task(self._send_in_slot(stream, batch, log))))
+                    sent += len(batch)
+                batch, task = ahead.popleft()
+                outcomes = await task
+                retry: Retry | None = None
+                delivered = skipped = 0
+                for reading, outcome in zip(batch, outcomes, strict=True):
+                    if isinstance(outcome, Retry):
+                        retry = outcome
+                        break
+                    if isinstance(outcome, Reject):
+                        if delivered or skipped:
+                            self.queue.ack(cursor, meter, position, delivered)
+                            delivered = skipped = 0
+                        await self._reject(stream, reading, outcome, log)
+                    elif isinstance(outcome, Skip):
+                        skipped += 1
+                        self._skipped(stream, outcome, 1)
+                    else:
+                        delivered += 1
+                        self._sent(stream, reading, outcome)
+                    position = reading.ts_ms
+                    buffer.popleft()
+                if delivered or skipped:
+                    self.queue.ack(cursor, meter, position, delivered)
+                if retry is None:
+                    if attempt:
+                        self._recovered(stream)
+                    attempt = 0
+                    continue
+                # What was sent ahead is answered before trying again (an MQTT sink keeps it in flight and will
+                # not publish it twice); its readings stay in the buffer and go again, in order.
+                await self._drain(ahead)
+                attempt += 1
+                self._failed(stream, retry)
+                delay = backoff_delay(attempt, self.config.backoff_base, self.config.backoff_cap, retry.after,
+                                      self.rng)
+                log.debug("retrying", attempt=attempt, delay_s=round(delay, 2), reason=retry.reason)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+        finally:
+            for _, task in ahead:
+                task.cancel()
+            await self._drain(ahead)
+
+    async def _send_in_slot(self, stream: Stream, batch: list[Reading], log: structlog.typing.FilteringBoundLogger
+                            ) -> list[Outcome]:
+        async with self._slots:
+            return await self._send(stream, batch, log)
+
+    @staticmethod
+    async def _drain(ahead: deque[tuple[list[Reading], asyncio.Task[list[Outcome]]]]) -> None:
+        tasks = [t for _, t in ahead]
+        ahead.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _read(self, meter: str, after: int, limit: int, event: asyncio.Event) -> list[Reading]:
         event.clear()

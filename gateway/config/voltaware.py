@@ -229,7 +229,7 @@ class VoltawareSink(SinkBase):
     missing: Literal["omit", "skip"] = "omit"
     devices: Annotated[list[VoltawareDevice], Field(min_length=1)]
     #: Readings of one device published back to back before waiting for their acknowledgements.
-    window: Annotated[int, Field(ge=1, le=1000)] = 64
+    window: Annotated[int, Field(ge=1, le=1000)] = 256
     #: How long to wait for the broker's acknowledgements before counting a send as failed (it stays in flight).
     ack_timeout: PositiveDuration = 20.0
     max_in_flight: Annotated[int, Field(ge=1, le=1024)] = 16

@@ -51,12 +51,17 @@ class VoltawareSink:
         self.config = config
         self.name = config.name
         self.max_batch = config.window
+        #: batches of one device published before the first is acknowledged (paho keeps them in order)
+        self.pipeline = 2
         self.site = gateway.site.name
         self.state_dir = gateway.state_dir
         self.tz = ZoneInfo(gateway.site.timezone)
         self._topic = compile_template(config.topic)
         self._payload = compile_template(config.payload)
         self._needs = uses(config.payload) & _QUANTITY_NAMES
+        used = uses(config.payload) | uses(config.topic)
+        self._wants_iso = "ts_iso" in used
+        self._wants_local = "ts_local" in used
         self.log = log.bind(sink=config.name)
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -66,6 +71,8 @@ class VoltawareSink:
         self._lock = threading.Lock()  # mids are completed in paho's thread
         self._by_mid: dict[int, asyncio.Future[None]] = {}
         self._done_mids: set[int] = set()
+        self._completed: list[asyncio.Future[None]] = []
+        self._wakeup_pending = False
         #: (stream cursor, ts) -> the acknowledgement of a publish paho still holds or that completed unreported
         self._pending: dict[tuple[str, int], tuple[asyncio.Future[None], str]] = {}
         self.published = 0
@@ -90,7 +97,9 @@ class VoltawareSink:
             except (OSError, ssl.SSLError) as e:
                 raise SinkError(f"cannot load the client certificate {c.client_cert}: {e}") from None
         client.tls_set_context(ctx)
-        client.max_inflight_messages_set(max(20, min(65000, c.window * c.max_in_flight)))
+        # The forwarder already bounds what is in flight (window x devices in parallel). A bound in paho as well
+        # makes it scan every held message at each acknowledgement (measured: a third of the sink's CPU).
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(1, 60)
         client.on_connect = self._on_connect
@@ -148,7 +157,19 @@ class VoltawareSink:
             if fut is None:
                 self._done_mids.add(mid)  # acknowledged before send() registered it
                 return
-        self._call(_resolve, fut)
+            self._completed.append(fut)
+            if self._wakeup_pending:
+                return
+            self._wakeup_pending = True
+        # One wake-up of the event loop for all acknowledgements that arrive meanwhile, not one per message.
+        self._call(self._drain_completed)
+
+    def _drain_completed(self) -> None:
+        with self._lock:
+            done, self._completed = self._completed, []
+            self._wakeup_pending = False
+        for fut in done:
+            _resolve(fut)
 
     def _up(self) -> None:
         self._first_answer.set()
@@ -179,14 +200,15 @@ class VoltawareSink:
     # ------------------------------------------------------------ sending
 
     def render(self, stream: Stream, reading: Reading) -> tuple[str, str] | Skip:
-        ctx: dict[str, object] = {
-            "device_id": stream.key, "meter": reading.meter, "site": self.site,
-            "ts_iso": iso_utc(reading.ts_ms),
-            "ts_s": reading.ts_ms // 1000 if reading.ts_ms % 1000 == 0 else reading.ts_ms / 1000,
-            "ts_ms": reading.ts_ms, "ts_local": local_iso(reading.ts_ms, self.tz),
-        }
-        for q, v in reading.values.items():
-            ctx[q.value] = v
+        ts = reading.ts_ms
+        # Quantity members are str: the reading's values serve as placeholder values as they are.
+        ctx: dict[str, object] = dict(reading.values.items())
+        ctx.update(device_id=stream.key, meter=reading.meter, site=self.site, ts_ms=ts,
+                   ts_s=ts // 1000 if ts % 1000 == 0 else ts / 1000)
+        if self._wants_iso:
+            ctx["ts_iso"] = iso_utc(ts)
+        if self._wants_local:
+            ctx["ts_local"] = local_iso(ts, self.tz)
         if self.config.missing == "skip":
             lacking = self._needs - ctx.keys()
             if lacking:

@@ -23,9 +23,14 @@ class Rig:
         self.sink: Sink | None = None
         self.fwd: Forwarder | None = None
 
-    async def start(self) -> Rig:
+    async def start(self, forward: bool = True) -> Rig:
         await self.queue.start()
         await self.queue.run(lambda st: st.configure({s.cursor: [s.meter] for s in self.streams}))
+        if forward:
+            await self.forward()
+        return self
+
+    async def forward(self) -> Rig:
         self.sink = create_sink(self.sink_cfg, self.config)
         self.fwd = Forwarder(self.sink, self.sink_cfg, self.queue, self.streams, rng=random.Random(3))
         await self.fwd.start()
