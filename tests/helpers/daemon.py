@@ -99,3 +99,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         with contextlib.suppress(json.JSONDecodeError):
             out.append(json.loads(line))
     return out
+
+
+def still_queued(state: Path, sink: str) -> dict[str, set[int]]:
+    """Per stream cursor of ``sink``, the readings the queue still holds for it: taken in the instant before a stop,
+    they go at the next start and are not lost."""
+    import sqlite3
+
+    db = sqlite3.connect(state / "queue.db")
+    try:
+        rows = db.execute(
+            "SELECT c.sink, r.ts_ms FROM cursors c JOIN readings r ON r.meter_id = c.meter_id AND r.ts_ms > c.ts_ms"
+            " WHERE c.sink = ? OR c.sink LIKE ? || '#%'", (sink, sink)
+        ).fetchall()
+    finally:
+        db.close()
+    out: dict[str, set[int]] = {}
+    for cursor, ts in rows:
+        out.setdefault(cursor, set()).add(ts)
+    return out
