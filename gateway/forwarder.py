@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections import deque
@@ -35,6 +36,9 @@ MAX_RETRY_AFTER = 3600.0
 DEADLETTER_POLL = 5.0
 #: Longest idle wait before a stream looks at the queue again even without a notification.
 IDLE_POLL = 5.0
+#: The on-disk record of how far a stream may have sent runs this many batches ahead of what is sent: one commit
+#: per so many batches, and at most so many counted as re-sent after a crash that did not re-send them.
+SENT_MARK_AHEAD = 8
 #: An interval is sent once a reading after it exists, or once it is over and its meter has been quiet this long.
 AGGREGATE_GRACE = 30.0
 
@@ -250,6 +254,13 @@ class Forwarder:
         event = self.queue.event(cursor, meter)
         position = await self.queue.run(lambda st: st.cursor(cursor, meter))
         depth = max(1, int(getattr(self.sink, "pipeline", 1)))
+        # How far this stream may have sent before: recorded on disk ahead of sending, a chunk at a time. What is
+        # sent again up to there may have reached the platform before a crash without its acknowledgement being
+        # recorded: it is counted as re-sent (an upper bound of the duplicates a restart can cause).
+        sent_key = f"stream.{cursor}.{meter}.sent_ts"
+        sent_before = await self.queue.run(lambda st: st.counters.get(sent_key, -1))
+        mark = sent_before
+        resent = 0
         buffer: deque[Reading] = deque()
         ahead: deque[tuple[list[Reading], asyncio.Task[list[Outcome]]]] = deque()
         exhausted = False
@@ -269,8 +280,18 @@ class Forwarder:
                         continue
                 while len(ahead) < depth and sent < len(buffer):
                     batch = [buffer[i] for i in range(sent, min(sent + self.sink.max_batch, len(buffer)))]
+                    if batch[-1].ts_ms > mark:
+                        mark = buffer[min(len(buffer), sent + SENT_MARK_AHEAD * self.sink.max_batch) - 1].ts_ms
+                        await self.queue.run(functools.partial(QueueStore.gauge, name=sent_key, value=mark))
                     ahead.append((batch, asyncio.create_task(self._send_in_slot(stream, batch, log))))
                     sent += len(batch)
+                    if batch[0].ts_ms <= sent_before:
+                        n = sum(1 for r in batch if r.ts_ms <= sent_before)
+                        if not resent:
+                            log.info("sending again what went out before the restart unacknowledged",
+                                     up_to=iso_utc(sent_before))
+                        resent += n
+                        self.queue.post(functools.partial(QueueStore.count, name=f"sink.{self.name}.resent", n=n))
                 batch, task = ahead.popleft()
                 outcomes = await task
                 retry: Retry | None = None

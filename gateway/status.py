@@ -33,6 +33,8 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None) 
             "retried": c.get(f"sink.{name}.retried", 0),
             "rejected": c.get(f"sink.{name}.rejected", 0),
             "evicted": c.get(f"sink.{name}.evicted", 0),
+            "skipped": c.get(f"sink.{name}.skipped", 0),
+            "resent": c.get(f"sink.{name}.resent", 0),
             "failing": bool(health.get("failing")) if isinstance(health, dict) else False,
             "last_error": health.get("last_error") if isinstance(health, dict) else None,
         }
@@ -67,13 +69,13 @@ def render(report: dict[str, Any], now: float | None = None) -> str:
         if d["running"] else "daemon: not running (no recent heartbeat)",
         f"queue:  {report['queue']['path']} ({report['queue']['bytes'] / 1e6:.1f} MB used)",
         "",
-        f"{'SINK':<20} {'DEPTH':>8} {'OLDEST':>10} {'DELIVERED':>10} {'RETRIED':>8} {'DEAD':>6} {'EVICTED':>8}"
-        "  LAST DELIVERY",
+        f"{'SINK':<20} {'DEPTH':>8} {'OLDEST':>10} {'DELIVERED':>10} {'RETRIED':>8} {'RESENT':>7} {'DEAD':>6}"
+        f" {'EVICTED':>8}  LAST DELIVERY",
     ]
     for name, s in report["sinks"].items():
         oldest = "-" if s["oldest_age_s"] is None else format_duration(round(s["oldest_age_s"]))
         lines.append(
-            f"{name:<20} {s['depth']:>8} {oldest:>10} {s['delivered']:>10} {s['retried']:>8}"
+            f"{name:<20} {s['depth']:>8} {oldest:>10} {s['delivered']:>10} {s['retried']:>8} {s['resent']:>7}"
             f" {s['dead_letters']:>6} {s['evicted']:>8}  {ago(s['last_delivery_ms'])}"
         )
         if s["failing"]:
