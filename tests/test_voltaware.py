@@ -255,3 +255,25 @@ def test_valid_metadata_gives_the_documents_to_put(broker: Mosquitto) -> None:
                                                  {"amount": 2, "key": "ELECTRIC_VEHICLE", "type": "BIKE",
                                                   "wattages": [750, 750]}], "version": "1.0"}
     assert docs["geolocation"] == {"latitude": 51.509865, "longitude": -0.118092}
+
+
+async def test_a_client_certificate_when_the_broker_requires_one(tmp_path: Path) -> None:
+    from tests.helpers.mosquitto import MOSQUITTO
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (CI installs it)")
+    with Mosquitto(tmp_path / "mtls", require_client_cert=True).start() as b:
+        sub_client_cert = f"    client_cert: {b.client_cert}\n    client_key: {b.client_key}\n"
+        rig = await Rig(config_text(b, sub_client_cert), tmp_path / "with", "voltaware").start()
+        await rig.queue.append([elec(BASE_MS)])
+        for _ in range(100):
+            if await rig.depth() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await rig.depth() == 0  # delivered over mutual TLS
+        await rig.stop()
+        rig = await Rig(config_text(b), tmp_path / "without", "voltaware").start()
+        await rig.queue.append([elec(BASE_MS)])
+        await asyncio.sleep(1.0)
+        assert await rig.depth() == 1  # refused at the TLS handshake: kept, retried
+        await rig.stop()

@@ -31,13 +31,15 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, users: dict[str, str] | None = None, tls: bool = True) -> None:
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None, tls: bool = True,
+                 require_client_cert: bool = False) -> None:
         if MOSQUITTO is None or PASSWD is None:
             raise RuntimeError("mosquitto is not installed")
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.users = users if users is not None else {"gateway": "mqtt-s3cret", "watcher": "watch-pw"}
         self.tls = tls
+        self.require_client_cert = require_client_cert
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.ca_file = self.dir / "broker-ca.pem"
@@ -48,6 +50,11 @@ class Mosquitto:
             cert.cert_chain_pems[0].write_to_path(str(self.dir / "server.pem"))
             cert.private_key_pem.write_to_path(str(self.dir / "server.key"))
             self.client_ca = ca
+            client = ca.issue_cert("meter-gateway-client")
+            self.client_cert = self.dir / "client.pem"
+            self.client_key = self.dir / "client.key"
+            client.cert_chain_pems[0].write_to_path(str(self.client_cert))
+            client.private_key_pem.write_to_path(str(self.client_key))
         self._write_config()
 
     def _write_config(self) -> None:
@@ -72,6 +79,8 @@ class Mosquitto:
         if self.tls:
             lines += [f"cafile {self.ca_file}", f"certfile {self.dir / 'server.pem'}",
                       f"keyfile {self.dir / 'server.key'}"]
+            if self.require_client_cert:
+                lines.append("require_certificate true")
         (self.dir / "mosquitto.conf").write_text("\n".join(lines) + "\n")
 
     def start(self) -> Mosquitto:
