@@ -112,7 +112,7 @@ class Forwarder:
 
     async def _supervise(self, stream: Stream) -> None:
         # A bug in a stream must not silently stall it: log it and start the stream again from its cursor.
-        run = self._stream if stream.interval else self._stream_plain
+        run = self._stream_intervals if stream.interval else self._stream_plain
         while not self._stopping.is_set():
             try:
                 await run(stream)
@@ -139,23 +139,25 @@ class Forwarder:
 
     # ------------------------------------------------------------ one stream
 
-    async def _stream(self, stream: Stream) -> None:
+    async def _stream_intervals(self, stream: Stream) -> None:
+        """One aggregated reading per interval (:mod:`gateway.aggregate`); its acknowledgement moves the cursor
+        past every reading it was made of."""
         log = self.log.bind(stream=stream.label)
         cursor, meter = stream.cursor, stream.meter
         event = self.queue.event(cursor, meter)
         position = await self.queue.run(lambda st: st.cursor(cursor, meter))
-        interval_ms = round(stream.interval * 1000) if stream.interval else 0
+        assert stream.interval is not None
+        interval_ms = round(stream.interval * 1000)
         # The end of the last interval sent: a late reading inside it joins the next one, never repeats a stamp.
-        last_end = bucket_end(position, interval_ms) if interval_ms and position >= 0 else -1
+        last_end = bucket_end(position, interval_ms) if position >= 0 else -1
         buffer: deque[Reading] = deque()
         exhausted = False
         grew_at = time.monotonic()
         attempt = 0
-        read_size = max(2 * self.sink.max_batch, 64)
+        read_size = 256
         while not self._stopping.is_set():
-            # Pick what to send next: a batch of readings, or one interval's aggregate.
             wait_until: float | None = None
-            if interval_ms and buffer:
+            if buffer:
                 end = max(bucket_end(buffer[0].ts_ms, interval_ms), last_end + interval_ms)
                 n = next((i for i, r in enumerate(buffer) if r.ts_ms > end), len(buffer))
                 closed = n < len(buffer) or buffer[n - 1].ts_ms == end
@@ -170,12 +172,6 @@ class Forwarder:
                 wait = max(end / 1000 - self.clock(), grew_at + AGGREGATE_GRACE - time.monotonic())
                 if not closed and wait > 0:
                     wait_until = time.monotonic() + wait
-                else:
-                    raws = [buffer[i] for i in range(n)]
-                    batch = [aggregate(raws, end, stream.last)]
-            elif buffer:
-                n = min(self.sink.max_batch, len(buffer))
-                batch = [buffer[i] for i in range(n)]
             if not buffer or wait_until is not None:
                 after = buffer[-1].ts_ms if buffer else position
                 more = await self._read(meter, after, read_size, event)
@@ -190,61 +186,43 @@ class Forwarder:
                     await asyncio.wait_for(event.wait(), timeout)
                 continue
 
+            packet = aggregate([buffer[i] for i in range(n)], end, stream.last)
             async with self._slots:
                 if self._stopping.is_set():
                     break
-                outcomes = await self._send(stream, batch, log)
-            retry: Retry | None = None
-            if interval_ms:
-                # One aggregate stands for the first n readings of the buffer.
-                (outcome,) = outcomes
-                upto = buffer[n - 1].ts_ms
-                if isinstance(outcome, Retry):
-                    retry = outcome
-                else:
-                    if isinstance(outcome, Reject):
-                        await self._reject(stream, batch[0], outcome, log, upto)
-                    elif isinstance(outcome, Skip):
-                        self.queue.ack(cursor, meter, upto, 0)
-                        self._skipped(stream, outcome, n)
-                    else:
-                        self.queue.ack(cursor, meter, upto, n)
-                        self._sent(stream, batch[0], outcome)
-                    for _ in range(n):
-                        buffer.popleft()
-                    position, last_end = upto, batch[0].ts_ms
-            else:
-                delivered = skipped = 0
-                for reading, outcome in zip(batch, outcomes, strict=True):
-                    if isinstance(outcome, Retry):
-                        retry = outcome
-                        break
-                    if isinstance(outcome, Reject):
-                        if delivered or skipped:
-                            self.queue.ack(cursor, meter, position, delivered)
-                            delivered = 0
-                        await self._reject(stream, reading, outcome, log)
-                    elif isinstance(outcome, Skip):
-                        skipped += 1
-                        self._skipped(stream, outcome, 1)
-                    else:
-                        delivered += 1
-                        self._sent(stream, reading, outcome)
-                    position = reading.ts_ms
-                    buffer.popleft()
-                if delivered or skipped:
-                    self.queue.ack(cursor, meter, position, delivered)
-            if retry is None:
-                if attempt:
-                    self._recovered(stream)
-                attempt = 0
+                (outcome,) = await self._send(stream, [packet], log)
+            upto = buffer[n - 1].ts_ms
+            if isinstance(outcome, Retry):
+                attempt = await self._retry_later(stream, outcome, attempt, log)
                 continue
-            attempt += 1
-            self._failed(stream, retry)
-            delay = backoff_delay(attempt, self.config.backoff_base, self.config.backoff_cap, retry.after, self.rng)
-            log.debug("retrying", attempt=attempt, delay_s=round(delay, 2), reason=retry.reason)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+            if isinstance(outcome, Reject):
+                await self._reject(stream, packet, outcome, log, upto)
+            elif isinstance(outcome, Skip):
+                self.queue.ack(cursor, meter, upto, 0)
+                self._skipped(stream, outcome, n)
+            else:
+                self.queue.ack(cursor, meter, upto, n)
+                self._sent(stream, packet, outcome)
+            for _ in range(n):
+                buffer.popleft()
+            position, last_end = upto, end
+            attempt = self._succeeded(stream, attempt)
+
+    async def _retry_later(self, stream: Stream, retry: Retry, attempt: int,
+                           log: structlog.typing.FilteringBoundLogger) -> int:
+        """Count the failure, log it if it is news, and back off; returns the new attempt number."""
+        attempt += 1
+        self._failed(stream, retry)
+        delay = backoff_delay(attempt, self.config.backoff_base, self.config.backoff_cap, retry.after, self.rng)
+        log.debug("retrying", attempt=attempt, delay_s=round(delay, 2), reason=retry.reason)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        return attempt
+
+    def _succeeded(self, stream: Stream, attempt: int) -> int:
+        if attempt:
+            self._recovered(stream)
+        return 0
 
     async def _stream_plain(self, stream: Stream) -> None:
         """Every reading, in order, in batches of ``max_batch``; with a sink whose ``pipeline`` is above 1, the next
@@ -316,20 +294,12 @@ class Forwarder:
                 if delivered or skipped:
                     self.queue.ack(cursor, meter, position, delivered)
                 if retry is None:
-                    if attempt:
-                        self._recovered(stream)
-                    attempt = 0
+                    attempt = self._succeeded(stream, attempt)
                     continue
                 # What was sent ahead is answered before trying again (an MQTT sink keeps it in flight and will
                 # not publish it twice); its readings stay in the buffer and go again, in order.
                 await self._drain(ahead)
-                attempt += 1
-                self._failed(stream, retry)
-                delay = backoff_delay(attempt, self.config.backoff_base, self.config.backoff_cap, retry.after,
-                                      self.rng)
-                log.debug("retrying", attempt=attempt, delay_s=round(delay, 2), reason=retry.reason)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                attempt = await self._retry_later(stream, retry, attempt, log)
         finally:
             for _, task in ahead:
                 task.cancel()

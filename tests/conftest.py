@@ -41,3 +41,19 @@ def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
         pytest.skip("mosquitto is not installed (CI installs it)")
     with Mosquitto(tmp_path / "broker").start() as b:
         yield b
+
+
+@pytest.fixture
+async def rigs(tmp_path: Path) -> AsyncIterator[object]:
+    from tests.helpers.rig import Rig
+
+    made: list[Rig] = []
+
+    async def make(text: str, sink: str) -> Rig:
+        rig = await Rig(text, tmp_path, sink).start()
+        made.append(rig)
+        return rig
+
+    yield make
+    for r in made:
+        await r.stop()

@@ -18,6 +18,7 @@ from gateway.queue import DiskQueue, QueueStore
 from gateway.reading import Reading
 from gateway.stream import Stream
 from tests.conftest import reading
+from tests.helpers.rig import until
 
 
 class ScriptedSink:
@@ -64,14 +65,6 @@ class ScriptedSink:
 def cfg(**kw: object) -> SinkCfg:
     base: dict[str, object] = {"name": "s", "type": "stdout", "backoff_base": "10ms", "backoff_cap": "50ms"}
     return SinkCfg.model_validate(base | kw)
-
-
-async def until(cond: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def run_forwarder(queue: DiskQueue, sink: ScriptedSink, meters: list[str], **kw: object) -> Forwarder:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -17,7 +17,7 @@ from gateway.quantities import Quantity as Q
 from gateway.reading import Reading, iso_utc, local_iso
 from gateway.sources.simulated import three_phase
 from tests.helpers.mosquitto import Mosquitto, Subscriber
-from tests.helpers.rig import Rig, until
+from tests.helpers.rig import Rig, RigFactory, until
 
 BASE_MS = 1_795_000_000_000
 
@@ -54,17 +54,8 @@ def gas(ts: int, v: float) -> Reading:
 
 
 @pytest.fixture
-async def rig_of(tmp_path: Path) -> AsyncIterator[object]:
-    rigs: list[Rig] = []
-
-    async def make(text: str) -> Rig:
-        rig = await Rig(text, tmp_path, "voltaware").start()
-        rigs.append(rig)
-        return rig
-
-    yield make
-    for r in rigs:
-        await r.stop()
+def rig_of(rigs: RigFactory) -> Callable[[str], Awaitable[Rig]]:
+    return lambda text: rigs(text, "voltaware")
 
 
 def payloads(sub: Subscriber, topic: str) -> list[dict[str, object]]:

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from gateway.config import GatewayConfig, load_config_text
+from gateway.config import load_config_text
 from gateway.errors import ConfigError
-from gateway.forwarder import Forwarder
 from gateway.quantities import Quantity as Q
-from gateway.queue import DiskQueue, QueueStore
 from gateway.reading import Reading
-from gateway.sinks.wattics import WatticsSink, electrical_packet, local_iso, retry_after
+from gateway.sinks.wattics import electrical_packet, local_iso, retry_after
 from gateway.sources.simulated import three_phase
+from tests.helpers.rig import Rig, RigFactory, until
 from tests.helpers.wattics_emulator import WatticsEmulator
 
 BASE_MS = 1_795_000_000_000 - 1_795_000_000_000 % 300_000  # on a 5-minute boundary
@@ -57,57 +56,9 @@ def emu(tmp_path: Path) -> AsyncIterator[WatticsEmulator]:
     e.stop()
 
 
-class Rig:
-    def __init__(self, config: GatewayConfig, queue: DiskQueue) -> None:
-        self.config = config
-        self.queue = queue
-        self.sink_cfg = config.sinks[0]
-        self.fwd: Forwarder | None = None
-
-    async def start(self) -> None:
-        streams = self.config.sink_streams()["wattics"]
-        await self.queue.run(lambda st: st.configure({s.cursor: [s.meter] for s in streams}))
-        self.fwd = Forwarder(WatticsSink(self.sink_cfg, self.config), self.sink_cfg, self.queue, streams,
-                             rng=random.Random(3))
-        await self.fwd.start()
-
-    async def stop(self) -> None:
-        assert self.fwd is not None
-        await self.fwd.stop(2)
-
-
 @pytest.fixture
-async def rig_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    queues: list[DiskQueue] = []
-    rigs: list[Rig] = []
-
-    async def make(text: str) -> Rig:
-        config = load_config_text(text, "test.yaml")
-        q = DiskQueue(QueueStore(tmp_path / "queue.db"), lazy_commit=0.01)
-        await q.start()
-        queues.append(q)
-        rig = Rig(config, q)
-        await rig.start()
-        rigs.append(rig)
-        return rig
-
-    yield make
-    for r in rigs:
-        if r.fwd is not None:
-            await r.fwd.stop(1)
-    for q in queues:
-        await q.stop()
-
-
-from typing import Any  # noqa: E402
-
-
-async def until(cond: Callable[[], bool], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+def rig_factory(rigs: RigFactory) -> Callable[[str], Awaitable[Rig]]:
+    return lambda text: rigs(text, "wattics")
 
 
 def elec(ts_ms: int) -> Reading:
@@ -358,16 +309,14 @@ async def test_a_restart_in_the_middle_of_a_backlog_sends_the_rest_once(emu: Wat
     await rig.queue.append([elec(BASE_MS + i * 1000) for i in range(300)])
     await until(lambda: emu.count() >= 60)
     await rig.stop()
-    await rig.queue.stop()
     n = emu.count()
     assert n < 300
-    rig2 = await rig_factory(text)
+    await rig_factory(text)
     await until(lambda: emu.count() + len(emu.duplicates) >= 300)
     await asyncio.sleep(0.3)
     got = [datetime.fromisoformat(p["tsISO8601"]).timestamp() for p in emu.packets["e"]]
     assert got == [(BASE_MS + i * 1000) / 1000 for i in range(300)]
     assert len(emu.duplicates) <= 1 and not emu.out_of_order
-    await rig2.stop()
 
 
 async def test_a_server_without_keep_alive_and_one_answering_garbage(emu: WatticsEmulator, rig_factory: Any) -> None:

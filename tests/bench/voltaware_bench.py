@@ -111,20 +111,19 @@ def main() -> None:
     configure("warning", "json")
     results: dict[str, object] = {"devices": args.devices, "events": total, "window": WINDOW}
     print(f"{'QoS':<4} {'gateway events/s':>17} {'plain paho events/s':>20} {'ratio':>6}")
-    with tempfile.TemporaryDirectory() as tmp:
-        with Mosquitto(Path(tmp) / "broker").start() as broker:
-            for qos in (2, 1):
-                # Best of two runs each, alternating: a shared 2-core machine is noisy.
-                g = p = 0.0
-                for rep in range(2):
-                    state = Path(tmp) / f"state-{qos}-{rep}"
-                    elapsed, payloads = asyncio.run(gateway_run(broker, state, args.devices, per_device, qos))
-                    plain = plain_run(broker, payloads, total, qos, WINDOW * args.devices)
-                    g, p = max(g, total / elapsed), max(p, total / plain)
-                results[f"qos{qos}_gateway_per_s"] = round(g)
-                results[f"qos{qos}_plain_per_s"] = round(p)
-                results[f"qos{qos}_ratio"] = round(g / p, 2)
-                print(f"{qos:<4} {g:>17,.0f} {p:>20,.0f} {g / p:>6.2f}")
+    with tempfile.TemporaryDirectory() as tmp, Mosquitto(Path(tmp) / "broker").start() as broker:
+        for qos in (2, 1):
+            # Best of two runs each, alternating: a shared 2-core machine is noisy.
+            g = p = 0.0
+            for rep in range(2):
+                state = Path(tmp) / f"state-{qos}-{rep}"
+                elapsed, payloads = asyncio.run(gateway_run(broker, state, args.devices, per_device, qos))
+                plain = plain_run(broker, payloads, total, qos, WINDOW * args.devices)
+                g, p = max(g, total / elapsed), max(p, total / plain)
+            results[f"qos{qos}_gateway_per_s"] = round(g)
+            results[f"qos{qos}_plain_per_s"] = round(p)
+            results[f"qos{qos}_ratio"] = round(g / p, 2)
+            print(f"{qos:<4} {g:>17,.0f} {p:>20,.0f} {g / p:>6.2f}")
     results["machine"] = f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
     print(json.dumps(results))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gateway.config import GatewayConfig, load_config_text
@@ -53,3 +53,7 @@ async def until(cond: Callable[[], bool], within: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+#: A test's factory of started rigs: ``await rigs(config_text, sink_name)``; stopped when the test ends.
+RigFactory = Callable[[str, str], Awaitable[Rig]]
