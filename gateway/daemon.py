@@ -3,7 +3,8 @@
 Stopping (SIGTERM, SIGINT): sources stop first, so every reading already read is committed; forwarders get a
 grace period for sends in flight; the queue commits what is pending. The whole takes well under 10 s.
 Reloading (SIGHUP): the new file is validated first; an invalid one is logged and the running configuration kept.
-A valid one replaces sources and forwarders; the queue stays open throughout, so no reading is lost.
+A valid one replaces the forwarders while the sources keep reading, then the sources if the meters changed; the
+queue stays open throughout, so no reading is lost and no tick is skipped.
 """
 
 from __future__ import annotations
@@ -114,6 +115,10 @@ class Gateway:
     # ------------------------------------------------------------ pipeline
 
     async def _start_pipeline(self) -> None:
+        await self._start_forwarders()
+        self._start_sources()
+
+    async def _start_forwarders(self) -> None:
         config = self.config
         REDACTOR.set(config.secrets())
         streams = config.sink_streams()
@@ -136,8 +141,10 @@ class Gateway:
                 fwd.last_sent.update(before["streams"])
             await fwd.start()
             self.forwarders.append(fwd)
+
+    def _start_sources(self) -> None:
         self._source_stop = asyncio.Event()
-        self.sources = create_sources(config)
+        self.sources = create_sources(self.config)
         self._source_tasks = [
             asyncio.create_task(self._run_source(s), name=f"source:{s.name}") for s in self.sources
         ]
@@ -153,6 +160,12 @@ class Gateway:
                     await asyncio.wait_for(self._source_stop.wait(), 5.0)
 
     async def _stop_pipeline(self) -> None:
+        await self._stop_sources()
+        await self._stop_forwarders()
+        await self.queue.flush()
+
+    async def _stop_sources(self) -> None:
+        """Sources stop after emitting what they hold, so every reading already read is committed."""
         self._source_stop.set()
         if self._source_tasks:
             _, pending = await asyncio.wait(self._source_tasks, timeout=SEND_GRACE)
@@ -160,10 +173,11 @@ class Gateway:
                 t.cancel()
             await asyncio.gather(*self._source_tasks, return_exceptions=True)
         self._source_tasks = []
+
+    async def _stop_forwarders(self) -> None:
         await asyncio.gather(*(f.stop(SEND_GRACE) for f in self.forwarders))
         self._health = self._sink_health()
         self.forwarders = []
-        await self.queue.flush()
 
     async def _emit(self, readings: Sequence[Reading]) -> AppendResult:
         result = await self.queue.append(readings)
@@ -200,9 +214,14 @@ class Gateway:
             log.warning("state_dir and queue settings change only at a restart; keeping the running ones")
             new = new.model_copy(update={"state_dir": self.config.state_dir, "queue": self.config.queue})
         self.notify.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
-        await self._stop_pipeline()
-        self.config = new
-        await self._start_pipeline()
+        # Sources keep reading into the queue while the forwarders are replaced, then are swapped between two
+        # ticks: a reload leaves no hole in the data.
+        await self._stop_forwarders()
+        old, self.config = self.config, new
+        await self._start_forwarders()
+        if new.meters != old.meters or new.site != old.site:
+            await self._stop_sources()
+            self._start_sources()
         self.notify.send("READY=1", f"STATUS=running: {len(new.meters)} meters, {len(self.forwarders)} sinks")
         log.info("configuration reloaded", meters=len(new.meters), sinks=[f.name for f in self.forwarders])
 

@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from tests.helpers.daemon import Daemon, read_jsonl
+from tests.helpers.daemon import Daemon, read_jsonl, still_queued
 
 CONFIG = """\
 state_dir: {state}
@@ -129,10 +129,9 @@ def test_sighup_with_a_good_config_applies_it_without_losing_a_reading(tmp_path:
     rows = by_meter(read_jsonl(archive))
     assert "b" in rows
     a = rows["a"]
-    # The reload may skip the tick during which sources were swapped, but never loses a confirmed reading or
-    # reorders: at most one 200 ms tick is not taken while the pipeline restarts.
+    # Sources keep reading while the forwarders are replaced and are swapped between two ticks: no hole.
     gaps = [b - x for x, b in itertools.pairwise(a)]
-    assert all(g > 0 for g in gaps) and max(gaps) <= 400
+    assert all(g == 200 for g in gaps), gaps
 
 
 def test_sighup_with_a_bad_config_is_refused_and_the_running_one_kept(tmp_path: Path) -> None:
@@ -167,6 +166,7 @@ def test_sigkill_and_restart_keeps_order_and_delivers_the_last_confirmed(tmp_pat
     db = sqlite3.connect(tmp_path / "queue.db")
     last = dict(db.execute("SELECT name, last_ts FROM meters"))
     db.close()
+    waiting = still_queued(tmp_path, "archive").get("archive", set())
     for m in ("a", "b"):
         ts = rows[m]
         unique = sorted(set(ts))
@@ -178,7 +178,8 @@ def test_sigkill_and_restart_keeps_order_and_delivers_the_last_confirmed(tmp_pat
             assert t in seen or t > high
             seen.add(t)
             high = max(high, t)
-        assert unique[-1] == last[m], "the last confirmed reading was not delivered"
+        # The last confirmed reading was delivered, or is still queued (taken in the instant before the stop).
+        assert unique[-1] == last[m] or last[m] in waiting, "the last confirmed reading is nowhere"
 
 
 def test_status_while_running_shows_sinks_and_meters(tmp_path: Path) -> None:
