@@ -191,7 +191,10 @@ def test_status_while_running_shows_sinks_and_meters(tmp_path: Path) -> None:
         assert p.returncode == 0, p.stderr
         assert "daemon: running, pid" in p.stdout
         assert "archive" in p.stdout and "\na " in p.stdout
+        check = [sys.executable, "-m", "gateway", "status", "-c", str(cfg), "--check"]
+        assert subprocess.run(check, capture_output=True, text=True).returncode == 0  # the container is healthy
         d.stop()
+    assert subprocess.run(check, capture_output=True, text=True).returncode == 1  # not running: unhealthy
 
 
 def test_an_unusable_state_dir_is_a_one_line_runtime_error(tmp_path: Path) -> None:
