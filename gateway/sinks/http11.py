@@ -63,7 +63,6 @@ class Http11Client:
         self._conn: h11.Connection | None = None
         self._last_used = 0.0
         self._lock = asyncio.Lock()
-        self.connections_opened = 0
 
     async def post(self, body: bytes) -> Response:
         async with self._lock:  # one request at a time on the connection
@@ -113,7 +112,6 @@ class Http11Client:
         except OSError as e:
             raise HttpError(f"cannot connect: {e.strerror or e}") from None
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_BODY)
-        self.connections_opened += 1
         return True
 
     async def _exchange(self, body: bytes) -> Response:

@@ -75,7 +75,6 @@ class VoltawareSink:
         self._wakeup_pending = False
         #: (stream cursor, ts) -> the acknowledgement of a publish paho still holds or that completed unreported
         self._pending: dict[tuple[str, int], tuple[asyncio.Future[None], str]] = {}
-        self.published = 0
         self._closing = False
         self._first_answer = asyncio.Event()  # the broker accepted or refused the first connection
         self.provisioner: Provisioner | None = None
@@ -193,10 +192,6 @@ class VoltawareSink:
             self._refused_logged = True
             self.log.error("the broker refused the connection: check username, password and client id", reason=why)
 
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
     # ------------------------------------------------------------ sending
 
     def render(self, stream: Stream, reading: Reading) -> tuple[str, str] | Skip:
@@ -256,7 +251,6 @@ class VoltawareSink:
                     fut.set_result(None)
                 else:
                     self._by_mid[info.mid] = fut
-            self.published += 1
             self._pending[key] = (fut, payload)
             waits.append((i, key))
         if waits:

@@ -182,7 +182,6 @@ class Provisioner:
         self.retry_cap = retry_cap
         self.log = log.bind(sink=sink)
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self.status: dict[str, str] = {}
         self._rng = random.Random()
 
     def needed(self, device_id: str) -> bool:
@@ -216,12 +215,10 @@ class Provisioner:
             if problem is None:
                 self.state.hashes[device_id] = wanted
                 await asyncio.to_thread(self.state.save)
-                self.status[device_id] = "metadata in place"
                 self.log.info("device metadata sent", device=device_id, attempts=attempt + 1)
                 self._tasks.pop(device_id, None)
                 return
             attempt += 1
-            self.status[device_id] = problem
             (self.log.warning if attempt == 1 else self.log.debug)(
                 "device metadata not accepted yet; retrying", device=device_id, reason=problem, attempt=attempt
             )
