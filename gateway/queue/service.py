@@ -12,7 +12,6 @@ logged once), and the other jobs are tried again on their own; deleting delivere
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import queue as stdqueue
 import sqlite3
 import threading
@@ -43,7 +42,8 @@ class AppendResult:
 @dataclass(slots=True)
 class _Job:
     fn: Callable[[QueueStore], Any]
-    future: concurrent.futures.Future[Any] | None
+    #: set on the event loop when the job's transaction is committed; None for jobs nobody awaits
+    future: asyncio.Future[Any] | None
     #: set for appends: what to count as dropped if the write fails
     readings: Sequence[Reading] | None = None
     on_commit: Callable[[QueueStore], None] | None = None
@@ -63,6 +63,7 @@ class DiskQueue:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_bounds = 0.0
         self._full_since: float | None = None
+        self._settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         self._dropped_while_full = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -86,7 +87,7 @@ class DiskQueue:
 
     async def run(self, fn: Callable[[QueueStore], T]) -> T:
         """Run ``fn(store)`` in the writer thread inside a transaction; return its result once committed."""
-        result: T = await self._submit(_Job(fn, concurrent.futures.Future()))
+        result: T = await self._submit(_Job(fn, self._future()))
         return result
 
     def post(self, fn: Callable[[QueueStore], Any]) -> None:
@@ -95,7 +96,7 @@ class DiskQueue:
 
     async def append(self, readings: Sequence[Reading]) -> AppendResult:
         """Write readings; returns once they are committed (or known dropped)."""
-        outcome = await self._submit(_Job(lambda st: st.append(readings), concurrent.futures.Future(), readings))
+        outcome = await self._submit(_Job(lambda st: st.append(readings), self._future(), readings))
         if isinstance(outcome, AppendResult):  # dropped on a full disk
             return outcome
         result = AppendResult(outcome.accepted, outcome.refused)
@@ -118,7 +119,7 @@ class DiskQueue:
         readings); awaited, so the cursor never skips a reading not yet saved."""
         job = _Job(
             lambda st: st.dead_letter(cursor, reading, reason),
-            concurrent.futures.Future(),
+            self._future(),
             on_commit=lambda st: st.ack(cursor, reading.meter, reading.ts_ms if upto_ts is None else upto_ts),
         )
         await self._submit(job)
@@ -143,7 +144,11 @@ class DiskQueue:
     async def _submit(self, job: _Job) -> Any:
         self._put(job)
         assert job.future is not None
-        return await asyncio.wrap_future(job.future)
+        return await job.future
+
+    def _future(self) -> asyncio.Future[Any]:
+        assert self._loop is not None
+        return self._loop.create_future()
 
     def _run(self) -> None:
         stop = False
@@ -172,6 +177,7 @@ class DiskQueue:
                     jobs.append(nxt)
             if jobs:
                 self._process(jobs)
+                self._hand_back()
 
     def _process(self, jobs: list[_Job]) -> None:
         results: list[tuple[_Job, Any, BaseException | None]] = []
@@ -275,12 +281,14 @@ class DiskQueue:
             self._dropped_while_full = 0
 
     def _resolve(self, job: _Job, value: Any, err: BaseException | None) -> None:
-        if job.future is None:
-            return
-        if err is None:
-            job.future.set_result(value)
-        else:
-            job.future.set_exception(err)
+        if job.future is not None:
+            self._settled.append((job.future, value, err))
+
+    def _hand_back(self) -> None:
+        """Results go back to the event loop in one call per transaction, not one wake-up per job."""
+        settled, self._settled = self._settled, []
+        if settled and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_settle, settled)
 
     def _fail(self, job: _Job, err: BaseException) -> None:
         if job.readings is not None:
@@ -295,3 +303,13 @@ class DiskQueue:
             self.store.count(f"meter.{r.meter}.dropped_write_failed")
         self._resolve(job, AppendResult(dropped=len(readings)), None)
         return len(readings)
+
+
+def _settle(settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, value, err in settled:
+        if fut.done():  # its waiter was cancelled (a stop); the work is done all the same
+            continue
+        if err is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(err)
