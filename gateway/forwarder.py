@@ -24,6 +24,7 @@ import structlog
 
 from gateway.aggregate import aggregate, bucket_end
 from gateway.config.common import SinkBase
+from gateway.errors import QueueError
 from gateway.outcome import Delivered, Outcome, Reject, Retry, Skip
 from gateway.queue import DiskQueue, QueueStore
 from gateway.reading import Reading, iso_utc
@@ -118,6 +119,12 @@ class Forwarder:
                 await run(stream)
             except asyncio.CancelledError:
                 raise
+            except QueueError as e:  # the disk is full or failing: the queue logs it; try again shortly
+                self.log.warning("stream paused: the queue cannot be written; restarting it in 5 s",
+                                 stream=stream.label, error=str(e))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 5.0)
+                continue
             except Exception:
                 self.log.exception("forwarder stream failed; restarting it in 5 s", stream=stream.label)
                 with contextlib.suppress(TimeoutError):
@@ -260,7 +267,9 @@ class Forwarder:
                     batch = [buffer[i] for i in range(sent, min(sent + self.sink.max_batch, len(buffer)))]
                     if batch[-1].ts_ms > mark:
                         mark = buffer[min(len(buffer), sent + SENT_MARK_AHEAD * self.sink.max_batch) - 1].ts_ms
-                        await self.queue.run(functools.partial(QueueStore.gauge, name=sent_key, value=mark))
+                        # Best effort: on a full disk, delivery (which frees space) goes on without the mark.
+                        with contextlib.suppress(QueueError):
+                            await self.queue.run(functools.partial(QueueStore.gauge, name=sent_key, value=mark))
                     ahead.append((batch, asyncio.create_task(self._send_in_slot(stream, batch, log))))
                     sent += len(batch)
                     if batch[0].ts_ms <= sent_before:

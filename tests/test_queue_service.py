@@ -75,3 +75,41 @@ async def test_stop_commits_pending_acknowledgements(tmp_path: Path) -> None:
     assert s.cursor("a", "m1") == 2
     assert s.counters["sink.a.delivered"] == 2
     s.close()
+
+
+async def test_delivery_goes_on_with_a_full_disk_and_makes_room_for_new_readings(tmp_path: Path) -> None:
+    import random
+
+    from gateway.config.models import FileSink as FileSinkConfig
+    from gateway.forwarder import Forwarder
+    from gateway.sinks.file import FileSink
+    from gateway.stream import Stream
+    from tests.helpers.rig import until
+
+    store = QueueStore(tmp_path / "q.db", max_page_count=60)
+    q = DiskQueue(store, lazy_commit=0.01)
+    await q.start()
+    await q.run(lambda st: st.configure({"archive": ["m1"]}))
+    t = 0
+    while True:  # fill the capped file, with no forwarder running
+        res = await q.append([reading("m1", t + i) for i in range(1, 101)])
+        t += 100
+        if res.dropped:
+            break
+    accepted = await q.run(lambda st: st.last_ts[st.meter_ids["m1"]])
+    cfg = FileSinkConfig.model_validate({"name": "archive", "type": "file", "path": str(tmp_path / "out.jsonl"),
+                                         "backoff_base": "10ms"})
+    fwd = Forwarder(FileSink(cfg, None), cfg, q, [Stream("archive", "m1")], rng=random.Random(1))  # type: ignore[arg-type]
+    await fwd.start()
+    await until(lambda: (tmp_path / "out.jsonl").exists() and
+                len((tmp_path / "out.jsonl").read_text().splitlines()) == accepted)
+    # Delivered rows were deleted: the queue takes readings again, and they are delivered too.
+    for _ in range(50):
+        res = await q.append([reading("m1", t + 1)])
+        if res.accepted:
+            break
+        await asyncio.sleep(0.05)
+    assert res.accepted == 1
+    await until(lambda: len((tmp_path / "out.jsonl").read_text().splitlines()) == accepted + 1)
+    await fwd.stop(1)
+    await q.stop()
