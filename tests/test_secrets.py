@@ -1,0 +1,66 @@
+"""Secrets never appear in log lines or error messages, on normal work and on the error paths they can trigger."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.helpers.daemon import Daemon
+from tests.helpers.mosquitto import Mosquitto
+from tests.helpers.voltaware_api_emulator import VoltawareApiEmulator
+from tests.helpers.wattics_emulator import WatticsEmulator
+
+WATTICS_PW = "W4ttics-Secret-pw"
+MQTT_PW = "Mqtt-Secret-pw-77"
+API_SECRET = "Api-Client-Secret-99"
+
+
+def test_no_secret_in_any_log_line_or_error(broker: Mosquitto, tmp_path: Path) -> None:
+    wattics = WatticsEmulator(tmp_path / "w", users={"gateway": "another-password"}).start()  # 401 on every packet
+    api = VoltawareApiEmulator(tmp_path / "api", client_secret="not-what-the-gateway-has").start()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""\
+state_dir: {tmp_path}
+meters:
+  - {{name: a, type: simulated, interval: 200ms}}
+sinks:
+  - name: wattics
+    type: wattics
+    url: {wattics.url}
+    username: gateway
+    password: {WATTICS_PW}
+    ca_file: {wattics.ca_file}
+    auth_retry: 200ms
+    data_points: [{{id: e, meter: a}}]
+  - name: voltaware
+    type: voltaware
+    host: 127.0.0.1
+    port: {broker.port}
+    ca_file: {broker.ca_file}
+    username: gateway
+    password: {MQTT_PW}
+    api: {{url: "{api.url}", client_id: gw-client, client_secret: {API_SECRET}, ca_file: {api.ca_file},
+           retry_base: 200ms}}
+    devices: [{{meter: a, device_id: d1, metadata: {{geolocation: {{latitude: 1, longitude: 2}}}}}}]
+""")
+    with Daemon(config).start() as d:
+        time.sleep(3)  # 401s at Wattics, the broker refusing the MQTT password, the API refusing the secret
+        d.stop()
+    logs = "".join(d.raw)
+    assert "Wattics refuses the credentials" in logs
+    assert "the broker refused the connection" in logs
+    verify = subprocess.run([sys.executable, "-m", "gateway", "verify", "-c", str(config)], capture_output=True,
+                            text=True, timeout=60)
+    assert verify.returncode == 1  # the API refuses the client secret: said, without the secret
+    # A configuration mistake on a secret's own line: the message names the key, never the value.
+    config.write_text(config.read_text().replace(f"password: {WATTICS_PW}", f"password: [{WATTICS_PW}]"))
+    bad = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", str(config)], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "sinks[wattics].password" in bad.stderr
+    everything = logs + bad.stdout + bad.stderr + verify.stdout + verify.stderr
+    for secret in (WATTICS_PW, MQTT_PW, API_SECRET):
+        assert secret not in everything
+    wattics.stop()
+    api.stop()
