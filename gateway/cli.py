@@ -16,6 +16,7 @@ from gateway import __version__
 from gateway.config import GatewayConfig, load_config
 from gateway.config.units import format_duration, format_size
 from gateway.errors import ConfigError, GatewayError
+from gateway.queue import QueueStore
 from gateway.settings import ProcessSettings
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
@@ -118,7 +119,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _open_store(config: GatewayConfig) -> Any:
+def _open_store(config: GatewayConfig) -> QueueStore | None:
     from gateway.daemon import open_store, queue_path
 
     if not queue_path(config).exists():

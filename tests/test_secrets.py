@@ -36,11 +36,7 @@ sinks:
     data_points: [{{id: e, meter: a}}]
   - name: voltaware
     type: voltaware
-    host: 127.0.0.1
-    port: {broker.port}
-    ca_file: {broker.ca_file}
-    username: gateway
-    password: {MQTT_PW}
+{broker.sink_lines(MQTT_PW)}
     api: {{url: "{api.url}", client_id: gw-client, client_secret: {API_SECRET}, ca_file: {api.ca_file},
            retry_base: 200ms}}
     devices: [{{meter: a, device_id: d1, metadata: {{geolocation: {{latitude: 1, longitude: 2}}}}}}]

@@ -32,12 +32,7 @@ meters:
 sinks:
   - name: voltaware
     type: voltaware
-    host: 127.0.0.1
-    port: {broker.port}
-    ca_file: {broker.ca_file}
-    username: gateway
-    password: {password}
-    client_id: test-gateway
+{broker.sink_lines(password)}    client_id: test-gateway
     backoff_base: 50ms
     backoff_cap: 500ms
     ack_timeout: 2s
@@ -100,7 +95,7 @@ async def test_a_custom_template_with_every_kind_of_placeholder(broker: Mosquitt
     rig = await rig_of(config_text(broker, extra))  # type: ignore[operator]
     await rig.queue.append([gas(BASE_MS, 123.5)])
     await until(lambda: len(sub.received()) == 1)
-    topic, body, qos = sub.received()[0]
+    topic, body, _ = sub.received()[0]
     assert topic == "site/plant-3/dev-002/gas"
     assert json.loads(body) == {
         "id": "dev-002",
@@ -177,8 +172,8 @@ async def test_refused_credentials_keep_the_readings_and_log_once(
         ("", "      - {meter: main, device_id: d1}\n      - {meter: gas, device_id: d1}\n", 19,
          "devices[1].device_id: 'd1' is already used"),
         ("    qos: 3\n", None, 17, "sinks[voltaware].qos: 3 is not allowed"),
-        ("", "      - meter: main\n        device_id: d1\n        metadata: {geolocation: {latitude: 1, longitude: 2}}\n",
-         20, "needs the api: section"),
+        ("", "      - meter: main\n        device_id: d1\n"
+             "        metadata: {geolocation: {latitude: 1, longitude: 2}}\n", 20, "needs the api: section"),
     ],
 )
 def test_template_and_device_mistakes(broker: Mosquitto, extra: str, devices: str | None, line: int,

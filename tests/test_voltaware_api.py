@@ -13,9 +13,9 @@ from gateway.config.voltaware import VoltawareApi
 from gateway.quantities import Quantity as Q
 from gateway.reading import Reading
 from gateway.sinks.voltaware_api import ApiError, VoltawareClient
-from tests.helpers.mosquitto import Mosquitto, Subscriber
+from tests.helpers.mosquitto import Mosquitto
 from tests.helpers.rig import Rig, until
-from tests.helpers.voltaware_api_emulator import VoltawareApiEmulator
+from tests.helpers.voltaware_api_emulator import Registrar, VoltawareApiEmulator
 
 BASE_MS = 1_795_000_000_000
 
@@ -90,12 +90,7 @@ meters:
 sinks:
   - name: voltaware
     type: voltaware
-    host: 127.0.0.1
-    port: {broker.port}
-    ca_file: {broker.ca_file}
-    username: gateway
-    password: mqtt-s3cret
-    client_id: test-gateway
+{broker.sink_lines()}    client_id: test-gateway
     backoff_base: 50ms
     backoff_cap: 500ms
     api: {{url: "{api.url}", client_id: gw-client, client_secret: api-s3cret, ca_file: {api.ca_file},
@@ -104,25 +99,6 @@ sinks:
       - meter: main
         device_id: dev-9
 {META.format(bedrooms=bedrooms)}"""
-
-
-class Registrar(Subscriber):
-    """The platform side: a device becomes known to the API when its first event reaches the broker."""
-
-    def __init__(self, broker: Mosquitto, api: VoltawareApiEmulator, delay: float = 0.0) -> None:
-        self.api = api
-        self.delay = delay
-        super().__init__(broker)
-
-    def _on_message(self, client: object, userdata: object, msg: object) -> None:
-        super()._on_message(client, userdata, msg)  # type: ignore[arg-type]
-        device = msg.topic.split("/")[1]  # type: ignore[attr-defined]  # the default topic: meters/{device_id}/events
-        if self.delay:
-            import threading
-
-            threading.Timer(self.delay, self.api.register, args=(device,)).start()
-        else:
-            self.api.register(device)
 
 
 @pytest.fixture

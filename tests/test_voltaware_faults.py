@@ -13,8 +13,7 @@ from pathlib import Path
 
 from tests.helpers.daemon import Daemon, read_jsonl, still_queued
 from tests.helpers.mosquitto import Mosquitto
-from tests.helpers.voltaware_api_emulator import VoltawareApiEmulator
-from tests.test_voltaware_api import Registrar
+from tests.helpers.voltaware_api_emulator import Registrar, VoltawareApiEmulator
 
 CONFIG = """\
 state_dir: {state}

@@ -180,7 +180,6 @@ class DiskQueue:
                 self._hand_back()
 
     def _process(self, jobs: list[_Job]) -> None:
-        results: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             self.store.begin()
             results = self._run_jobs(jobs)
@@ -201,6 +200,10 @@ class DiskQueue:
             self._disk_full(jobs, e)
             return
         self._recovered()
+        self._committed(results)
+
+    def _committed(self, results: list[tuple[_Job, Any, BaseException | None]]) -> None:
+        """After a commit: apply what waited for it, then hand each job its result."""
         for job, value, err in results:
             if job.on_commit is not None and err is None:
                 job.on_commit(self.store)
@@ -265,10 +268,7 @@ class DiskQueue:
             for job in others:
                 self._fail(job, QueueFullError(f"queue write failed: {e2}"))
             return
-        for job, value, err in results:
-            if job.on_commit is not None and err is None:
-                job.on_commit(self.store)
-            self._resolve(job, value, err)
+        self._committed(results)
 
     def _recovered(self) -> None:
         if self._full_since is not None:

@@ -34,6 +34,8 @@ from gateway.stream import sink_of
 log = structlog.get_logger("gateway.queue")
 
 SCHEMA_VERSION = 1
+#: Rows of a sink: its own name, or one of its streams (``sink#key``). Two parameters: the sink's name twice.
+_OF_SINK = "(sink=? OR sink LIKE ? || '#%')"
 FLAG_CLOCK_SYNCED = 1
 
 _SCHEMA = """
@@ -266,6 +268,8 @@ class QueueStore:
             self._conn.execute("ROLLBACK")
         self._in_txn = False
         self._pending = _Pending()
+        # Deletes of the rolled-back transaction did not happen: let the next commit make them again.
+        self._deleted_upto.clear()
 
     # ------------------------------------------------------------ meters and sinks
 
@@ -442,7 +446,7 @@ class QueueStore:
         sql = "SELECT id, sink, meter, ts_ms, flags, data, reason, at_ms, state, attempts FROM deadletters WHERE 1=1"
         args: list[object] = []
         if sink is not None:
-            sql += " AND (sink=? OR sink LIKE ? || '#%')"
+            sql += f" AND {_OF_SINK}"
             args += [sink, sink]
         if state is not None:
             sql += " AND state=?"
@@ -464,7 +468,7 @@ class QueueStore:
 
     def _where_ids(self, sql: str, args: list[object], ids: Sequence[int] | None, sink: str | None) -> int:
         if sink is not None:
-            sql += " AND (sink=? OR sink LIKE ? || '#%')"
+            sql += f" AND {_OF_SINK}"
             args += [sink, sink]
         if ids is not None:
             sql += f" AND id IN ({','.join('?' * len(ids))})"
@@ -510,6 +514,6 @@ class QueueStore:
                 oldest = first
         last = self.counters.get(f"sink.{sink}.last_delivery_ms")
         dead = db.execute(
-            "SELECT count(*) FROM deadletters WHERE sink=? OR sink LIKE ? || '#%'", (sink, sink)
+            f"SELECT count(*) FROM deadletters WHERE {_OF_SINK}", (sink, sink)
         ).fetchone()[0]
         return {"depth": depth, "oldest_ts_ms": oldest, "last_delivery_ms": last, "dead_letters": dead}

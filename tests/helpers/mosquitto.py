@@ -83,6 +83,12 @@ class Mosquitto:
                 lines.append("require_certificate true")
         (self.dir / "mosquitto.conf").write_text("\n".join(lines) + "\n")
 
+    def sink_lines(self, password: str = "mqtt-s3cret", indent: str = "    ") -> str:
+        """The connection keys of a ``voltaware`` sink pointing at this broker (five lines of YAML)."""
+        keys = [("host", "127.0.0.1"), ("port", str(self.port)), ("ca_file", str(self.ca_file)),
+                ("username", "gateway"), ("password", password)]
+        return "".join(f"{indent}{k}: {v}\n" for k, v in keys)
+
     def start(self) -> Mosquitto:
         assert MOSQUITTO is not None
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.dir / "mosquitto.conf")],

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers.https import HttpsServer, reply
+from tests.helpers.mosquitto import Mosquitto, Subscriber
 
 GEN = {"SOLAR", "HYDROELECTRICITY", "WIND", "BATTERY", "OTHER", "NONE"}
 APPLIANCE_FIELDS: dict[str, dict[str, set[Any] | type]] = {
@@ -229,3 +230,20 @@ def _handler(emu: VoltawareApiEmulator) -> type[BaseHTTPRequestHandler]:
                 self._answer(404, "no such endpoint")
 
     return Handler
+
+
+class Registrar(Subscriber):
+    """The platform side: a device becomes known to the API when its first event reaches the broker."""
+
+    def __init__(self, broker: Mosquitto, api: VoltawareApiEmulator, delay: float = 0.0) -> None:
+        self.api = api
+        self.delay = delay
+        super().__init__(broker)
+
+    def _on_message(self, client: object, userdata: object, msg: object) -> None:
+        super()._on_message(client, userdata, msg)  # type: ignore[arg-type]
+        device = msg.topic.split("/")[1]  # type: ignore[attr-defined]  # the default topic: meters/{device_id}/events
+        if self.delay:
+            threading.Timer(self.delay, self.api.register, args=(device,)).start()
+        else:
+            self.api.register(device)
