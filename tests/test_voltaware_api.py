@@ -130,7 +130,8 @@ async def test_metadata_is_sent_after_the_first_event_and_only_again_when_it_cha
         "version": "1.0",
     }
     assert api.count("PUT", "/sensors/dev-9/metadata/property", 403) >= 1
-    assert (tmp_path / "voltaware-voltaware.json").exists()
+    # The state file is written once the last PUT is answered: a moment after the emulator saw it.
+    await until(lambda: (tmp_path / "voltaware-voltaware.json").exists())
     await rig.stop()
     rigs.clear()
 
