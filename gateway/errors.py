@@ -7,10 +7,17 @@ so callers handle a handful of types and the CLI can turn each into a one-line m
     ├── ConfigError              the configuration file is wrong (exit 2); .problems holds every line
     ├── QueueError               the on-disk queue cannot be used
     │   └── QueueFullError       the disk (or the queue's own bound) refused a write
-    └── SinkError                a sink could not be set up (sending reports outcomes, never raises)
+    ├── SinkError                a sink could not be set up (sending reports outcomes, never raises)
+    └── ModbusError              a Modbus read gave no usable answer; .kind names why, for counters and logs
+        ├── ModbusTimeout        no answer within the bus timeout (a dead meter, a CRC error, a wrong unit id)
+        ├── ModbusExceptionReply the meter answered with a Modbus exception; .code (1-4, ...)
+        ├── ModbusBadAnswer      an answer that does not fit the request (too few registers, wrong unit)
+        └── ModbusBusError       the bus cannot be used: port missing or busy, connection refused or dropped
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class GatewayError(Exception):
@@ -35,3 +42,32 @@ class QueueFullError(QueueError):
 
 class SinkError(GatewayError):
     """A sink could not be created or started."""
+
+
+class ModbusError(GatewayError):
+    kind = "error"
+
+
+class ModbusTimeout(ModbusError):
+    kind = "timeout"
+
+
+class ModbusExceptionReply(ModbusError):
+    kind = "exception"
+
+    NAMES: ClassVar[dict[int, str]] = {
+        1: "illegal function", 2: "illegal data address", 3: "illegal data value", 4: "device failure",
+        5: "acknowledge", 6: "device busy", 10: "gateway path unavailable", 11: "gateway target did not answer",
+    }
+
+    def __init__(self, code: int, what: str) -> None:
+        self.code = code
+        super().__init__(f"{what}: exception {code} ({self.NAMES.get(code, 'unknown')})")
+
+
+class ModbusBadAnswer(ModbusError):
+    kind = "bad_answer"
+
+
+class ModbusBusError(ModbusError):
+    kind = "bus"

@@ -21,7 +21,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -51,20 +51,35 @@ def load_config_text(
     problems += _resolve_secret_files(data, origins, base_dir or Path("."), env, filename)
     if problems:
         raise ConfigError(problems)
+    config = validate(GatewayConfig, data, origins, filename)
+    from gateway.modbus.profiles import resolve_modbus_meters
+
+    return resolve_modbus_meters(config, data, origins, filename, base_dir or Path("."))
+
+
+@runtime_checkable
+class _Checked(Protocol):
+    def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]: ...
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: dict[str, Any], origins: dict[KeyPath, str], filename: str) -> M:
+    """``data`` as a ``model``, then its own ``cross_check()``; every problem one line, raised as ConfigError."""
     try:
-        config = GatewayConfig.model_validate(data)
+        obj = model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_pydantic_problems(e, data, origins, filename)) from None
-    cross = config.cross_check()
-    if cross:
-        raise ConfigError([_line(origins, path, filename, data, msg) for path, msg in cross])
-    return config
+        raise ConfigError(_pydantic_problems(e, data, origins, filename, model)) from None
+    if isinstance(obj, _Checked) and (cross := obj.cross_check()):
+        raise ConfigError([problem_line(origins, path, filename, data, msg) for path, msg in cross])
+    return obj
 
 
 # ---------------------------------------------------------------- problems
 
 
-def _line(origins: dict[KeyPath, str], path: KeyPath, filename: str, data: Any, msg: str) -> str:
+def problem_line(origins: dict[KeyPath, str], path: KeyPath, filename: str, data: Any, msg: str) -> str:
     where = f"{filename}:1"
     for n in range(len(path), -1, -1):
         if path[:n] in origins:
@@ -73,13 +88,15 @@ def _line(origins: dict[KeyPath, str], path: KeyPath, filename: str, data: Any, 
     return f"{where}: {format_path(path, data) or 'top level'}: {msg}"
 
 
-def _pydantic_problems(e: ValidationError, data: Any, origins: dict[KeyPath, str], filename: str) -> list[str]:
+def _pydantic_problems(
+    e: ValidationError, data: Any, origins: dict[KeyPath, str], filename: str, root: type[BaseModel]
+) -> list[str]:
     out: list[str] = []
     for err in e.errors(include_url=False):
-        path, model = _strip_tags(err["loc"], data)
+        path, model = _strip_tags(err["loc"], data, root)
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             path = (*path, str((err.get("ctx") or {}).get("discriminator", "type")).strip("'"))
-        out.append(_line(origins, path, filename, data, _message(err, path, model)))
+        out.append(problem_line(origins, path, filename, data, _message(err, path, model)))
     # Line order reads best; pydantic reports by schema order.
     return sorted(dict.fromkeys(out), key=_sort_key)
 
@@ -91,14 +108,16 @@ def _sort_key(line: str) -> tuple[int, str]:
         return 0, line
 
 
-def _strip_tags(loc: tuple[int | str, ...], data: Any) -> tuple[KeyPath, type[BaseModel] | None]:
+def _strip_tags(
+    loc: tuple[int | str, ...], data: Any, root: type[BaseModel]
+) -> tuple[KeyPath, type[BaseModel] | None]:
     """Map pydantic's error location onto the file's key path (dropping union tags such as ``'file'``).
 
     Also returns the model class that owns the last key, so an unknown key can list the valid ones.
     """
     path: list[str | int] = []
     cur = data
-    model: Any = GatewayConfig
+    model: Any = root
     for i, part in enumerate(loc):
         if isinstance(cur, dict) and isinstance(part, str) and part not in cur and part in cur.values():
             continue  # discriminated-union tag (the value of type:, key:...), not a key

@@ -7,6 +7,7 @@ exact key and line it comes from.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -23,13 +24,14 @@ from gateway.config.common import (
     check_zone,
     system_timezone,
 )
+from gateway.config.modbus import BusBase, BusConfig, ModbusMeter, RtuOverTcpBus, SerialBus, meter_problems
 from gateway.config.voltaware import VoltawareSink
 from gateway.config.wattics import WatticsSink
 from gateway.stream import Stream
 
 __all__ = [
-    "FileSink", "GatewayConfig", "MeterBase", "SimulatedMeter", "SinkBase", "StdoutSink", "VoltawareSink",
-    "WatticsSink",
+    "FileSink", "GatewayConfig", "MeterBase", "ModbusMeter", "SimulatedMeter", "SinkBase", "StdoutSink",
+    "VoltawareSink", "WatticsSink",
 ]
 
 
@@ -56,7 +58,7 @@ class SimulatedMeter(MeterBase):
     value_unit: Annotated[str, AfterValidator(check_value_unit)] | None = None
 
 
-MeterConfig = Annotated[SimulatedMeter, Field(discriminator="type")]
+MeterConfig = Annotated[SimulatedMeter | ModbusMeter, Field(discriminator="type")]
 
 
 # ---------------------------------------------------------------- sinks
@@ -89,6 +91,9 @@ class GatewayConfig(Strict):
     site: SiteConfig = Field(default_factory=SiteConfig)
     state_dir: Path = Path("/var/lib/meter-gateway")
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    #: Where the technician's own meter profiles are (YAML files, one per model), besides the built-in ones.
+    profiles_dir: Path | None = None
+    buses: list[BusConfig] = Field(default_factory=list)
     meters: Annotated[list[MeterConfig], Field(min_length=1)]
     sinks: Annotated[list[SinkConfig], Field(min_length=1)]
 
@@ -107,7 +112,9 @@ class GatewayConfig(Strict):
     def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Problems that span the file, each with the key path it belongs to."""
         problems: list[tuple[tuple[str | int, ...], str]] = []
-        for section, items in (("meters", self.meters), ("sinks", self.sinks)):
+        sections: tuple[tuple[str, Sequence[MeterBase | SinkBase | BusBase]], ...] = (
+            ("buses", self.buses), ("meters", self.meters), ("sinks", self.sinks))
+        for section, items in sections:
             seen: dict[str, int] = {}
             for i, item in enumerate(items):
                 if item.name in seen:
@@ -116,6 +123,18 @@ class GatewayConfig(Strict):
                          " (names must be unique)")
                     )
                 seen.setdefault(item.name, i)
+        buses = {b.name: b for b in self.buses}
+        units: dict[tuple[str, int], str] = {}
+        for i, m in enumerate(self.meters):
+            if isinstance(m, ModbusMeter):
+                problems += [(("meters", i, *path), msg) for path, msg in meter_problems(m, buses)]
+                other = units.setdefault((m.bus, m.unit), m.name)
+                if other != m.name:
+                    problems.append((("meters", i, "unit"), f"unit {m.unit} on bus '{m.bus}' is already meter"
+                                                            f" '{other}' (one unit id per device on a bus)"))
+        for i, bus in enumerate(self.buses):
+            if isinstance(bus, SerialBus | RtuOverTcpBus):
+                problems += [(("buses", i, *path), msg) for path, msg in bus.timing_problems()]
         for i, sink in enumerate(self.sinks):
             problems += [(("sinks", i, *path), msg) for path, msg in sink.cross_check(self.meters)]
         return problems

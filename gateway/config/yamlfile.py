@@ -114,7 +114,7 @@ def _walk(
 
 
 def format_path(path: KeyPath, data: Any = None) -> str:
-    """``sinks[archive].path``: list items are named by their ``name:`` where they have one."""
+    """``sinks[archive].path``: list items are named by their ``name:`` (a register by its ``quantity:``)."""
     out = ""
     cur = data
     for part in path:
@@ -122,8 +122,10 @@ def format_path(path: KeyPath, data: Any = None) -> str:
             label = str(part)
             if isinstance(cur, list) and 0 <= part < len(cur):
                 item = cur[part]
-                if isinstance(item, dict) and isinstance(item.get("name"), str):
-                    label = item["name"]
+                if isinstance(item, dict):
+                    # Meters, sinks and buses are named by their name, registers by their quantity.
+                    named = item.get("name", item.get("quantity"))
+                    label = named if isinstance(named, str) else label
                 cur = item
             else:
                 cur = None

@@ -26,10 +26,17 @@ class Source(Protocol):
 
 
 def create_sources(config: GatewayConfig) -> list[Source]:
+    """One source per simulated meter, one per Modbus bus that has meters (it schedules that line)."""
+    from gateway.config.models import ModbusMeter, SimulatedMeter
+    from gateway.sources.modbus import ModbusSource
     from gateway.sources.simulated import SimulatedSource
 
     sources: list[Source] = []
+    on_bus: dict[str, list[ModbusMeter]] = {}
     for meter in config.meters:
-        if meter.type == "simulated":
+        if isinstance(meter, SimulatedMeter):
             sources.append(SimulatedSource(meter))
+        elif isinstance(meter, ModbusMeter):
+            on_bus.setdefault(meter.bus, []).append(meter)
+    sources += [ModbusSource(bus, on_bus[bus.name]) for bus in config.buses if bus.name in on_bus]
     return sources

@@ -1,0 +1,1 @@
+"""Modbus: registers, profiles, request planning, buses and simulated meters."""

@@ -1,0 +1,145 @@
+"""Meter profiles: one YAML file per meter model, built in (``gateway/profiles/``) or the technician's own
+(``profiles_dir``; a file there with the name of a built-in one replaces it).
+
+A profile's name is its file name without ``.yaml``. Every mistake in a profile file is one line naming that file,
+the line and the register (``eastron_sdm630.yaml:14: registers[voltage_l1].type: ...``), like the configuration.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.config.modbus import ModbusMeter, ProfileFile, RegisterDefaults, RegisterSpec
+from gateway.config.models import GatewayConfig
+from gateway.config.yamlfile import KeyPath, parse_yaml, read_config_text
+from gateway.errors import ConfigError
+from gateway.modbus.registers import Point
+from gateway.quantities import Quantity
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    path: Path
+    spec: ProfileFile
+    points: tuple[Point, ...]
+
+    @property
+    def title(self) -> str:
+        return f"{self.spec.manufacturer} {self.spec.model}"
+
+
+def available(profiles_dir: Path | None = None) -> dict[str, Path]:
+    """Profile name -> file: the built-in ones, then ``profiles_dir``'s (which win on a clash)."""
+    found = {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml"))}
+    if profiles_dir is not None and profiles_dir.is_dir():
+        found |= {p.stem: p for p in sorted(profiles_dir.glob("*.yaml"))}
+    return found
+
+
+def load_profile(name: str, path: Path) -> Profile:
+    """One profile file, validated; ConfigError with one line per problem otherwise."""
+    from gateway.config.loader import validate
+
+    filename = str(path)
+    data, lines = parse_yaml(read_config_text(path), filename)
+    origins: dict[KeyPath, str] = {p: f"{filename}:{n}" for p, n in lines.items()}
+    spec = validate(ProfileFile, data, origins, filename)
+    points = tuple(p for r in spec.registers if (p := r.resolve(spec.defaults)[0]) is not None)
+    return Profile(name, path, spec, points)
+
+
+def load_all(profiles_dir: Path | None = None) -> tuple[dict[str, Profile], list[str]]:
+    """Every available profile that loads, and the problems of those that do not."""
+    out: dict[str, Profile] = {}
+    problems: list[str] = []
+    for name, path in available(profiles_dir).items():
+        try:
+            out[name] = load_profile(name, path)
+        except ConfigError as e:
+            problems += e.problems
+    return out, problems
+
+
+def resolve_modbus_meters(
+    config: GatewayConfig, data: dict[str, Any], origins: dict[KeyPath, str], filename: str, base_dir: Path
+) -> GatewayConfig:
+    """Every Modbus meter with its registers resolved (profile, inline registers, ``quantities``), or ConfigError."""
+    from gateway.config.loader import problem_line
+
+    modbus = [(i, m) for i, m in enumerate(config.meters) if isinstance(m, ModbusMeter)]
+    if not modbus:
+        return config
+    profiles_dir = config.profiles_dir
+    if profiles_dir is not None and not profiles_dir.is_absolute():
+        profiles_dir = base_dir / profiles_dir
+    problems: list[str] = []
+    if profiles_dir is not None and not profiles_dir.is_dir():
+        problems.append(problem_line(origins, ("profiles_dir",), filename, data,
+                                     f"'{profiles_dir}' is not a directory"))
+    files = available(profiles_dir)
+    loaded: dict[str, Profile] = {}
+    meters = list(config.meters)
+    for i, meter in modbus:
+        profile: Profile | None = None
+        if meter.profile is not None:
+            if meter.profile not in files:
+                close = difflib.get_close_matches(meter.profile, list(files), n=2)
+                hint = f"did you mean {' or '.join(close)}? " if close else ""
+                problems.append(problem_line(
+                    origins, ("meters", i, "profile"), filename, data,
+                    f"no profile named '{meter.profile}' ({hint}'meter-gateway profiles' lists them)"))
+                continue
+            if meter.profile not in loaded:
+                try:
+                    loaded[meter.profile] = load_profile(meter.profile, files[meter.profile])
+                except ConfigError as e:
+                    problems += e.problems
+                    continue
+            profile = loaded[meter.profile]
+        located = [(("meters", i, *path), msg) for path, msg in _points_problems(meter, profile)]
+        if located:
+            problems += [problem_line(origins, path, filename, data, msg) for path, msg in located]
+            continue
+        points, kind = _points(meter, profile)
+        meters[i] = meter.resolved(points, kind, profile.spec.value_unit if profile else None)
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    return config.model_copy(update={"meters": meters})
+
+
+def _inline(meter: ModbusMeter, profile: Profile | None) -> list[tuple[int, RegisterSpec, Point | None, list[Any]]]:
+    defaults = profile.spec.defaults if profile else RegisterDefaults()
+    return [(j, r, *r.resolve(defaults)) for j, r in enumerate(meter.registers)]
+
+
+def _points_problems(meter: ModbusMeter, profile: Profile | None) -> list[tuple[KeyPath, str]]:
+    problems: list[tuple[KeyPath, str]] = []
+    for j, _, _, errs in _inline(meter, profile):
+        problems += [(("registers", j, *k), m) for k, m in errs]
+    known = {p.quantity for p in profile.points} if profile else set()
+    known |= {r.quantity for r in meter.registers}
+    for k, q in enumerate(meter.quantities or []):
+        if q not in known:
+            listed = ", ".join(sorted(x.value for x in known))
+            problems.append((("quantities", k), f"'{q.value}' is not read by this meter (it reads: {listed})"))
+    if not problems:
+        points, _ = _points(meter, profile)
+        if Quantity.VALUE in {p.quantity for p in points} and not (
+                meter.value_unit or (profile and profile.spec.value_unit)):
+            problems.append((("value_unit",), "required: the unit of this meter's value (m3, l, kWh, degC, ...)"))
+    return problems
+
+
+def _points(meter: ModbusMeter, profile: Profile | None) -> tuple[tuple[Point, ...], str]:
+    by_quantity = {p.quantity: p for p in profile.points} if profile else {}
+    by_quantity |= {p.quantity: p for _, _, p, _ in _inline(meter, profile) if p is not None}
+    if meter.quantities is not None:
+        by_quantity = {q: p for q, p in by_quantity.items() if q in meter.quantities}
+    kind = profile.spec.kind if profile else ("value" if Quantity.VALUE in by_quantity else "three_phase")
+    return tuple(sorted(by_quantity.values(), key=lambda p: (p.function, p.address))), kind

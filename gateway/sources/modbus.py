@@ -1,0 +1,153 @@
+"""``modbus`` meters: one source per bus, one poller per meter, each on its own clock-aligned interval.
+
+A poll reads the meter's planned blocks one after the other while holding the bus (a serial line carries one
+request at a time), then releases the bus before the reading is committed to the queue. The reading is stamped
+when the last answer arrived. Values that are NaN, infinite or "not available" are left out; a block answered
+with an exception, a bad answer or nothing puts no value in the reading; a poll that yields no value yields no
+reading.
+
+A meter that does not answer (timeout, bus down) is backed off: tried at its next tick, then at one tick in 2,
+4, ... up to the bus's ``retry_cap``, so a dead meter costs its bus one timeout now and then, never its own timeout
+at every poll of every meter. State changes are logged once each: the first failure at warning, the rest at
+debug, and one line when the meter answers again with how long it was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+
+import structlog
+
+from gateway.config.modbus import BusBase, ModbusMeter
+from gateway.errors import ModbusBusError, ModbusError, ModbusExceptionReply, ModbusTimeout
+from gateway.modbus.bus import Bus
+from gateway.modbus.plan import Block, Planner
+from gateway.quantities import Quantity
+from gateway.reading import Reading
+from gateway.schedule import next_tick, sleep_until
+from gateway.sources import Emit
+
+log = structlog.get_logger("gateway.sources.modbus")
+
+#: Exception codes that mean "not this block": split it and ask again.
+SPLIT_CODES = frozenset({2, 3})
+
+
+class MeterPoller:
+    def __init__(self, meter: ModbusMeter, bus: Bus, clock: Callable[[], float] = time.time) -> None:
+        self.meter = meter
+        self.bus = bus
+        self.clock = clock
+        max_gap = meter.max_gap if meter.max_gap is not None else bus.config.default_max_gap()
+        self.planner = Planner(meter.points, max_gap)
+        self.log = log.bind(meter=meter.name, bus=bus.name, unit=meter.unit)
+        #: Polls done, readings produced, and failed reads per kind (timeout, exception, bad_answer, bus).
+        self.counts: Counter[str] = Counter()
+        self.failures = 0
+        self.retry_at = 0.0
+        self.down_since: float | None = None
+        self.missed_at: float | None = None
+        self.last_problem = ""
+
+    async def run(self, emit: Emit, stop: asyncio.Event) -> None:
+        interval = self.meter.interval
+        while not stop.is_set():
+            tick = next_tick(self.clock(), interval)
+            if not await sleep_until(tick, stop, self.clock):
+                return
+            if tick < self.retry_at:
+                continue
+            healthy = not self.failures
+            reading = await self.poll()
+            if reading is None and healthy and self.failures:
+                # It answered last time: one lost frame (noise, a CRC error) should not cost a reading. Asked again
+                # once the bus was handed to the meters waiting for it, so they are delayed by one timeout at most.
+                self.counts["retries"] += 1
+                reading = await self.poll()
+            if reading is not None:
+                await emit([reading])
+            if self.failures:
+                cap = max(self.bus.config.retry_cap, interval)
+                self.retry_at = tick + min(cap, interval * 2 ** min(self.failures - 1, 20))
+
+    async def poll(self) -> Reading | None:
+        """Read every block once; the reading (or None), with health and counters updated."""
+        self.counts["polls"] += 1
+        values: dict[Quantity, float] = {}
+        problems: list[ModbusError] = []
+        silent = False
+        async with self.bus.session() as conn:
+            pending: deque[Block] = deque(self.planner.blocks)
+            while pending:
+                block = pending.popleft()
+                try:
+                    words = await conn.read(self.meter.unit, block)
+                except ModbusExceptionReply as e:
+                    if e.code in SPLIT_CODES:
+                        what, blocks = self.planner.split(block)
+                        self.log.info("meter refused a read: split and remembered", refused=str(e), action=what)
+                        pending.extendleft(reversed(blocks))
+                        continue
+                    problems.append(e)
+                    continue
+                except (ModbusTimeout, ModbusBusError) as e:
+                    problems.append(e)
+                    silent = True
+                    break  # a meter that does not answer now will not answer the next block either
+                except ModbusError as e:
+                    problems.append(e)
+                    continue
+                values |= block.decode(words)
+            ts_ms = round(self.clock() * 1000)
+        for p in problems:
+            self.counts[p.kind] += 1
+        self._health(problems, silent)
+        if not values:
+            return None
+        self.counts["readings"] += 1
+        return Reading(self.meter.name, ts_ms, values)
+
+    def _health(self, problems: list[ModbusError], silent: bool) -> None:
+        if not problems:
+            if self.down_since is not None:
+                self.log.info("meter answering again", down_s=round(time.monotonic() - self.down_since, 1),
+                              failed_polls=self.failures)
+            self.failures, self.retry_at, self.down_since, self.missed_at, self.last_problem = 0, 0.0, None, None, ""
+            return
+        first = problems[0]
+        problem = f"{first.kind}: {first}"
+        if silent:
+            self.failures += 1
+            if self.failures == 1:
+                self.missed_at = time.monotonic()
+                self.log.debug("meter did not answer; asking once more", kind=first.kind, detail=str(first))
+                return
+        if self.down_since is None:
+            self.down_since = self.missed_at or time.monotonic()
+            self.log.warning("meter read failed: no value from it is queued until it answers",
+                             kind=first.kind, detail=str(first), failed_reads=len(problems))
+        elif problem != self.last_problem:
+            self.log.info("meter read still failing, differently", kind=first.kind, detail=str(first))
+        else:
+            self.log.debug("meter read still failing", kind=first.kind, detail=str(first))
+        self.last_problem = problem
+
+
+class ModbusSource:
+    """Every meter of one bus."""
+
+    def __init__(self, bus: BusBase, meters: list[ModbusMeter], clock: Callable[[], float] = time.time) -> None:
+        self.name = f"bus:{bus.name}"
+        self.bus = Bus(bus)
+        self.pollers = [MeterPoller(m, self.bus, clock) for m in meters]
+
+    async def run(self, emit: Emit, stop: asyncio.Event) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for p in self.pollers:
+                    tg.create_task(p.run(emit, stop), name=f"meter:{p.meter.name}")
+        finally:
+            self.bus.close()
