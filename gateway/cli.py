@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway import __version__
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig, load_config, load_config_text
 from gateway.config.units import format_duration, format_size
 from gateway.errors import ConfigError, GatewayError
 from gateway.queue import QueueStore
@@ -51,7 +51,27 @@ def build_parser(settings: ProcessSettings) -> argparse.ArgumentParser:
     dl.add_argument("--id", type=int, nargs="+", dest="ids", help="only these dead letters")
     dl.add_argument("--all", action="store_true", help="with purge: every dead letter (of --sink, if given)")
     with_config(sub.add_parser("verify", help="ask each platform what it received last, beside what was sent"))
-    demo = sub.add_parser("demo", help="run with simulated meters and print readings; needs no hardware")
+    rd = sub.add_parser("read", help="read Modbus meters once now and print their values (works beside the daemon"
+                                     " on TCP buses)")
+    with_config(rd)
+    rd.add_argument("--meter", action="append", dest="meters", help="only this meter (may be repeated)")
+    rd.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    sc = sub.add_parser("scan", help="which Modbus unit ids answer on a line, and which built-in profile fits each")
+    where = sc.add_mutually_exclusive_group(required=True)
+    where.add_argument("--serial", metavar="DEVICE", help="a serial port, e.g. /dev/ttyUSB0")
+    where.add_argument("--host", help="a Modbus TCP device or an RTU-over-TCP converter")
+    sc.add_argument("--port", type=int, default=502, help="TCP port (default 502)")
+    sc.add_argument("--rtu-over-tcp", action="store_true", help="the host is a serial-to-TCP converter (RTU framing)")
+    sc.add_argument("--baudrate", type=int, default=9600)
+    sc.add_argument("--parity", choices=("N", "E", "O"), default="N")
+    sc.add_argument("--stopbits", type=int, choices=(1, 2), default=1)
+    sc.add_argument("--units", default="1-247", help="unit ids to try: 1-247, 1-10, 1,2,5 (default 1-247)")
+    sc.add_argument("--timeout", default="300ms", help="wait per unit id (default 300ms)")
+    sc.add_argument("--profiles-dir", help="your own profiles too")
+    pr = sub.add_parser("profiles", help="the built-in meter profiles, or one profile's registers")
+    pr.add_argument("name", nargs="?", help="a profile's name")
+    pr.add_argument("--profiles-dir", help="your own profiles too")
+    demo = sub.add_parser("demo", help="simulated Modbus meters on localhost, read and printed; needs no hardware")
     demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: Ctrl-C)")
     demo.add_argument("--interval", default="2s", help="poll interval of the simulated meters (default 2s)")
     demo.add_argument("--state-dir", help="where the demo keeps its queue (default: a temporary directory)")
@@ -72,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_level, args.log_format)
     try:
         handler = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "deadletter": cmd_deadletter,
-                   "demo": cmd_demo, "verify": cmd_verify}[args.command]
+                   "demo": cmd_demo, "verify": cmd_verify, "read": cmd_read, "scan": cmd_scan,
+                   "profiles": cmd_profiles}[args.command]
         return handler(args)
     except ConfigError as e:
         for line in e.problems:
@@ -100,7 +121,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.config.modbus import ModbusMeter
     from gateway.daemon import queue_path
+    from gateway.modbus import tools
 
     c = _load(args)
     q = c.queue
@@ -108,9 +131,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"site:    {c.site.name} (time zone {c.site.timezone})")
     print(f"queue:   {queue_path(c)} (at most {format_size(q.max_size)}, {format_duration(q.max_age)};"
           f" durability {q.durability})")
+    buses = {b.name: b for b in c.buses}
+    if c.buses:
+        print(f"buses:   {len(c.buses)}")
+        for b in c.buses:
+            print(f"  {b.name:<20} {tools.describe_bus(b)}")
     print(f"meters:  {len(c.meters)}")
     for m in c.meters:
-        print(f"  {m.name:<20} {m.type} {m.model}, every {format_duration(m.interval)}")
+        where = f", {m.describe()}" if isinstance(m, ModbusMeter) else ""
+        print(f"  {m.name:<20} {m.type} {m.model}{where}, every {format_duration(m.interval)}")
+        if isinstance(m, ModbusMeter):
+            for line in tools.describe_plan(m, buses[m.bus]):
+                print(f"  {'':<20} {line}")
     print(f"sinks:   {len(c.sinks)}")
     for name, meters in c.sink_meters().items():
         sc = next(s for s in c.sinks if s.name == name)
@@ -214,12 +246,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 DEMO_CONFIG = """\
-# The demo: two simulated meters, readings printed on stdout and archived as JSON Lines.
+# The demo: a simulated Eastron SDM630 and a simulated gas meter, each a real Modbus TCP server on localhost,
+# read by the gateway like meters in a cabinet. Readings are printed and archived as JSON Lines.
 site: {{name: demo}}
 state_dir: {state_dir}
+buses:
+  - {{name: cabinet, type: tcp, host: 127.0.0.1, port: {power_port}}}
+  - {{name: gas-logger, type: tcp, host: 127.0.0.1, port: {gas_port}}}
 meters:
-  - {{name: demo-main, type: simulated, model: three_phase, interval: {interval}}}
-  - {{name: demo-gas, type: simulated, model: gas, interval: {interval}}}
+  - {{name: demo-main, type: modbus, bus: cabinet, unit: 1, profile: eastron_sdm630, interval: {interval}}}
+  - name: demo-gas
+    type: modbus
+    bus: gas-logger
+    unit: 1
+    interval: {interval}
+    value_unit: m3
+    registers:
+      - {{quantity: value, address: 0, function: holding, type: uint32, scale: 0.001, note: "volume, litres"}}
 sinks:
   - {{name: console, type: stdout}}
   - {{name: archive, type: file, path: {archive}}}
@@ -228,26 +271,134 @@ sinks:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.daemon import Gateway
+    from gateway.modbus.simulator import MeterServer, SimMeter
+    from gateway.sources.simulated import single_value, three_phase
 
     with tempfile.TemporaryDirectory(prefix="meter-gateway-demo-") as tmp:
         state_dir = Path(args.state_dir or tmp)
         state_dir.mkdir(parents=True, exist_ok=True)
         path = state_dir / "demo.yaml"
-        path.write_text(
-            DEMO_CONFIG.format(
-                state_dir=json.dumps(str(state_dir)),
-                archive=json.dumps(str(state_dir / "archive.jsonl")),
-                interval=args.interval,
-            )
-        )
-        config = load_config(path)
-        print(f"meter-gateway demo: 2 simulated meters every {args.interval}; config {path}; Ctrl-C stops",
-              file=sys.stderr)
 
         async def demo() -> int:
-            gw = Gateway(config, path)
-            if args.duration:
-                asyncio.get_running_loop().call_later(args.duration, gw.stop)
-            return await gw.run()
+            from gateway.config.models import ModbusMeter
+
+            def text(power_port: int, gas_port: int) -> str:
+                return DEMO_CONFIG.format(state_dir=json.dumps(str(state_dir)),
+                                          archive=json.dumps(str(state_dir / "archive.jsonl")),
+                                          interval=args.interval, power_port=power_port, gas_port=gas_port)
+
+            # The simulated meters hold exactly the registers the configuration reads (its profile and its inline
+            # register); the ports are known once the servers listen.
+            draft = load_config_text(text(502, 502), str(path))
+            meters = {m.name: m for m in draft.meters if isinstance(m, ModbusMeter)}
+            servers = [
+                await MeterServer([SimMeter(1, meters["demo-main"].points, three_phase)]).start_tcp(),
+                await MeterServer([SimMeter(1, meters["demo-gas"].points,
+                                            lambda t: single_value("gas", t))]).start_tcp(),
+            ]
+            try:
+                path.write_text(text(servers[0].port, servers[1].port))
+                config = load_config(path)
+                print(f"meter-gateway demo: simulated SDM630 on 127.0.0.1:{servers[0].port} and gas meter on"
+                      f" 127.0.0.1:{servers[1].port} (Modbus TCP), read every {args.interval}; config {path};"
+                      " Ctrl-C stops", file=sys.stderr)
+                gw = Gateway(config, path)
+                if args.duration:
+                    asyncio.get_running_loop().call_later(args.duration, gw.stop)
+                return await gw.run()
+            finally:
+                for srv in servers:
+                    await srv.stop()
 
         return asyncio.run(demo())
+
+
+def _resolve(config: GatewayConfig, names: list[str] | None) -> list[Any]:
+    from gateway.config.models import ModbusMeter
+
+    modbus = [m for m in config.meters if isinstance(m, ModbusMeter)]
+    if not names:
+        if not modbus:
+            raise GatewayError("no Modbus meter in this configuration")
+        return modbus
+    by_name = {m.name: m for m in config.meters}
+    out = []
+    for n in names:
+        m = by_name.get(n)
+        if m is None:
+            raise GatewayError(f"no meter named '{n}' (defined: {', '.join(by_name)})")
+        if not isinstance(m, ModbusMeter):
+            raise GatewayError(f"meter '{n}' is of type {m.type}: 'read' reads Modbus meters")
+        out.append(m)
+    return out
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    from gateway.modbus import tools
+
+    config = _load(args)
+    meters = _resolve(config, args.meters)
+    results = asyncio.run(tools.read_meters(config, meters))
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        print(tools.render_read(results, config))
+    return EXIT_OK if all(r.reading is not None and not r.problems for r in results) else EXIT_RUNTIME
+
+
+def _units(spec: str) -> list[int]:
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise GatewayError(f"--units {spec!r}: expected numbers and ranges such as 1-247 or 1,2,5")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    if not out or not all(0 <= u <= 255 for u in out):
+        raise GatewayError(f"--units {spec!r}: unit ids are 0 to 255 (1 to 247 on a serial line)")
+    return out
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from gateway.config.modbus import RtuOverTcpBus, SerialBus, TcpBus
+    from gateway.config.units import parse_duration
+    from gateway.modbus import profiles, tools
+
+    try:
+        timeout = parse_duration(args.timeout)
+    except ValueError as e:
+        raise GatewayError(f"--timeout: {e}") from None
+    units = _units(args.units)
+    bus: SerialBus | TcpBus | RtuOverTcpBus
+    try:
+        if args.serial:
+            bus = SerialBus(name="rs485", type="serial", port=args.serial, baudrate=args.baudrate,
+                            parity=args.parity, stopbits=args.stopbits, timeout=timeout)
+        elif args.rtu_over_tcp:
+            bus = RtuOverTcpBus(name="converter", type="rtu_over_tcp", host=args.host, port=args.port,
+                                timeout=timeout, baudrate=args.baudrate)
+        else:
+            bus = TcpBus(name="modbus-tcp", type="tcp", host=args.host, port=args.port, timeout=timeout)
+    except ValidationError as e:
+        raise GatewayError(f"scan: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+    found, problems = profiles.load_all(Path(args.profiles_dir) if args.profiles_dir else None)
+    for line in problems:
+        print(line, file=sys.stderr)
+    print(f"scanning {len(units)} unit ids on {tools.describe_bus(bus)} ...", file=sys.stderr)
+    hits = asyncio.run(tools.scan(bus, units, found))
+    print(tools.render_scan(hits, bus, len(units)))
+    return EXIT_OK if hits else EXIT_RUNTIME
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from gateway.modbus import profiles, tools
+
+    found, problems = profiles.load_all(Path(args.profiles_dir) if args.profiles_dir else None)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if args.name:
+        if args.name not in found:
+            raise GatewayError(f"no profile named '{args.name}' (known: {', '.join(sorted(found))})")
+        print(tools.render_profile(found[args.name]))
+    else:
+        print(tools.render_profiles(found))
+    return EXIT_RUNTIME if problems else EXIT_OK

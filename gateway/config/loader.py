@@ -51,10 +51,17 @@ def load_config_text(
     problems += _resolve_secret_files(data, origins, base_dir or Path("."), env, filename)
     if problems:
         raise ConfigError(problems)
-    config = validate(GatewayConfig, data, origins, filename)
     from gateway.modbus.profiles import resolve_modbus_meters
 
-    return resolve_modbus_meters(config, data, origins, filename, base_dir or Path("."))
+    config = validate(GatewayConfig, data, origins, filename, cross_check=False)
+    problems = [problem_line(origins, path, filename, data, msg) for path, msg in config.cross_check()]
+    try:
+        config = resolve_modbus_meters(config, data, origins, filename, base_dir or Path("."))
+    except ConfigError as e:
+        problems += e.problems
+    if problems:
+        raise ConfigError(sorted(dict.fromkeys(problems), key=_sort_key))
+    return config
 
 
 @runtime_checkable
@@ -65,13 +72,15 @@ class _Checked(Protocol):
 M = TypeVar("M", bound=BaseModel)
 
 
-def validate(model: type[M], data: dict[str, Any], origins: dict[KeyPath, str], filename: str) -> M:
+def validate(
+    model: type[M], data: dict[str, Any], origins: dict[KeyPath, str], filename: str, cross_check: bool = True
+) -> M:
     """``data`` as a ``model``, then its own ``cross_check()``; every problem one line, raised as ConfigError."""
     try:
         obj = model.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_pydantic_problems(e, data, origins, filename, model)) from None
-    if isinstance(obj, _Checked) and (cross := obj.cross_check()):
+    if cross_check and isinstance(obj, _Checked) and (cross := obj.cross_check()):
         raise ConfigError([problem_line(origins, path, filename, data, msg) for path, msg in cross])
     return obj
 

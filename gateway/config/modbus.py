@@ -150,6 +150,7 @@ def _duplicate_quantities(registers: list[RegisterSpec]) -> list[tuple[tuple[str
 
 class BusBase(Strict):
     name: Name
+    type: str
     #: A request without an answer by then counts as a timeout of that meter.
     timeout: PositiveDuration = 1.0
     #: A meter that does not answer is tried again at its next tick, then less and less often, up to this.

@@ -80,18 +80,43 @@ def word_bytes(point: Point, data: bytes, offset: int) -> bytes:
 
 
 def decoder(point: Point) -> Callable[[bytes, int], float | None]:
-    """A function of (block bytes, byte offset) giving the point's value, or None when it is not available."""
+    """A function of (block bytes, byte offset) giving the point's value, or None when it is not available.
+
+    Values carry the digits the meter has, not binary noise: a float32 becomes its shortest decimal that reads back
+    as the same float32 (230.1, not 230.100006103515625), and scaling keeps that many significant digits
+    (2301 x 0.1 is 230.1, not 230.10000000000002).
+    """
     unpack = _STRUCT[point.type].unpack
     scale, off, sentinels = point.scale, point.offset, point.not_available
+    is_f32 = point.type == "float32"
+    exact = scale == 1 and off == 0
 
     def decode(data: bytes, offset: int) -> float | None:
         raw = word_bytes(point, data, offset)
         if sentinels and int.from_bytes(raw, "big") in sentinels:
             return None
-        value = float(unpack(raw)[0]) * scale + off
-        return value if math.isfinite(value) else None
+        value = float(unpack(raw)[0])
+        if not math.isfinite(value):
+            return None
+        digits = 15
+        if is_f32:
+            value, digits = _shortest_f32(value, raw)
+        if not exact:
+            value = float(f"{value * scale + off:.{digits}g}")
+        return value
 
     return decode
+
+
+def _shortest_f32(value: float, raw: bytes) -> tuple[float, int]:
+    for digits in range(6, 10):
+        short = float(f"{value:.{digits}g}")
+        if _F32.pack(short) == raw:
+            return short, digits
+    return value, 9
+
+
+_F32 = struct.Struct(">f")
 
 
 def registers_to_bytes(words: Sequence[int]) -> bytes:

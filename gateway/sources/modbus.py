@@ -37,8 +37,13 @@ SPLIT_CODES = frozenset({2, 3})
 
 
 class MeterPoller:
-    def __init__(self, meter: ModbusMeter, bus: Bus, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, meter: ModbusMeter, bus: Bus, clock: Callable[[], float] = time.time, report_health: bool = True
+    ) -> None:
         self.meter = meter
+        self.report_health = report_health
+        #: The failed reads of the last poll.
+        self.last_problems: list[ModbusError] = []
         self.bus = bus
         self.clock = clock
         max_gap = meter.max_gap if meter.max_gap is not None else bus.config.default_max_gap()
@@ -104,7 +109,9 @@ class MeterPoller:
             ts_ms = round(self.clock() * 1000)
         for p in problems:
             self.counts[p.kind] += 1
-        self._health(problems, silent)
+        self.last_problems = problems
+        if self.report_health:
+            self._health(problems, silent)
         if not values:
             return None
         self.counts["readings"] += 1
