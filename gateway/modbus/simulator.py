@@ -7,7 +7,7 @@ one implementation against another. Gaps between registers answer zeros (as most
 
 :class:`MeterServer` serves meters on Modbus TCP, RTU over TCP, or a serial port (one end of a pseudo-terminal pair in
 tests), and injects the faults a real bus has: a unit that does not answer, exception replies, answers with too few
-registers.
+registers, RTU answers with a broken CRC.
 """
 
 from __future__ import annotations
@@ -136,6 +136,8 @@ class MeterServer:
         self.silent: set[int] = set()
         self.exceptions: dict[int, int] = {}
         self.short: set[int] = set()
+        #: Units whose RTU answers go out with a broken CRC (line noise).
+        self.corrupt: set[int] = set()
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self.port = 0
 
@@ -143,6 +145,11 @@ class MeterServer:
         if sending and pdu.dev_id in self.short and getattr(pdu, "registers", None):
             pdu.registers = pdu.registers[:-1]
         return pdu
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        if sending and self.corrupt and data and data[0] in self.corrupt:
+            return data[:-1] + bytes([data[-1] ^ 0xFF])
+        return data
 
     async def start_tcp(self, host: str = "127.0.0.1", port: int = 0,
                         framer: Literal["socket", "rtu"] = "socket") -> MeterServer:
@@ -157,7 +164,7 @@ class MeterServer:
     async def start_serial(self, device: str, baudrate: int = 9600) -> MeterServer:
         server = ModbusSerialServer([m.device() for m in self.meters.values()], framer=FramerType.RTU,
                                     port=device, baudrate=baudrate, ignore_missing_devices=True,
-                                    trace_pdu=self._trace_pdu)
+                                    trace_pdu=self._trace_pdu, trace_packet=self._trace_packet)
         await self._serve(server)
         return self
 
