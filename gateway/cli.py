@@ -360,13 +360,9 @@ def _units(spec: str) -> list[int]:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from gateway.config.modbus import RtuOverTcpBus, SerialBus, TcpBus
-    from gateway.config.units import parse_duration
     from gateway.modbus import profiles, tools
 
-    try:
-        timeout = parse_duration(args.timeout)
-    except ValueError as e:
-        raise GatewayError(f"--timeout: {e}") from None
+    timeout = args.timeout
     units = _units(args.units)
     bus: SerialBus | TcpBus | RtuOverTcpBus
     try:
@@ -379,7 +375,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         else:
             bus = TcpBus(name="modbus-tcp", type="tcp", host=args.host, port=args.port, timeout=timeout)
     except ValidationError as e:
-        raise GatewayError(f"scan: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+        err = e.errors(include_url=False)[0]
+        msg = str((err.get("ctx") or {}).get("error", err["msg"]))
+        raise GatewayError(f"scan --{str(err['loc'][0]).replace('_', '-')}: {msg}") from None
     found, problems = profiles.load_all(Path(args.profiles_dir) if args.profiles_dir else None)
     for line in problems:
         print(line, file=sys.stderr)

@@ -75,14 +75,15 @@ class _Connection:
         if wait > 0:
             raise ModbusBusError(f"{bus.where}: not connected ({bus.down_reason}); next try in {wait:.0f}s")
         client = self._make()
+        reason = ""
         try:
             ok = await client.connect()
         except (OSError, ModbusException) as e:  # pymodbus returns False for most failures, not all
             ok = False
-            bus.down_reason = str(e) or e.__class__.__name__
+            reason = _short(e)
         if not ok:
             client.close()
-            raise bus.connect_failed(_why_not_connected(bus.config, bus.down_reason))
+            raise bus.connect_failed(_why_not_connected(bus.config, reason))
         self.client = client
         bus.connected()
         return client

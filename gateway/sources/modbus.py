@@ -6,7 +6,7 @@ when the last answer arrived. Values that are NaN, infinite or "not available" a
 with an exception, a bad answer or nothing puts no value in the reading; a poll that yields no value yields no
 reading.
 
-A meter that does not answer (timeout, bus down) is backed off: tried at its next tick, then at one tick in 2,
+A meter that does not answer (timeouts) is backed off: tried at its next tick, then at one tick in 2,
 4, ... up to the bus's ``retry_cap``, so a dead meter costs its bus one timeout now and then, never its own timeout
 at every poll of every meter. State changes are logged once each: the first failure at warning, the rest at
 debug, and one line when the meter answers again with how long it was down.
@@ -51,7 +51,9 @@ class MeterPoller:
         self.log = log.bind(meter=meter.name, bus=bus.name, unit=meter.unit)
         #: Polls done, readings produced, and failed reads per kind (timeout, exception, bad_answer, bus).
         self.counts: Counter[str] = Counter()
+        #: Polls in a row that did not answer (the backoff), and that failed in any way (for the recovery line).
         self.failures = 0
+        self.failed_polls = 0
         self.retry_at = 0.0
         self.down_since: float | None = None
         self.missed_at: float | None = None
@@ -98,10 +100,13 @@ class MeterPoller:
                         continue
                     problems.append(e)
                     continue
-                except (ModbusTimeout, ModbusBusError) as e:
+                except ModbusTimeout as e:
                     problems.append(e)
                     silent = True
                     break  # a meter that does not answer now will not answer the next block either
+                except ModbusBusError as e:
+                    problems.append(e)  # the bus reconnects with its own backoff; the meter is not to blame
+                    break
                 except ModbusError as e:
                     problems.append(e)
                     continue
@@ -121,11 +126,13 @@ class MeterPoller:
         if not problems:
             if self.down_since is not None:
                 self.log.info("meter answering again", down_s=round(time.monotonic() - self.down_since, 1),
-                              failed_polls=self.failures)
+                              failed_polls=self.failed_polls)
             self.failures, self.retry_at, self.down_since, self.missed_at, self.last_problem = 0, 0.0, None, None, ""
+            self.failed_polls = 0
             return
+        self.failed_polls += 1
         first = problems[0]
-        problem = f"{first.kind}: {first}"
+        problem = f"{first.kind} {getattr(first, 'code', '')}"
         if silent:
             self.failures += 1
             if self.failures == 1:

@@ -28,7 +28,7 @@ def pty_pair(where: Path) -> Iterator[tuple[str, str]]:
     if SOCAT is None:
         pytest.skip("socat is not installed (CI installs it)")
     a, b = where / "bus-meter", where / "bus-gateway"
-    proc = subprocess.Popen([SOCAT, "-d0", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+    proc = subprocess.Popen([SOCAT, f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 5
