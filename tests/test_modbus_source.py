@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,8 +22,8 @@ from gateway.modbus.bus import Bus
 from gateway.modbus.plan import Planner, plan, wire_bytes
 from gateway.modbus.registers import Point
 from gateway.modbus.simulator import MeterServer, SimMeter
-from gateway.queue import DiskQueue
 from gateway.quantities import Quantity as Q
+from gateway.queue import DiskQueue
 from gateway.reading import Reading
 from gateway.sources.modbus import MeterPoller, ModbusSource
 from gateway.sources.simulated import three_phase
@@ -174,7 +175,7 @@ async def test_a_meter_that_does_not_answer_is_logged_once_backed_off_and_logged
     assert polls_while_dead < 4 + 12
     assert requests_while_dead > 0
     readings = await queued(queue, "m")
-    gaps = [b.ts_ms - a.ts_ms for a, b in zip(readings, readings[1:], strict=False)]
+    gaps = [b.ts_ms - a.ts_ms for a, b in itertools.pairwise(readings)]
     assert max(gaps) >= 3000 and len(readings) >= 8
 
 
