@@ -26,7 +26,8 @@ def unit_label(q: Quantity, meter_unit: str | None) -> str:
 
 
 def format_values(values: dict[Quantity, float], value_unit: str | None, indent: str = "  ") -> list[str]:
-    return [f"{indent}{q.value:<22} {v:>14.6g} {unit_label(q, value_unit)}".rstrip()
+    # repr: the value exactly as read (230.4, 1234500.0), never rounded or in exponent form.
+    return [f"{indent}{q.value:<22} {v!r:>16} {unit_label(q, value_unit)}".rstrip()
             for q, v in sorted(values.items(), key=lambda kv: CODE[kv[0]])]
 
 
@@ -186,13 +187,15 @@ async def scan(bus_cfg: BusBase, units: Sequence[int], profiles: dict[str, Profi
                 progress(unit)
             if not await _answers(bus, unit, probes):
                 continue
-            fits = []
+            fits: list[tuple[int, str, dict[Quantity, float]]] = []
             for name, (blocks, ranges) in probes.items():
                 values = await _probe(bus, unit, blocks)
                 if values is not None and all(q in values and lo <= values[q] <= hi for q, (lo, hi) in ranges.items()):
-                    fits.append((name, values))
-            fits.sort(key=lambda f: -len(probes[f[0]][1]))
-            hits.append(ScanHit(unit, fits))
+                    # Models of one family share their probe registers: the one whose whole map the meter answers
+                    # best comes first (a meter refuses registers it does not have).
+                    fits.append((await _values_read(bus, unit, profiles[name]), name, values))
+            fits.sort(key=lambda f: -f[0])
+            hits.append(ScanHit(unit, [(name, values) for _, name, values in fits]))
     finally:
         bus.close()
     return hits
@@ -223,6 +226,15 @@ async def _answers(bus: Bus, unit: int, probes: dict[str, tuple[list[Block], Any
         if len(tried) >= 2:  # two silences: nobody there (keeps a full scan of 247 units short)
             return False
     return False
+
+
+async def _values_read(bus: Bus, unit: int, profile: Profile) -> int:
+    from gateway.sources.modbus import MeterPoller
+
+    meter = ModbusMeter(name="scan", type="modbus", bus=bus.name, unit=unit, profile=profile.name).resolved(
+        profile.points, profile.spec.kind, profile.spec.value_unit)
+    reading = await MeterPoller(meter, bus, report_health=False).poll()
+    return 0 if reading is None else len(reading.values)
 
 
 async def _probe(bus: Bus, unit: int, blocks: list[Block]) -> dict[Quantity, float] | None:

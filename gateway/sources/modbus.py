@@ -95,7 +95,8 @@ class MeterPoller:
                 except ModbusExceptionReply as e:
                     if e.code in SPLIT_CODES:
                         what, blocks = self.planner.split(block)
-                        self.log.info("meter refused a read: split and remembered", refused=str(e), action=what)
+                        (self.log.info if self.report_health else self.log.debug)(
+                            "meter refused a read: split and remembered", refused=str(e), action=what)
                         pending.extendleft(reversed(blocks))
                         continue
                     problems.append(e)

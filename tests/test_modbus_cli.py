@@ -1,0 +1,182 @@
+"""The technician's commands as a technician runs them: ``read``, ``scan``, ``profiles``, ``check``, ``demo``.
+
+Each runs as its own process against simulated meters served by the test's event loop (or a pseudo-terminal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.modbus.simulator import MeterServer, SimMeter
+from gateway.quantities import Quantity as Q
+from gateway.sources.simulated import three_phase
+from tests.helpers.modbus import profiles, pty_pair
+
+
+async def cli(*args: str, within: float = 60) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "--log-format", "json", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), within)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def config(tmp_path: Path, port: int, extra_meters: str = "") -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""\
+state_dir: {tmp_path / 'state'}
+buses:
+  - {{name: cabinet, type: tcp, host: 127.0.0.1, port: {port}, timeout: 500ms}}
+meters:
+  - {{name: incomer, type: modbus, bus: cabinet, unit: 1, profile: eastron_sdm630}}
+  - {{name: temp, type: modbus, bus: cabinet, unit: 5, profile: xy_md02}}
+{extra_meters}sinks:
+  - {{name: out, type: stdout}}
+""")
+    return path
+
+
+def fixed(profile: str, values: dict[Q, float], unit: int) -> SimMeter:
+    return SimMeter(unit, profiles()[profile].points, values)
+
+
+async def test_read_prints_each_meters_values_with_units(tmp_path: Path) -> None:
+    sdm = SimMeter(1, profiles()["eastron_sdm630"].points, {Q.VOLTAGE_L1: 230.4, Q.ENERGY_IMPORT_TOTAL: 1234.5e3})
+    temp = fixed("xy_md02", {Q.VALUE: 21.7}, 5)
+    server = await MeterServer([sdm, temp]).start_tcp()
+    try:
+        path = config(tmp_path, server.port)
+        rc, out, err = await cli("read", "-c", str(path))
+        assert rc == 0, err
+        assert "incomer  (eastron_sdm630, unit 1 on cabinet: 127.0.0.1:" in out
+        assert "  voltage_l1                        230.4 V\n" in out
+        assert "  energy_import_total           1234500.0 Wh\n" in out
+        assert "  value                              21.7 degC\n" in out
+        rc, out, err = await cli("read", "-c", str(path), "--meter", "temp", "--json")
+        assert rc == 0, err
+        (result,) = json.loads(out)
+        assert result["meter"] == "temp" and result["ok"] and result["reading"]["values"] == {"value": 21.7}
+        assert result["requests"] == 1
+    finally:
+        await server.stop()
+
+
+async def test_read_says_which_meter_does_not_answer_and_exits_1(tmp_path: Path) -> None:
+    server = await MeterServer([fixed("eastron_sdm630", {Q.VOLTAGE_L1: 230.0}, 1)]).start_tcp()
+    try:
+        rc, out, err = await cli("read", "-c", str(config(tmp_path, server.port)))
+    finally:
+        await server.stop()
+    assert rc == 1
+    assert "voltage_l1" in out  # the meter that answers is shown
+    assert "temp  (xy_md02, unit 5 on cabinet: 127.0.0.1:" in out and ": no reading" in out
+    assert "! timeout: unit 5 input 0x0001 x1: no answer within 0.5s" in out
+    assert "Traceback" not in out + err
+
+
+async def test_read_on_a_serial_line_the_daemon_holds_says_the_port_is_busy(tmp_path: Path) -> None:
+    import serial
+
+    with pty_pair(tmp_path) as (_, gateway_end):
+        path = tmp_path / "config.yaml"
+        path.write_text(f"""\
+buses: [{{name: rs485, type: serial, port: {gateway_end}}}]
+meters: [{{name: incomer, type: modbus, bus: rs485, unit: 1, profile: eastron_sdm630}}]
+sinks: [{{name: out, type: stdout}}]
+""")
+        held = serial.Serial(gateway_end, exclusive=True)  # as the running daemon holds it
+        try:
+            rc, out, err = await cli("read", "-c", str(path))
+        finally:
+            held.close()
+    assert rc == 1
+    assert f"serial port {gateway_end} is busy: the gateway service (or another program) has it open" in out
+    assert "Traceback" not in out + err
+
+
+async def test_scan_finds_the_units_on_a_line_and_the_profiles_that_fit(tmp_path: Path) -> None:
+    meters = [
+        SimMeter(1, profiles()["eastron_sdm630"].points, three_phase),
+        SimMeter(3, profiles()["carlo_gavazzi_em24"].points, three_phase),
+        SimMeter(4, profiles()["abb_b23"].points, three_phase),
+        fixed("xy_md02", {Q.VALUE: 21.7}, 6),
+    ]
+    server = await MeterServer(meters).start_tcp()
+    try:
+        rc, out, err = await cli("scan", "--host", "127.0.0.1", "--port", str(server.port), "--units", "1-7",
+                                 "--timeout", "200ms")
+    finally:
+        await server.stop()
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert any(x.startswith("unit 1: answers; fits eastron_sdm630") for x in lines), out
+    assert any(x.startswith("unit 3: answers; fits carlo_gavazzi_em24") for x in lines), out
+    assert any(x.startswith("unit 4: answers; fits abb_b23") for x in lines), out
+    assert any(x.startswith("unit 6: answers; fits xy_md02") for x in lines), out
+    assert not any(x.startswith(("unit 2", "unit 5", "unit 7")) for x in lines)
+    assert "  - {name: meter-3, type: modbus, bus: modbus-tcp, unit: 3, profile: carlo_gavazzi_em24, interval: 1m}" \
+        in lines
+
+
+async def test_scan_of_an_empty_line_says_what_to_check(tmp_path: Path) -> None:
+    server = await MeterServer([]).start_tcp()
+    try:
+        rc, out, _ = await cli("scan", "--host", "127.0.0.1", "--port", str(server.port), "--units", "1-3",
+                               "--timeout", "100ms")
+    finally:
+        await server.stop()
+    assert rc == 1
+    assert "no unit answered" in out and "A/B swapped?" in out
+
+
+async def test_scan_refuses_a_bad_argument_in_one_line() -> None:
+    rc, _, err = await cli("scan", "--host", "127.0.0.1", "--timeout", "3")
+    assert rc == 1 and err.strip() == "meter-gateway: scan --timeout: '3' is not a duration such as 500ms, 30s, 5m," \
+                                      " 1h or 1h30m"
+    rc, _, err = await cli("scan", "--host", "127.0.0.1", "--units", "1-300")
+    assert rc == 1 and "unit ids are 0 to 255" in err
+
+
+async def test_profiles_lists_the_built_in_ones_and_shows_one() -> None:
+    rc, out, _ = await cli("profiles")
+    assert rc == 0
+    for name in ("eastron_sdm630", "eastron_sdm120", "eastron_sdm72dm_v2", "carlo_gavazzi_em24",
+                 "carlo_gavazzi_em340", "abb_b23", "janitza_b23", "siemens_pac2200", "xy_md02"):
+        assert name in out
+    rc, out, _ = await cli("profiles", "abb_b23")
+    assert rc == 0
+    assert "manual:  ABB B-series EQ meters user manual" in out
+    assert "energy_import_total    holding   0x5000 (20480) uint64   big          10 Wh n/a=0xFFFFFFFFFFFFFFFF" in out
+    rc, _, err = await cli("profiles", "abb_b24")
+    assert rc == 1 and "no profile named 'abb_b24'" in err
+
+
+async def test_check_shows_the_planned_requests_of_each_meter(tmp_path: Path) -> None:
+    rc, out, err = await cli("check", "-c", str(config(tmp_path, 1502)))
+    assert rc == 0, err
+    assert "cabinet              tcp 127.0.0.1:1502, timeout 500ms" in out
+    assert "3 requests per poll for 35 values" in out
+    assert "FC4 0x0000 x76 (25 values; 26 unused registers read across): voltage_l1" in out
+
+
+@pytest.mark.parametrize("seconds", [4])
+async def test_demo_reads_simulated_modbus_meters_and_prints_their_readings(tmp_path: Path, seconds: int) -> None:
+    rc, out, err = await cli("demo", "--duration", str(seconds), "--interval", "1s", "--state-dir",
+                             str(tmp_path / "demo"), within=30)
+    assert rc == 0, err
+    assert "simulated SDM630 on 127.0.0.1:" in err
+    readings = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    main = [r for r in readings if r["meter"] == "demo-main"]
+    gas = [r for r in readings if r["meter"] == "demo-gas"]
+    assert len(main) >= seconds - 1 and len(gas) >= seconds - 1
+    assert len(main[0]["values"]) == len(profiles()["eastron_sdm630"].points)
+    assert 200 < main[0]["values"]["voltage_l1"] < 260
+    assert gas[-1]["values"]["value"] >= gas[0]["values"]["value"] > 0
+    archive = (tmp_path / "demo" / "archive.jsonl").read_text().splitlines()
+    assert len(archive) >= len(main) + len(gas) - 2
