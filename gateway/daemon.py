@@ -28,7 +28,7 @@ from gateway.queue import AppendResult, DiskQueue, QueueStore
 from gateway.reading import Reading
 from gateway.sdnotify import SdNotify
 from gateway.sinks import create_sink
-from gateway.sources import Source, create_sources
+from gateway.sources import ReportsHealth, Source, create_sources
 
 log = structlog.get_logger("gateway.daemon")
 
@@ -69,6 +69,7 @@ class Gateway:
         self._source_stop = asyncio.Event()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self._beat_now = asyncio.Event()
         self._started = time.time()
         self._refusing: dict[str, int] = {}
         self._health: dict[str, object] | None = None
@@ -145,6 +146,9 @@ class Gateway:
     def _start_sources(self) -> None:
         self._source_stop = asyncio.Event()
         self.sources = create_sources(self.config)
+        for s in self.sources:
+            if isinstance(s, ReportsHealth):
+                s.on_change = self._beat_now.set
         self._source_tasks = [
             asyncio.create_task(self._run_source(s), name=f"source:{s.name}") for s in self.sources
         ]
@@ -234,9 +238,12 @@ class Gateway:
             await asyncio.sleep(interval)
 
     async def _heartbeat(self) -> None:
+        # Every HEARTBEAT_INTERVAL, and at once when a meter starts or stops failing, so status shows it promptly.
         while True:
+            self._beat_now.clear()
             await self._write_heartbeat(running=True)
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), HEARTBEAT_INTERVAL)
 
     def _sink_health(self) -> dict[str, object]:
         return {f.name: {"failing": f.last_error is not None, "last_error": f.last_error, "streams": f.last_sent}
@@ -250,6 +257,8 @@ class Gateway:
             "heartbeat_ms": int(time.time() * 1000),
             "running": running,
             "sinks": self._sink_health() if self.forwarders else self._health or {},
+            "meters": {name: h for s in self.sources if isinstance(s, ReportsHealth)
+                       for name, h in s.health().items()},
         }
         await self.queue.run(lambda st: st.set_meta("daemon", info))
 

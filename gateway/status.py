@@ -39,13 +39,20 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None) 
             "last_error": health.get("last_error") if isinstance(health, dict) else None,
         }
     meter_rows: dict[str, dict[str, Any]] = {}
+    meter_health = daemon.get("meters") if running else {}
     for name in config.meter_names:
         mid = store.meter_ids.get(name)
         last = store.last_ts.get(mid, -1) if mid is not None else -1
+        health = meter_health.get(name) if isinstance(meter_health, dict) else None
+        counts = health.get("counts", {}) if isinstance(health, dict) else {}
         meter_rows[name] = {
             "last_reading_ms": last if last >= 0 else None,
             "refused": store.counters.get(f"meter.{name}.refused", 0),
             "dropped_write_failed": store.counters.get(f"meter.{name}.dropped_write_failed", 0),
+            # Read health, as the running daemon saw it (Modbus meters): failed reads per kind since it started.
+            "failing": bool(health.get("failing")) if isinstance(health, dict) else False,
+            "last_problem": health.get("last_problem") if isinstance(health, dict) else None,
+            "read_errors": {k: v for k, v in counts.items() if k not in ("polls", "readings", "retries")},
         }
     return {
         "daemon": {"running": running, **{k: daemon.get(k) for k in ("pid", "version", "started_ms", "heartbeat_ms")}},
@@ -80,7 +87,11 @@ def render(report: dict[str, Any], now: float | None = None) -> str:
         )
         if s["failing"]:
             lines.append(f"{'':<20} failing: {s['last_error']}")
-    lines += ["", f"{'METER':<20} {'REFUSED':>8} {'DROPPED':>8}  LAST READING"]
+    lines += ["", f"{'METER':<20} {'REFUSED':>8} {'DROPPED':>8} {'READ ERRORS':>12}  LAST READING"]
     for name, m in report["meters"].items():
-        lines.append(f"{name:<20} {m['refused']:>8} {m['dropped_write_failed']:>8}  {ago(m['last_reading_ms'])}")
+        errors = sum(m["read_errors"].values())
+        lines.append(f"{name:<20} {m['refused']:>8} {m['dropped_write_failed']:>8} {errors:>12}"
+                     f"  {ago(m['last_reading_ms'])}")
+        if m["failing"]:
+            lines.append(f"{'':<20} not answering: {m['last_problem']}")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gateway.config.models import GatewayConfig
 from gateway.queue import AppendResult
@@ -23,6 +23,16 @@ class Source(Protocol):
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
         """Produce readings until ``stop`` is set; return promptly after it is (after emitting a reading in hand)."""
         ...
+
+
+@runtime_checkable
+class ReportsHealth(Protocol):
+    """A source that can say, per meter, how reading it goes (for ``status``), and calls ``on_change`` when a
+    meter starts or stops failing."""
+
+    on_change: Callable[[], None]
+
+    def health(self) -> dict[str, dict[str, object]]: ...
 
 
 def create_sources(config: GatewayConfig) -> list[Source]:

@@ -42,6 +42,8 @@ class MeterPoller:
     ) -> None:
         self.meter = meter
         self.report_health = report_health
+        #: Called when the meter starts or stops failing (the daemon then writes its heartbeat for ``status``).
+        self.on_change: Callable[[], None] = lambda: None
         #: The failed reads of the last poll.
         self.last_problems: list[ModbusError] = []
         self.bus = bus
@@ -123,11 +125,22 @@ class MeterPoller:
         self.counts["readings"] += 1
         return Reading(self.meter.name, ts_ms, values)
 
+    def health(self) -> dict[str, object]:
+        """For ``status``: failing or not, since when, the last problem, and the counters."""
+        down = self.down_since is not None
+        return {
+            "failing": down,
+            "down_s": round(time.monotonic() - self.down_since, 1) if self.down_since is not None else None,
+            "last_problem": str(self.last_problems[0]) if down and self.last_problems else None,
+            "counts": dict(self.counts),
+        }
+
     def _health(self, problems: list[ModbusError], silent: bool) -> None:
         if not problems:
             if self.down_since is not None:
                 self.log.info("meter answering again", down_s=round(time.monotonic() - self.down_since, 1),
                               failed_polls=self.failed_polls)
+                self.on_change()
             self.failures, self.retry_at, self.down_since, self.missed_at, self.last_problem = 0, 0.0, None, None, ""
             self.failed_polls = 0
             return
@@ -144,6 +157,7 @@ class MeterPoller:
             self.down_since = self.missed_at or time.monotonic()
             self.log.warning("meter read failed: no value from it is queued until it answers",
                              kind=first.kind, detail=str(first), failed_reads=len(problems))
+            self.on_change()
         elif problem != self.last_problem:
             self.log.info("meter read still failing, differently", kind=first.kind, detail=str(first))
         else:
@@ -158,6 +172,12 @@ class ModbusSource:
         self.name = f"bus:{bus.name}"
         self.bus = Bus(bus)
         self.pollers = [MeterPoller(m, self.bus, clock) for m in meters]
+        self.on_change: Callable[[], None] = lambda: None
+        for p in self.pollers:
+            p.on_change = lambda: self.on_change()
+
+    def health(self) -> dict[str, dict[str, object]]:
+        return {p.meter.name: p.health() for p in self.pollers}
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
         try:

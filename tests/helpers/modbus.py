@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.modbus.profiles import Profile, load_all
+from gateway.modbus.simulator import MeterServer, SimMeter
 
 SOCAT = shutil.which("socat")
 
@@ -40,3 +43,35 @@ def pty_pair(where: Path) -> Iterator[tuple[str, str]]:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+class ServerThread:
+    """A :class:`MeterServer` on its own event loop in a thread, for tests whose own code blocks (a daemon process
+    watched with sleeps). Faults are changed through :meth:`call`, on the server's loop."""
+
+    def __init__(self, meters: list[SimMeter], framer: str = "socket") -> None:
+        self.server = MeterServer(meters)
+        self.framer = framer
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def call(self, fn: Callable[[MeterServer], object]) -> None:
+        asyncio.run_coroutine_threadsafe(self._call(fn), self.loop).result(5)
+
+    async def _call(self, fn: Callable[[MeterServer], object]) -> None:
+        fn(self.server)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        start = self.server.start_tcp(framer=self.framer)  # type: ignore[arg-type]
+        asyncio.run_coroutine_threadsafe(start, self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
