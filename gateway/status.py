@@ -12,6 +12,8 @@ from gateway.reading import iso_utc
 
 #: A heartbeat older than this means the daemon is not running (it writes one every 10 s).
 STALE_HEARTBEAT_MS = 30_000
+#: Poll counters that are not read errors.
+_NOT_ERRORS = frozenset({"polls", "readings", "retries", "skipped_ticks"})
 
 
 def collect(store: QueueStore, config: GatewayConfig, now: float | None = None) -> dict[str, Any]:
@@ -52,7 +54,7 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None) 
             # Read health, as the running daemon saw it (Modbus meters): failed reads per kind since it started.
             "failing": bool(health.get("failing")) if isinstance(health, dict) else False,
             "last_problem": health.get("last_problem") if isinstance(health, dict) else None,
-            "read_errors": {k: v for k, v in counts.items() if k not in ("polls", "readings", "retries")},
+            "read_errors": {k: v for k, v in counts.items() if k not in _NOT_ERRORS},
         }
     return {
         "daemon": {"running": running, **{k: daemon.get(k) for k in ("pid", "version", "started_ms", "heartbeat_ms")}},

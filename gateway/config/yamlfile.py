@@ -117,14 +117,14 @@ def format_path(path: KeyPath, data: Any = None) -> str:
     """``sinks[archive].path``: list items are named by their ``name:`` (a register by its ``quantity:``)."""
     out = ""
     cur = data
+    prev: str | int = ""
     for part in path:
         if isinstance(part, int):
             label = str(part)
             if isinstance(cur, list) and 0 <= part < len(cur):
                 item = cur[part]
                 if isinstance(item, dict):
-                    # Meters, sinks and buses are named by their name, registers by their quantity.
-                    named = item.get("name", item.get("quantity"))
+                    named = item.get(_LABELS.get(str(prev), "name"))
                     label = named if isinstance(named, str) else label
                 cur = item
             else:
@@ -133,4 +133,9 @@ def format_path(path: KeyPath, data: Any = None) -> str:
         else:
             out += f".{part}" if out else part
             cur = cur.get(part) if isinstance(cur, dict) else None
+        prev = part
     return out
+
+
+#: The key that names an item of a list, by the list's key (meters, sinks, buses: ``name``).
+_LABELS = {"registers": "quantity", "probe": "quantity"}

@@ -67,7 +67,7 @@ def _decoders(block: Block) -> tuple[tuple[Point, Callable[[bytes, int], float |
 
 def plan(
     points: Iterable[Point],
-    max_gap: int,
+    max_gap: float,
     barriers: frozenset[tuple[str, int]] = frozenset(),
     max_count: int = MAX_REGISTERS,
 ) -> list[Block]:

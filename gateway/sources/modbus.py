@@ -56,15 +56,28 @@ class MeterPoller:
         #: Polls in a row that did not answer (the backoff), and that failed in any way (for the recovery line).
         self.failures = 0
         self.failed_polls = 0
+        self._committing: asyncio.Task[object] | None = None
         self.retry_at = 0.0
         self.down_since: float | None = None
         self.missed_at: float | None = None
         self.last_problem = ""
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
+        try:
+            await self._run(emit, stop)
+        finally:
+            # Every reading taken is committed before the source returns (a stop, a reload).
+            if self._committing is not None:
+                await self._committing
+
+    async def _run(self, emit: Emit, stop: asyncio.Event) -> None:
         interval = self.meter.interval
+        last_tick: float | None = None
         while not stop.is_set():
             tick = next_tick(self.clock(), interval)
+            if last_tick is not None and tick - last_tick > 1.5 * interval:
+                self._skipped(last_tick + interval, round((tick - last_tick) / interval) - 1)
+            last_tick = tick
             if not await sleep_until(tick, stop, self.clock):
                 return
             if tick < self.retry_at:
@@ -77,10 +90,34 @@ class MeterPoller:
                 self.counts["retries"] += 1
                 reading = await self.poll()
             if reading is not None:
-                await emit([reading])
+                self._commit(emit, reading)
             if self.failures:
                 cap = max(self.bus.config.retry_cap, interval)
                 self.retry_at = tick + min(cap, interval * 2 ** min(self.failures - 1, 20))
+
+    def _commit(self, emit: Emit, reading: Reading) -> None:
+        """Hand the reading to the queue without waiting for the disk: a slow commit must not make the next tick
+        late. Commits of one meter stay in order, each after the one before."""
+        before = self._committing
+
+        async def commit() -> None:
+            if before is not None:
+                await before
+            try:
+                await emit([reading])
+            except Exception:  # the queue counts and logs what it drops; this is anything else
+                self.log.exception("reading could not be handed to the queue", ts_ms=reading.ts_ms)
+
+        self._committing = asyncio.create_task(commit(), name=f"commit:{self.meter.name}")
+
+    def _skipped(self, first_tick: float, ticks: int) -> None:
+        """No reading at these ticks: the poll before them ran past them (a busy bus or machine). Counted, and
+        logged with the ticks it concerns: at warning the first time, at debug after that."""
+        self.counts["skipped_ticks"] += ticks
+        first = self.counts["skipped_ticks"] == ticks
+        (self.log.warning if first else self.log.debug)(
+            "a poll ran past the next tick: ticks skipped (interval too short for this bus?)", skipped=ticks,
+            first_skipped_ms=round(first_tick * 1000), interval_s=self.meter.interval)
 
     async def poll(self) -> Reading | None:
         """Read every block once; the reading (or None), with health and counters updated."""
