@@ -47,7 +47,8 @@ class Block:
         names = ", ".join(p.quantity.value for p in self.points)
         skipped = self.count - self.used
         gap = f"; {skipped} unused register{'s' if skipped != 1 else ''} read across" if skipped else ""
-        return f"FC{self.code} 0x{self.address:04X} x{self.count} ({len(self.points)} values{gap}): {names}"
+        n = len(self.points)
+        return f"FC{self.code} 0x{self.address:04X} x{self.count} ({n} value{'s' if n != 1 else ''}{gap}): {names}"
 
     def decode(self, words: Sequence[int]) -> dict[Quantity, float]:
         """Values of the block's points from the words answered; a value not available is left out."""

@@ -119,7 +119,8 @@ def describe_plan(meter: ModbusMeter, bus: BusBase) -> list[str]:
     max_gap = meter.max_gap if meter.max_gap is not None else bus.default_max_gap()
     blocks = plan(meter.points, max_gap)
     n = len(blocks)
-    out = [f"{n} request{'s' if n != 1 else ''} per poll for {len(meter.points)} values"
+    v = len(meter.points)
+    out = [f"{n} request{'s' if n != 1 else ''} per poll for {v} value{'s' if v != 1 else ''}"
            f" (reading across gaps of up to {max_gap} registers):"]
     return out + [f"  {b.describe()}" for b in blocks]
 
