@@ -223,7 +223,8 @@ class Gateway:
         await self._stop_forwarders()
         old, self.config = self.config, new
         await self._start_forwarders()
-        if new.meters != old.meters or new.site != old.site:
+        # Meters compare with their resolved registers, so an edited profile file counts as a change too.
+        if new.meters != old.meters or new.site != old.site or new.buses != old.buses:
             await self._stop_sources()
             self._start_sources()
         self.notify.send("READY=1", f"STATUS=running: {len(new.meters)} meters, {len(self.forwarders)} sinks")

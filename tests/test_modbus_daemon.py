@@ -8,6 +8,7 @@ one; nothing new ever comes out of order), and every tick of a meter that answer
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import subprocess
@@ -125,3 +126,32 @@ def test_modbus_readings_survive_sigkill_in_order_while_a_meter_fails_and_recove
     assert gas_values == sorted(gas_values), "a counter never goes back"
     feeder_ts = sorted({r["ts_ms"] for r in rows if r["meter"] == "feeder"})
     assert feeder_ts and feeder_ts[-1] > windows[-1][0] * 1000, "the feeder is read again after it came back"
+
+
+def test_a_reload_that_changes_only_a_bus_moves_its_meters_to_the_new_line(tmp_path: Path) -> None:
+    import signal
+
+    points = profiles()["eastron_sdm630"].points
+    with ServerThread([SimMeter(1, points, {Q.VOLTAGE_L1: 230.0})]) as old, \
+            ServerThread([SimMeter(1, points, {Q.VOLTAGE_L1: 240.0})]) as new:
+        path = tmp_path / "config.yaml"
+        text = f"""\
+state_dir: {tmp_path / 'state'}
+buses: [{{name: cabinet, type: tcp, host: 127.0.0.1, port: PORT}}]
+meters: [{{name: incomer, type: modbus, bus: cabinet, unit: 1, profile: eastron_sdm630, interval: 500ms}}]
+sinks: [{{name: archive, type: file, path: {tmp_path / 'archive.jsonl'}}}]
+"""
+        path.write_text(text.replace("PORT", str(old.port)))
+        with Daemon(path).start() as d:
+            time.sleep(1.5)
+            path.write_text(text.replace("PORT", str(new.port)))
+            d.signal(signal.SIGHUP)
+            d.wait_log(lambda e: e.get("event") == "configuration reloaded")
+            time.sleep(1.5)
+            rc, _ = d.stop()
+            assert rc == 0
+    volts = [r["values"]["voltage_l1"] for r in read_jsonl(tmp_path / "archive.jsonl")]
+    assert volts[0] == 230.0 and volts[-1] == 240.0
+    assert volts == sorted(volts), "no reading from the old line after the first from the new one"
+    ts = [r["ts_ms"] for r in read_jsonl(tmp_path / "archive.jsonl")]
+    assert max(b - a for a, b in itertools.pairwise(ts)) < 1500, "the reload left no hole"
