@@ -247,7 +247,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 DEMO_CONFIG = """\
 # The demo: a simulated Eastron SDM630 and a simulated gas meter, each a real Modbus TCP server on localhost,
-# read by the gateway like meters in a cabinet. Readings are printed and archived as JSON Lines.
+# read by the gateway like meters in a cabinet. Readings are printed and archived as JSON Lines, and what Wattics and
+# Voltaware would receive is printed too (dry run: nothing leaves the machine).
 site: {{name: demo}}
 state_dir: {state_dir}
 buses:
@@ -266,6 +267,22 @@ meters:
 sinks:
   - {{name: console, type: stdout}}
   - {{name: archive, type: file, path: {archive}}}
+  # The platforms in dry run: each packet is built as it would be sent, and printed instead.
+  - name: wattics
+    type: wattics
+    dry_run: true
+    username: demo-site
+    password: not-used-in-a-dry-run
+    data_points:
+      - {{id: demo-electrical, meter: demo-main}}
+      - {{id: demo-gas-volume, meter: demo-gas, format: value}}
+  - name: voltaware
+    type: voltaware
+    dry_run: true
+    host: broker-issued-by-voltaware
+    username: demo-site
+    password: not-used-in-a-dry-run
+    devices: [{{meter: demo-main, device_id: "0001"}}]
 """
 
 

@@ -171,13 +171,25 @@ async def test_demo_reads_simulated_modbus_meters_and_prints_their_readings(tmp_
                              str(tmp_path / "demo"), within=30)
     assert rc == 0, err
     assert "simulated SDM630 on 127.0.0.1:" in err
-    readings = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    readings = [r for r in lines if "meter" in r]
     main = [r for r in readings if r["meter"] == "demo-main"]
     gas = [r for r in readings if r["meter"] == "demo-gas"]
     assert len(main) >= seconds - 1 and len(gas) >= seconds - 1
     assert len(main[0]["values"]) == len(profiles()["eastron_sdm630"].points)
     assert 200 < main[0]["values"]["voltage_l1"] < 260
     assert gas[-1]["values"]["value"] >= gas[0]["values"]["value"] > 0
+    # What each platform would receive, built by the real sinks (dry run).
+    posts = [r for r in lines if r.get("sink") == "wattics"]
+    elec = next(p["body"] for p in posts if p["body"]["id"] == "demo-electrical")
+    assert set(elec) >= {"id", "tsISO8601", "aP_1", "aP_2", "aP_3", "v_1", "c_1", "pC_1", "v_12"}
+    assert any(p["body"]["id"] == "demo-gas-volume" and set(p["body"]) == {"id", "tsISO8601", "value"}
+               for p in posts)
+    event = next(r for r in lines if r.get("sink") == "voltaware")
+    assert event["would"] == "PUBLISH" and event["topic"] == "meters/0001/events" and event["qos"] == 2
+    same = next(r for r in main if r["ts"] == event["payload"]["timestamp"])
+    assert event["payload"]["voltage_v"] == same["values"]["voltage_l1"]
+    assert event["payload"]["active_power_w"] == same["values"]["power_active_total"]
     # The archive sink gets the same readings (those still queued at the stop go at the next start).
     archived = [json.loads(line) for line in (tmp_path / "demo" / "archive.jsonl").read_text().splitlines()]
     printed = {(r["meter"], r["ts_ms"]) for r in readings}

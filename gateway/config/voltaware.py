@@ -234,6 +234,8 @@ class VoltawareSink(SinkBase):
     ack_timeout: PositiveDuration = 20.0
     max_in_flight: Annotated[int, Field(ge=1, le=1024)] = 16
     api: VoltawareApi | None = None
+    #: Build every packet and print it on standard output instead of sending it (nothing is sent or connected).
+    dry_run: bool = False
 
     @property
     def effective_client_id(self) -> str:

@@ -51,6 +51,8 @@ class WatticsSink(SinkBase):
     auth_retry: PositiveDuration = 300.0
     #: Data points sent in parallel (each one's packets always one after the other).
     max_in_flight: Annotated[int, Field(ge=1, le=1024)] = 32
+    #: Build every packet and print it on standard output instead of sending it (nothing is sent or connected).
+    dry_run: bool = False
 
     def streams(self, meters: Sequence[MeterBase]) -> list[Stream]:
         by_name = {m.name: m for m in meters}

@@ -52,4 +52,9 @@ def create_sink(config: SinkBase, gateway: GatewayConfig) -> Sink:
     factory = _REGISTRY.get(type_name)
     if factory is None:
         raise SinkError(f"sink {config.name}: no sink of type '{type_name}'")
-    return factory(config, gateway)
+    sink = factory(config, gateway)
+    if getattr(config, "dry_run", False):
+        from gateway.sinks.dryrun import DryRunSink
+
+        return DryRunSink(sink)  # type: ignore[arg-type]
+    return sink
