@@ -194,3 +194,16 @@ async def test_demo_reads_simulated_modbus_meters_and_prints_their_readings(tmp_
     archived = [json.loads(line) for line in (tmp_path / "demo" / "archive.jsonl").read_text().splitlines()]
     printed = {(r["meter"], r["ts_ms"]) for r in readings}
     assert archived and all((r["meter"], r["ts_ms"]) in printed for r in archived)
+
+
+async def test_scan_on_a_serial_line(tmp_path: Path) -> None:
+    with pty_pair(tmp_path) as (meter_end, gateway_end):
+        server = await MeterServer([SimMeter(2, profiles()["eastron_sdm630"].points, three_phase)]).start_serial(
+            meter_end)
+        try:
+            rc, out, err = await cli("scan", "--serial", gateway_end, "--units", "1-3", "--timeout", "200ms")
+        finally:
+            await server.stop()
+    assert rc == 0, err
+    assert out.startswith("unit 2: answers; fits eastron_sdm630"), out
+    assert f"  - {{name: rs485, type: serial, port: {gateway_end}, baudrate: 9600, parity: N, stopbits: 1}}" in out
