@@ -17,6 +17,7 @@ from gateway.config import GatewayConfig, load_config, load_config_text
 from gateway.config.units import format_duration, format_size
 from gateway.errors import ConfigError, GatewayError
 from gateway.queue import QueueStore
+from gateway.reading import iso_utc
 from gateway.settings import ProcessSettings
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
@@ -56,6 +57,7 @@ def build_parser(settings: ProcessSettings) -> argparse.ArgumentParser:
     with_config(rd)
     rd.add_argument("--meter", action="append", dest="meters", help="only this meter (may be repeated)")
     rd.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    rd.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an MQTT meter's next message")
     sc = sub.add_parser("scan", help="which Modbus unit ids answer on a line, and which built-in profile fits each")
     where = sc.add_mutually_exclusive_group(required=True)
     where.add_argument("--serial", metavar="DEVICE", help="a serial port, e.g. /dev/ttyUSB0")
@@ -124,6 +126,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from gateway.config.modbus import ModbusMeter
     from gateway.daemon import queue_path
     from gateway.modbus import tools
+    from gateway.mqtt.tools import describe_broker, describe_subscription
 
     c = _load(args)
     q = c.queue
@@ -136,6 +139,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"buses:   {len(c.buses)}")
         for b in c.buses:
             print(f"  {b.name:<20} {tools.describe_bus(b)}")
+    if c.brokers:
+        print(f"brokers: {len(c.brokers)}")
+        for broker in c.brokers:
+            print(f"  {broker.name:<20} {describe_broker(broker)}")
+        print(f"subscriptions: {len(c.subscriptions)}")
+        for sub in c.subscriptions:
+            print(f"  {sub.name:<20} {describe_subscription(sub)}")
     print(f"meters:  {len(c.meters)}")
     for m in c.meters:
         where = f", {m.describe()}" if isinstance(m, ModbusMeter) else ""
@@ -181,8 +191,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_deadletter(args: argparse.Namespace) -> int:
-    from gateway.reading import iso_utc
-
     config = _load(args)
     store = _open_store(config)
     if store is None:
@@ -331,12 +339,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _resolve(config: GatewayConfig, names: list[str] | None) -> list[Any]:
-    from gateway.config.models import ModbusMeter
+    from gateway.config.models import ModbusMeter, MqttMeter
 
-    modbus = [m for m in config.meters if isinstance(m, ModbusMeter)]
     if not names:
+        modbus = [m for m in config.meters if isinstance(m, ModbusMeter)]
         if not modbus:
-            raise GatewayError("no Modbus meter in this configuration")
+            raise GatewayError("no Modbus meter in this configuration (for a meter that publishes to a broker,"
+                               " name it: read --meter NAME)")
         return modbus
     by_name = {m.name: m for m in config.meters}
     out = []
@@ -344,23 +353,40 @@ def _resolve(config: GatewayConfig, names: list[str] | None) -> list[Any]:
         m = by_name.get(n)
         if m is None:
             raise GatewayError(f"no meter named '{n}' (defined: {', '.join(by_name)})")
-        if not isinstance(m, ModbusMeter):
-            raise GatewayError(f"meter '{n}' is of type {m.type}: 'read' reads Modbus meters")
+        if not isinstance(m, ModbusMeter | MqttMeter):
+            raise GatewayError(f"meter '{n}' is of type {m.type}: 'read' reads Modbus and MQTT meters")
         out.append(m)
     return out
 
 
 def cmd_read(args: argparse.Namespace) -> int:
+    from gateway.config.models import ModbusMeter, MqttMeter
     from gateway.modbus import tools
+    from gateway.mqtt.tools import read_mqtt
 
     config = _load(args)
     meters = _resolve(config, args.meters)
-    results = asyncio.run(tools.read_meters(config, meters))
-    if args.json:
-        print(json.dumps([r.to_json() for r in results], indent=2))
-    else:
-        print(tools.render_read(results, config))
-    return EXIT_OK if all(r.reading is not None and not r.problems for r in results) else EXIT_RUNTIME
+    modbus = [m for m in meters if isinstance(m, ModbusMeter)]
+    results = asyncio.run(tools.read_meters(config, modbus)) if modbus else []
+    ok = all(r.reading is not None and not r.problems for r in results)
+    out: list[dict[str, Any]] = [r.to_json() for r in results]
+    text = [tools.render_read(results, config)] if results else []
+    for m in meters:
+        if isinstance(m, MqttMeter):
+            if not args.json:
+                print(f"waiting up to {format_duration(args.timeout)} for a message of {m.name} ...", file=sys.stderr)
+            reading, problems = asyncio.run(read_mqtt(config, m, within=args.timeout))
+            ok = ok and reading is not None
+            out.append({"meter": m.name, "ok": reading is not None, "problems": problems,
+                        "reading": reading.to_json_dict() if reading else None})
+            lines = [f"{m.name}  (published to a broker): " + (
+                f"message of {iso_utc(reading.ts_ms)}" if reading else "no reading")]
+            if reading is not None:
+                lines += tools.format_values(dict(reading.values), m.value_unit)
+            lines += [f"  ! {p}" for p in problems]
+            text.append("\n".join(lines))
+    print(json.dumps(out, indent=2) if args.json else "\n\n".join(text))
+    return EXIT_OK if ok else EXIT_RUNTIME
 
 
 def _units(spec: str) -> list[int]:

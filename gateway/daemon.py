@@ -29,6 +29,7 @@ from gateway.reading import Reading
 from gateway.sdnotify import SdNotify
 from gateway.sinks import create_sink
 from gateway.sources import ReportsHealth, Source, create_sources
+from gateway.sources.mqtt import MqttSource
 
 log = structlog.get_logger("gateway.daemon")
 
@@ -260,6 +261,8 @@ class Gateway:
             "sinks": self._sink_health() if self.forwarders else self._health or {},
             "meters": {name: h for s in self.sources if isinstance(s, ReportsHealth)
                        for name, h in s.health().items()},
+            "subscriptions": {name: c for s in self.sources if isinstance(s, MqttSource)
+                              for name, c in s.subscriptions().items()},
         }
         await self.queue.run(lambda st: st.set_meta("daemon", info))
 

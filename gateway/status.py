@@ -56,7 +56,9 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None) 
             "last_problem": health.get("last_problem") if isinstance(health, dict) else None,
             "read_errors": {k: v for k, v in counts.items() if k not in _NOT_ERRORS},
         }
+    subscriptions = daemon.get("subscriptions") if running else {}
     return {
+        "subscriptions": subscriptions if isinstance(subscriptions, dict) else {},
         "daemon": {"running": running, **{k: daemon.get(k) for k in ("pid", "version", "started_ms", "heartbeat_ms")}},
         "queue": {"path": str(store.path), "bytes": store.used_bytes()},
         "sinks": sinks,
@@ -96,4 +98,13 @@ def render(report: dict[str, Any], now: float | None = None) -> str:
                      f"  {ago(m['last_reading_ms'])}")
         if m["failing"]:
             lines.append(f"{'':<20} not answering: {m['last_problem']}")
+    subs = report.get("subscriptions") or {}
+    if subs:
+        lines += ["", f"{'SUBSCRIPTION':<20} {'MESSAGES':>9} {'READINGS':>9} {'IGNORED':>8} {'REFUSED':>8}"
+                      "  WHY REFUSED"]
+        for name, c in subs.items():
+            why = ", ".join(f"{k} {v}" for k, v in sorted(c.items())
+                            if k not in ("messages", "readings", "ignored", "bad"))
+            lines.append(f"{name:<20} {c.get('messages', 0):>9} {c.get('readings', 0):>9} {c.get('ignored', 0):>8}"
+                         f" {c.get('bad', 0):>8}  {why}")
     return "\n".join(lines)

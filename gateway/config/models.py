@@ -25,12 +25,13 @@ from gateway.config.common import (
     system_timezone,
 )
 from gateway.config.modbus import BusBase, BusConfig, ModbusMeter, RtuOverTcpBus, SerialBus, meter_problems
+from gateway.config.mqtt import Broker, MqttMeter, Subscription
 from gateway.config.voltaware import VoltawareSink
 from gateway.config.wattics import WatticsSink
 from gateway.stream import Stream
 
 __all__ = [
-    "FileSink", "GatewayConfig", "MeterBase", "ModbusMeter", "SimulatedMeter", "SinkBase", "StdoutSink",
+    "FileSink", "GatewayConfig", "MeterBase", "ModbusMeter", "MqttMeter", "SimulatedMeter", "SinkBase", "StdoutSink",
     "VoltawareSink", "WatticsSink",
 ]
 
@@ -58,7 +59,7 @@ class SimulatedMeter(MeterBase):
     value_unit: Annotated[str, AfterValidator(check_value_unit)] | None = None
 
 
-MeterConfig = Annotated[SimulatedMeter | ModbusMeter, Field(discriminator="type")]
+MeterConfig = Annotated[SimulatedMeter | ModbusMeter | MqttMeter, Field(discriminator="type")]
 
 
 # ---------------------------------------------------------------- sinks
@@ -94,6 +95,9 @@ class GatewayConfig(Strict):
     #: Where the technician's own meter profiles are (YAML files, one per model), besides the built-in ones.
     profiles_dir: Path | None = None
     buses: list[BusConfig] = Field(default_factory=list)
+    #: MQTT brokers, and what to take from them: meters that publish their readings.
+    brokers: list[Broker] = Field(default_factory=list)
+    subscriptions: list[Subscription] = Field(default_factory=list)
     meters: Annotated[list[MeterConfig], Field(min_length=1)]
     sinks: Annotated[list[SinkConfig], Field(min_length=1)]
 
@@ -112,8 +116,9 @@ class GatewayConfig(Strict):
     def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Problems that span the file, each with the key path it belongs to."""
         problems: list[tuple[tuple[str | int, ...], str]] = []
-        sections: tuple[tuple[str, Sequence[MeterBase | SinkBase | BusBase]], ...] = (
-            ("buses", self.buses), ("meters", self.meters), ("sinks", self.sinks))
+        sections: tuple[tuple[str, Sequence[MeterBase | SinkBase | BusBase | Broker | Subscription]], ...] = (
+            ("buses", self.buses), ("brokers", self.brokers), ("subscriptions", self.subscriptions),
+            ("meters", self.meters), ("sinks", self.sinks))
         for section, items in sections:
             seen: dict[str, int] = {}
             for i, item in enumerate(items):
@@ -132,6 +137,12 @@ class GatewayConfig(Strict):
                 if other != m.name:
                     problems.append((("meters", i, "unit"), f"unit {m.unit} on bus '{m.bus}' is already meter"
                                                             f" '{other}' (one unit id per device on a bus)"))
+        mqtt_meters = {m.name for m in self.meters if isinstance(m, MqttMeter)}
+        broker_names = {b.name for b in self.brokers}
+        for i, b in enumerate(self.brokers):
+            problems += [(("brokers", i, *path), msg) for path, msg in b.problems()]
+        for i, sub in enumerate(self.subscriptions):
+            problems += [(("subscriptions", i, *path), msg) for path, msg in sub.problems(broker_names, mqtt_meters)]
         for i, bus in enumerate(self.buses):
             if isinstance(bus, SerialBus | RtuOverTcpBus):
                 problems += [(("buses", i, *path), msg) for path, msg in bus.timing_problems()]
@@ -140,7 +151,7 @@ class GatewayConfig(Strict):
         return problems
 
     def secrets(self) -> list[str]:
-        out: list[str] = []
+        out: list[str] = [b.password.get_secret_value() for b in self.brokers if b.password]
         for s in self.sinks:
             out.extend(s.secrets())
         return out

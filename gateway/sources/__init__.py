@@ -36,9 +36,13 @@ class ReportsHealth(Protocol):
 
 
 def create_sources(config: GatewayConfig) -> list[Source]:
-    """One source per simulated meter, one per Modbus bus that has meters (it schedules that line)."""
-    from gateway.config.models import ModbusMeter, SimulatedMeter
+    """One source per simulated meter, one per Modbus bus that has meters (it schedules that line), one per MQTT
+    broker that has subscriptions (one connection)."""
+    from zoneinfo import ZoneInfo
+
+    from gateway.config.models import ModbusMeter, MqttMeter, SimulatedMeter
     from gateway.sources.modbus import ModbusSource
+    from gateway.sources.mqtt import MqttSource
     from gateway.sources.simulated import SimulatedSource
 
     sources: list[Source] = []
@@ -49,4 +53,10 @@ def create_sources(config: GatewayConfig) -> list[Source]:
         elif isinstance(meter, ModbusMeter):
             on_bus.setdefault(meter.bus, []).append(meter)
     sources += [ModbusSource(bus, on_bus[bus.name]) for bus in config.buses if bus.name in on_bus]
+    mqtt_meters = {m.name for m in config.meters if isinstance(m, MqttMeter)}
+    tz = ZoneInfo(config.site.timezone)
+    for broker in config.brokers:
+        subs = [s for s in config.subscriptions if s.broker == broker.name]
+        if subs:
+            sources.append(MqttSource(broker, subs, mqtt_meters, tz))
     return sources

@@ -1,0 +1,240 @@
+"""``mqtt`` meters: one source per broker, with every subscription on it.
+
+Nothing is lost across a restart of the gateway or of the broker: the client keeps a persistent session (a stable
+client id, ``clean_session=False``) with QoS 1 subscriptions, so the broker keeps messages while the gateway is away,
+and a message is acknowledged to the broker (PUBACK) only once its reading is committed to the on-disk queue
+(``manual_ack``). A message that arrived but was not yet committed when the gateway died is delivered again.
+
+paho runs its network loop in its own thread; messages are handed to the event loop in batches (one wake-up per
+burst), decoded, committed in one append, then acknowledged. With QoS 1 the broker sends no more than its in-flight
+window of unacknowledged messages, so a slow disk slows the broker down instead of filling memory; QoS 0 messages
+beyond ``INBOX_LIMIT`` waiting are dropped, counted and logged.
+
+Bad messages never hurt: each is counted per subscription and reason, logged (the first of each reason at
+warning, then a summary at most once a minute; the topic and the reason, never the payload), acknowledged, and
+nothing of it enters the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.config.mqtt import Broker, Subscription
+from gateway.mqtt.formats import BadMessage, Decoded, Decoder, Ignored
+from gateway.reading import Reading
+from gateway.sources import Emit
+
+log = structlog.get_logger("gateway.sources.mqtt")
+
+INBOX_LIMIT = 10_000
+SUMMARY_EVERY = 60.0
+
+
+def make_client(broker: Broker, client_id: str, clean: bool, manual_ack: bool) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
+                         manual_ack=manual_ack)
+    if broker.uses_tls:
+        ctx = ssl.create_default_context(cafile=str(broker.ca_file) if broker.ca_file else None)
+        if broker.client_cert is not None and broker.client_key is not None:
+            ctx.load_cert_chain(str(broker.client_cert), str(broker.client_key))
+        client.tls_set_context(ctx)
+    if broker.username:
+        client.username_pw_set(broker.username, broker.password.get_secret_value() if broker.password else None)
+    client.reconnect_delay_set(1, 60)
+    return client
+
+
+class SubscriptionState:
+    def __init__(self, sub: Subscription, decoder: Decoder) -> None:
+        self.sub = sub
+        self.decoder = decoder
+        #: messages, readings, ignored, and bad messages per reason
+        self.counts: Counter[str] = Counter()
+        self._since_summary: Counter[str] = Counter()
+        self._summary_at = 0.0
+        self.log = log.bind(subscription=sub.name)
+
+    def bad(self, topic: str, e: BadMessage) -> None:
+        self.counts[e.reason] += 1
+        self.counts["bad"] += 1
+        if self.counts[e.reason] == 1:
+            self.log.warning("message refused: nothing of it is queued", topic=topic[:200], reason=e.reason,
+                             detail=e.detail)
+            return
+        self._since_summary[e.reason] += 1
+        now = time.monotonic()
+        if now - self._summary_at >= SUMMARY_EVERY:
+            self.log.warning("messages refused since the last line", topic=topic[:200], **self._since_summary)
+            self._since_summary.clear()
+            self._summary_at = now
+
+
+class MqttSource:
+    """A broker connection and its subscriptions."""
+
+    def __init__(self, broker: Broker, subs: list[Subscription], meters: set[str], tz: ZoneInfo,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.broker = broker
+        self.name = f"broker:{broker.name}"
+        self.subs = [SubscriptionState(s, Decoder(s, tz, meters)) for s in subs]
+        self.clock = clock
+        self.on_change: Callable[[], None] = lambda: None
+        self.dropped = 0
+        self.log = log.bind(broker=broker.name)
+        self._inbox: deque[mqtt.MQTTMessage] = deque()
+        self._lock = threading.Lock()
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake_pending = False
+        self._connected = False
+        self._down_since: float | None = time.monotonic()
+        self._refused_logged = False
+        self._ever_connected = False
+
+    # ------------------------------------------------------------ paho's thread
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            if not self._refused_logged:
+                self._refused_logged = True
+                self._call(lambda: self.log.error("broker refused the connection (credentials, client id?);"
+                                                  " retrying", reason=str(reason)))
+            return
+        topics: list[tuple[str, int]] = [(s.sub.topic, s.sub.qos) for s in self.subs]
+        client.subscribe(topics)
+        self._call(self._up, bool(getattr(flags, "session_present", False)))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._call(self._down, str(reason))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            if len(self._inbox) >= INBOX_LIMIT and msg.qos == 0:
+                self.dropped += 1
+                return
+            self._inbox.append(msg)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        self._call(self._set_wake)
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(fn, *args)
+
+    # ------------------------------------------------------------ event loop
+
+    def _set_wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _up(self, session_present: bool) -> None:
+        self._connected = True
+        self._refused_logged = False
+        if self._down_since is not None:
+            down = time.monotonic() - self._down_since
+            if self._ever_connected:
+                self.log.info("broker connection back", down_s=round(down, 1), session_present=session_present)
+            else:
+                self.log.info("broker connected", host=self.broker.host, port=self.broker.effective_port,
+                              session_present=session_present, subscriptions=[s.sub.topic for s in self.subs])
+            self._down_since = None
+            self.on_change()
+        self._ever_connected = True
+
+    def _down(self, why: str) -> None:
+        if self._connected:
+            self._connected = False
+            self._down_since = time.monotonic()
+            self.log.warning("broker connection lost: reconnecting (the broker keeps our messages)", reason=why)
+            self.on_change()
+
+    def decode(self, msg: mqtt.MQTTMessage, arrived_ms: int) -> Decoded:
+        """Readings of one message, for the first subscription whose filter matches its topic."""
+        topic = msg.topic
+        for state in self.subs:
+            if not mqtt.topic_matches_sub(state.sub.topic, topic):
+                continue
+            state.counts["messages"] += 1
+            if len(msg.payload) > self.broker.max_payload:
+                state.bad(topic, BadMessage("too_large", f"{len(msg.payload)} bytes, more than max_payload"))
+                return []
+            try:
+                out = state.decoder.decode(topic, bytes(msg.payload), arrived_ms)
+            except Ignored:
+                state.counts["ignored"] += 1
+                return []
+            except BadMessage as e:
+                state.bad(topic, e)
+                return []
+            state.counts["readings"] += len(out)
+            return out
+        return []
+
+    async def run(self, emit: Emit, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        b = self.broker
+        client = make_client(b, b.effective_client_id, clean=False, manual_ack=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.connect_async(b.host, b.effective_port, keepalive=round(b.keepalive))
+        client.loop_start()
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                waking = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait([waking, stopping], return_when=asyncio.FIRST_COMPLETED)
+                waking.cancel()
+                await self._drain(client, emit)
+            await self._drain(client, emit)  # what arrived before the stop is committed and acknowledged
+        finally:
+            stopping.cancel()
+            client.disconnect()
+            client.loop_stop()
+            self._loop = None
+
+    async def _drain(self, client: mqtt.Client, emit: Emit) -> None:
+        assert self._wake is not None
+        while True:
+            with self._lock:
+                self._wake.clear()
+                self._wake_pending = False
+                batch = list(self._inbox)
+                self._inbox.clear()
+            if not batch:
+                return
+            arrived = round(self.clock() * 1000)
+            merged: dict[tuple[str, int], dict[Any, float]] = {}
+            for msg in batch:
+                for meter, ts, values in self.decode(msg, arrived):
+                    # Shelly's em:0 and emdata:0 of one instant become one reading.
+                    merged.setdefault((meter, ts), {}).update(values)
+            readings = sorted((Reading(m, ts, v) for (m, ts), v in merged.items()), key=lambda r: r.ts_ms)
+            if readings:
+                await emit(readings)
+            # Committed (or counted as dropped by the queue): only now may the broker forget them.
+            for msg in batch:
+                if msg.qos:
+                    client.ack(msg.mid, msg.qos)
+
+    def health(self) -> dict[str, dict[str, object]]:
+        return {}
+
+    def subscriptions(self) -> dict[str, dict[str, int]]:
+        return {s.sub.name: dict(s.counts) for s in self.subs}
