@@ -33,7 +33,8 @@ from gateway.quantities import Quantity as Q
 EARLIEST_S = 946_684_800.0  # 2000-01-01
 
 Values = dict[Q, float]
-Decoded = list[tuple[str, int, Values]]
+#: (meter, time in UTC ms or None when the message carries no time of its own, values)
+Decoded = list[tuple[str, int | None, Values]]
 
 
 class BadMessage(Exception):
@@ -120,7 +121,7 @@ class Decoder:
         self.sub = sub
         self.tz = tz
         self.meters = meters
-        self._decode: Callable[[str, bytes, int], list[tuple[int, Values]]] = {
+        self._decode: Callable[[str, bytes], list[tuple[int | None, Values]]] = {
             "json": self._json, "value": self._value, "tasmota": self._tasmota, "shelly_gen2": self._shelly,
         }[sub.format]
 
@@ -134,16 +135,16 @@ class Decoder:
             raise BadMessage("unknown_meter", f"topic level {level} is '{name[:64]}', not a meter of type mqtt")
         return name
 
-    def decode(self, topic: str, payload: bytes, arrived_ms: int) -> Decoded:
+    def decode(self, topic: str, payload: bytes) -> Decoded:
         meter = self.meter_of(topic)
-        out = [(meter, ts, values) for ts, values in self._decode(topic, payload, arrived_ms)]
+        out = [(meter, ts, values) for ts, values in self._decode(topic, payload)]
         if not out:
             raise BadMessage("missing_fields", "none of the mapped values is in the message")
         return out
 
     # ------------------------------------------------------------ formats
 
-    def _value(self, topic: str, payload: bytes, arrived_ms: int) -> list[tuple[int, Values]]:
+    def _value(self, topic: str, payload: bytes) -> list[tuple[int | None, Values]]:
         try:
             text = payload.decode("utf-8").strip()
         except UnicodeDecodeError:
@@ -154,9 +155,9 @@ class Decoder:
             raise BadMessage("not_a_number", "the payload is not a plain number") from None
         if not math.isfinite(v):
             raise BadMessage("not_finite", f"the payload is {v}")
-        return [(arrived_ms, {self.sub.quantity or Q.VALUE: finite(v * self.sub.scale + self.sub.offset, "payload")})]
+        return [(None, {self.sub.quantity or Q.VALUE: finite(v * self.sub.scale + self.sub.offset, "payload")})]
 
-    def _json(self, topic: str, payload: bytes, arrived_ms: int) -> list[tuple[int, Values]]:
+    def _json(self, topic: str, payload: bytes) -> list[tuple[int | None, Values]]:
         doc = parse_json(payload)
         values: Values = {}
         for q, m in (self.sub.values or {}).items():
@@ -167,19 +168,20 @@ class Decoder:
             v = number(raw, m.path)
             if v is not None:
                 values[q] = finite(v * m.scale + m.offset, m.path)
-        ts = self._stamp(doc, self.sub.timestamp, arrived_ms)
-        return [(ts, values)] if values else []
+        if not values:
+            return []
+        return [(self._stamp(doc, self.sub.timestamp), values)]
 
-    def _stamp(self, doc: object, spec: TimestampSpec | None, arrived_ms: int) -> int:
+    def _stamp(self, doc: object, spec: TimestampSpec | None) -> int | None:
         if spec is None:
-            return arrived_ms
+            return None
         try:
             raw = lookup(doc, spec.path)
         except KeyError:
             raise BadMessage("bad_timestamp", f"{spec.path} is missing") from None
         return parse_time(raw, spec.format, self.tz, spec.path)
 
-    def _tasmota(self, topic: str, payload: bytes, arrived_ms: int) -> list[tuple[int, Values]]:
+    def _tasmota(self, topic: str, payload: bytes) -> list[tuple[int | None, Values]]:
         doc = parse_json(payload)
         energy = doc.get("ENERGY") if isinstance(doc, dict) else None
         if not isinstance(energy, dict):
@@ -188,10 +190,11 @@ class Decoder:
         for key, total, phases, scale in _TASMOTA:
             if key in energy:
                 _spread(energy[key], f"ENERGY.{key}", total, phases, scale, values)
-        ts = parse_time(doc["Time"], "iso", self.tz, "Time") if "Time" in doc else arrived_ms
-        return [(ts, values)] if values else []
+        if not values:
+            return []
+        return [(parse_time(doc["Time"], "iso", self.tz, "Time") if "Time" in doc else None, values)]
 
-    def _shelly(self, topic: str, payload: bytes, arrived_ms: int) -> list[tuple[int, Values]]:
+    def _shelly(self, topic: str, payload: bytes) -> list[tuple[int | None, Values]]:
         doc = parse_json(payload)
         if not isinstance(doc, dict):
             raise BadMessage("wrong_type", "the message is not a JSON object")
@@ -202,12 +205,12 @@ class Decoder:
             components = {k: v for k, v in params.items() if k in ("em:0", "emdata:0")}
             if not components:
                 raise Ignored
-            ts = parse_time(params["ts"], "epoch_s", self.tz, "params.ts") if "ts" in params else arrived_ms
+            ts = parse_time(params["ts"], "epoch_s", self.tz, "params.ts") if "ts" in params else None
         else:  # a whole component status on <prefix>/status/<component>
             component = topic.rsplit("/", 1)[-1]
             if component not in ("em:0", "emdata:0"):
                 raise Ignored
-            components, ts = {component: doc}, arrived_ms
+            components, ts = {component: doc}, None
         values: Values = {}
         for name, status in components.items():
             if not isinstance(status, dict):

@@ -58,9 +58,10 @@ async def read_mqtt(config: GatewayConfig, meter: MqttMeter, within: float) -> t
                 if not mqtt.topic_matches_sub(sub.topic, msg.topic):
                     continue
                 try:
-                    for name, ts, values in dec.decode(msg.topic, bytes(msg.payload), round(time.time() * 1000)):
+                    for name, ts, values in dec.decode(msg.topic, bytes(msg.payload)):
                         if name == meter.name:
-                            loop.call_soon_threadsafe(_resolve, found, Reading(name, ts, values))
+                            stamp = round(time.time() * 1000) if ts is None else ts
+                            loop.call_soon_threadsafe(_resolve, found, Reading(name, stamp, values))
                 except (Ignored, BadMessage) as e:
                     if isinstance(e, BadMessage):
                         text = f"{sub.name}: message on {msg.topic[:200]} refused: {e}"

@@ -93,7 +93,9 @@ class MqttSource:
         self.on_change: Callable[[], None] = lambda: None
         self.dropped = 0
         self.log = log.bind(broker=broker.name)
-        self._inbox: deque[mqtt.MQTTMessage] = deque()
+        self._inbox: deque[tuple[mqtt.MQTTMessage, int]] = deque()
+        self._last_arrival: dict[str, int] = {}
+        self._closing = False
         self._lock = threading.Lock()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -124,7 +126,7 @@ class MqttSource:
             if len(self._inbox) >= INBOX_LIMIT and msg.qos == 0:
                 self.dropped += 1
                 return
-            self._inbox.append(msg)
+            self._inbox.append((msg, round(self.clock() * 1000)))
             if self._wake_pending:
                 return
             self._wake_pending = True
@@ -157,14 +159,15 @@ class MqttSource:
         self._ever_connected = True
 
     def _down(self, why: str) -> None:
-        if self._connected:
+        if self._connected and not self._closing:
             self._connected = False
             self._down_since = time.monotonic()
             self.log.warning("broker connection lost: reconnecting (the broker keeps our messages)", reason=why)
             self.on_change()
 
-    def decode(self, msg: mqtt.MQTTMessage, arrived_ms: int) -> Decoded:
-        """Readings of one message, for the first subscription whose filter matches its topic."""
+    def decode(self, msg: mqtt.MQTTMessage) -> Decoded:
+        """Readings of one message, for the first subscription whose filter matches its topic (times may be None:
+        the message carries none of its own)."""
         topic = msg.topic
         for state in self.subs:
             if not mqtt.topic_matches_sub(state.sub.topic, topic):
@@ -174,7 +177,7 @@ class MqttSource:
                 state.bad(topic, BadMessage("too_large", f"{len(msg.payload)} bytes, more than max_payload"))
                 return []
             try:
-                out = state.decoder.decode(topic, bytes(msg.payload), arrived_ms)
+                out = state.decoder.decode(topic, bytes(msg.payload))
             except Ignored:
                 state.counts["ignored"] += 1
                 return []
@@ -188,6 +191,7 @@ class MqttSource:
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._closing = False
         b = self.broker
         client = make_client(b, b.effective_client_id, clean=False, manual_ack=True)
         client.on_connect = self._on_connect
@@ -205,6 +209,7 @@ class MqttSource:
             await self._drain(client, emit)  # what arrived before the stop is committed and acknowledged
         finally:
             stopping.cancel()
+            self._closing = True
             client.disconnect()
             client.loop_stop()
             self._loop = None
@@ -219,17 +224,21 @@ class MqttSource:
                 self._inbox.clear()
             if not batch:
                 return
-            arrived = round(self.clock() * 1000)
             merged: dict[tuple[str, int], dict[Any, float]] = {}
-            for msg in batch:
-                for meter, ts, values in self.decode(msg, arrived):
-                    # Shelly's em:0 and emdata:0 of one instant become one reading.
+            for msg, arrived in batch:
+                for meter, ts, values in self.decode(msg):
+                    if ts is None:
+                        # Stamped on arrival, and at least 1 ms after this meter's previous one: a backlog the
+                        # broker delivers at once (after a restart) keeps every message, in order.
+                        ts = max(arrived, self._last_arrival.get(meter, 0) + 1)
+                        self._last_arrival[meter] = ts
+                    # Messages with their own time: Shelly's em:0 and emdata:0 of one instant become one reading.
                     merged.setdefault((meter, ts), {}).update(values)
             readings = sorted((Reading(m, ts, v) for (m, ts), v in merged.items()), key=lambda r: r.ts_ms)
             if readings:
                 await emit(readings)
             # Committed (or counted as dropped by the queue): only now may the broker forget them.
-            for msg in batch:
+            for msg, _ in batch:
                 if msg.qos:
                     client.ack(msg.mid, msg.qos)
 

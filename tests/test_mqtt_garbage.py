@@ -1,0 +1,119 @@
+"""Garbage on the wire never hurts: hypothesis-generated payloads interleaved with valid messages.
+
+Directly through the decoders (many examples, fast), then through a real broker into the queue: every valid
+message becomes exactly one reading, every other one is counted and nothing of it is queued, nothing crashes, and
+memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import tracemalloc
+from zoneinfo import ZoneInfo
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.config.mqtt import Subscription
+from gateway.mqtt.formats import BadMessage, Decoder, Ignored
+from gateway.quantities import Quantity as Q
+from gateway.queue import DiskQueue
+from tests.helpers.mosquitto import Mosquitto
+from tests.helpers.rig import until
+from tests.test_mqtt_source import Publisher, config, running, source, stop_source, wait_readings
+
+SUBS = [
+    Subscription(name="plc", broker="b", topic="plc/+/data", meter_level=2, format="json",
+                 values={Q.POWER_ACTIVE_TOTAL: {"path": "P"}, Q.ENERGY_IMPORT_TOTAL: {"path": "E.imp", "scale": 1000}},
+                 timestamp={"path": "ts"}),  # type: ignore[arg-type]
+    Subscription(name="plugs", broker="b", topic="tele/+/SENSOR", meter_level=2, format="tasmota"),
+    Subscription(name="shelly", broker="b", topic="shelly/events/rpc", meter="plc1", format="shelly_gen2"),
+    Subscription(name="heat", broker="b", topic="heat/value", meter="plc1", format="value"),
+]
+DECODERS = [Decoder(s, ZoneInfo("Europe/Dublin"), {"plc1", "kitchen"}) for s in SUBS]
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True, allow_infinity=True) | st.integers() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=30,
+)
+garbage = st.one_of(
+    st.binary(max_size=300),
+    json_values.map(lambda v: json.dumps(v, allow_nan=True).encode()),
+    st.dictionaries(st.sampled_from(["P", "E", "ts", "ENERGY", "Time", "params", "method"]), json_values,
+                    max_size=4).map(lambda d: json.dumps(d, allow_nan=True).encode()),
+    st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n),
+    st.sampled_from([b"NaN", b"inf", b"-Infinity", b"", b"   ", b"1e999", b'{"P": 1e308, "E": {"imp": 1e308}}']),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=garbage, which=st.integers(0, len(SUBS) - 1))
+def test_a_decoder_turns_any_payload_into_finite_readings_or_a_counted_reason(payload: bytes, which: int) -> None:
+    dec = DECODERS[which]
+    topic = {"plc": "plc/plc1/data", "plugs": "tele/kitchen/SENSOR", "shelly": "shelly/events/rpc",
+             "heat": "heat/value"}[dec.sub.name]
+    try:
+        out = dec.decode(topic, payload)
+    except (BadMessage, Ignored) as e:
+        if isinstance(e, BadMessage):
+            assert e.reason in {"not_json", "too_deep", "wrong_type", "not_finite", "missing_fields",
+                                "bad_timestamp", "not_a_number", "unknown_meter"}
+            if len(payload) > 10:  # the reason never echoes a payload (a short one may equal a word such as 'inf')
+                assert payload.decode("utf-8", "replace")[:40] not in str(e)
+        return
+    for meter, ts, values in out:
+        assert meter == "plc1" or meter == "kitchen"
+        assert values and all(math.isfinite(v) for v in values.values())
+        assert ts is None or 946_684_800_000 <= ts <= 4_102_444_800_000
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(junk=st.lists(garbage, min_size=20, max_size=40))
+def test_through_a_broker_every_valid_message_is_one_reading_and_garbage_is_only_counted(
+        broker: Mosquitto, tmp_path_factory: object, junk: list[bytes]) -> None:
+    asyncio.run(_through_broker(broker, junk))
+
+
+async def _through_broker(broker: Mosquitto, junk: list[bytes]) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from gateway.queue import QueueStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        queue = DiskQueue(QueueStore(Path(tmp) / "q.db"), lazy_commit=0.01)
+        await queue.start()
+        cfg = config(broker, """\
+  - {name: plc, broker: site, topic: plc/+/data, meter_level: 2, values: {power_active_total: P},
+     timestamp: {path: ts}}
+""", ["plc1"])
+        src = source(cfg)
+        tracemalloc.start()
+        task, stop = await running(src, queue)
+        pub = Publisher(broker, "fuzzer")
+        try:
+            base = 1_782_907_200
+            for i, payload in enumerate(junk):
+                pub.publish("plc/plc1/data", payload)
+                pub.publish("plc/plc1/data", json.dumps({"P": i, "ts": base + i}))
+            readings = await wait_readings(queue, "plc1", len(junk))
+            await until(lambda: src.subscriptions()["plc"]["messages"] >= 2 * len(junk))
+        finally:
+            pub.close()
+            await stop_source(task, stop)
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            await queue.stop()
+    # Garbage that happens to be a valid message (a dict with a numeric P and a good ts) is a reading too; it can
+    # only add readings at its own times, never replace the numbered ones.
+    numbered = {int(r.values[Q.POWER_ACTIVE_TOTAL]) for r in readings if r.ts_ms % 1000 == 0
+                and r.ts_ms // 1000 - base == r.values[Q.POWER_ACTIVE_TOTAL]}
+    assert numbered == set(range(len(junk)))
+    counts = src.subscriptions()["plc"]
+    assert counts["messages"] == 2 * len(junk)
+    assert counts["readings"] + counts.get("bad", 0) + counts.get("ignored", 0) == 2 * len(junk)
+    assert peak < 20 * 1024 * 1024, f"peak {peak} bytes while decoding {len(junk)} garbage messages"
