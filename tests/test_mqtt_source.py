@@ -397,3 +397,31 @@ def test_a_subscription_that_names_no_meter_or_a_bad_filter_is_a_config_error(br
     assert "subscriptions[c].meter: no meter named 'plc' of type mqtt" in text
     assert "subscriptions[c].values: required for format: json" in text
 
+
+
+async def test_a_broker_without_tls(tmp_path: Path, queue: DiskQueue) -> None:
+    from tests.helpers.mosquitto import MOSQUITTO
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (CI installs it)")
+    with Mosquitto(tmp_path / "plain", tls=False).start() as plain:
+        cfg = load_config_text(f"""\
+brokers: [{{name: site, host: 127.0.0.1, port: {plain.port}, username: gateway, password: {plain.users['gateway']}}}]
+subscriptions: [{{name: heat, broker: site, topic: heat/value, meter: heat, format: value}}]
+meters: [{{name: heat, type: mqtt}}]
+sinks: [{{name: out, type: stdout}}]
+""", "plain.yaml")
+        assert not cfg.brokers[0].uses_tls and cfg.brokers[0].effective_port == plain.port
+        task, stop = await running(source(cfg), queue)
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="plain-device")
+        pub.username_pw_set("watcher", plain.users["watcher"])
+        pub.connect("127.0.0.1", plain.port)
+        pub.loop_start()
+        pub.publish("heat/value", "42.5", qos=1).wait_for_publish(5)
+        try:
+            (reading,) = await wait_readings(queue, "heat", 1)
+        finally:
+            pub.disconnect()
+            pub.loop_stop()
+            await stop_source(task, stop)
+    assert reading.values == {Q.VALUE: 42.5}
