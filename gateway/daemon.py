@@ -225,7 +225,8 @@ class Gateway:
         old, self.config = self.config, new
         await self._start_forwarders()
         # Meters compare with their resolved registers, so an edited profile file counts as a change too.
-        if new.meters != old.meters or new.site != old.site or new.buses != old.buses:
+        if (new.meters, new.site, new.buses, new.brokers, new.subscriptions) != (
+                old.meters, old.site, old.buses, old.brokers, old.subscriptions):
             await self._stop_sources()
             self._start_sources()
         self.notify.send("READY=1", f"STATUS=running: {len(new.meters)} meters, {len(self.forwarders)} sinks")

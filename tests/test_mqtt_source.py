@@ -425,3 +425,21 @@ sinks: [{{name: out, type: stdout}}]
             pub.loop_stop()
             await stop_source(task, stop)
     assert reading.values == {Q.VALUE: 42.5}
+
+
+async def test_an_unreachable_broker_is_logged_once(queue: DiskQueue) -> None:
+    from tests.helpers.mosquitto import free_port
+
+    cfg = load_config_text(f"""\
+brokers: [{{name: site, host: 127.0.0.1, port: {free_port()}}}]
+subscriptions: [{{name: heat, broker: site, topic: heat/value, meter: heat, format: value}}]
+meters: [{{name: heat, type: mqtt}}]
+sinks: [{{name: out, type: stdout}}]
+""", "down.yaml")
+    src = source(cfg)
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(src.run(queue.append, stop))
+        await asyncio.sleep(3.5)  # several attempts, with backoff
+        await stop_source(task, stop)
+    assert [e["event"] for e in logs] == ["cannot reach the broker: retrying (messages wait at the broker)"]

@@ -103,6 +103,7 @@ class MqttSource:
         self._connected = False
         self._down_since: float | None = time.monotonic()
         self._refused_logged = False
+        self._unreachable_logged = False
         self._ever_connected = False
 
     # ------------------------------------------------------------ paho's thread
@@ -120,6 +121,9 @@ class MqttSource:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self._call(self._down, str(reason))
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._call(self._unreachable)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
@@ -147,6 +151,7 @@ class MqttSource:
     def _up(self, session_present: bool) -> None:
         self._connected = True
         self._refused_logged = False
+        self._unreachable_logged = False
         if self._down_since is not None:
             down = time.monotonic() - self._down_since
             if self._ever_connected:
@@ -157,6 +162,12 @@ class MqttSource:
             self._down_since = None
             self.on_change()
         self._ever_connected = True
+
+    def _unreachable(self) -> None:
+        if not self._unreachable_logged:
+            self._unreachable_logged = True
+            self.log.warning("cannot reach the broker: retrying (messages wait at the broker)",
+                             host=self.broker.host, port=self.broker.effective_port)
 
     def _down(self, why: str) -> None:
         if self._connected and not self._closing:
@@ -197,6 +208,7 @@ class MqttSource:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_connect_fail = self._on_connect_fail
         client.connect_async(b.host, b.effective_port, keepalive=round(b.keepalive))
         client.loop_start()
         stopping = asyncio.ensure_future(stop.wait())
