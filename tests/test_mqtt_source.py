@@ -443,3 +443,33 @@ sinks: [{{name: out, type: stdout}}]
         await asyncio.sleep(3.5)  # several attempts, with backoff
         await stop_source(task, stop)
     assert [e["event"] for e in logs] == ["cannot reach the broker: retrying (messages wait at the broker)"]
+
+
+async def test_a_broker_that_requires_a_client_certificate(tmp_path: Path, queue: DiskQueue) -> None:
+    from tests.helpers.mosquitto import MOSQUITTO
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (CI installs it)")
+    with Mosquitto(tmp_path / "mtls", require_client_cert=True).start() as b:
+        cfg = load_config_text(f"""\
+brokers:
+  - {{name: site, host: 127.0.0.1, port: {b.port}, ca_file: {b.ca_file}, client_cert: {b.client_cert},
+     client_key: {b.client_key}, username: gateway, password: {b.users['gateway']}}}
+subscriptions: [{{name: heat, broker: site, topic: heat/value, meter: heat, format: value}}]
+meters: [{{name: heat, type: mqtt}}]
+sinks: [{{name: out, type: stdout}}]
+""", "mtls.yaml")
+        task, stop = await running(source(cfg), queue)
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="mtls-device")
+        pub.username_pw_set("watcher", b.users["watcher"])
+        pub.tls_set(ca_certs=str(b.ca_file), certfile=str(b.client_cert), keyfile=str(b.client_key))
+        pub.connect("127.0.0.1", b.port)
+        pub.loop_start()
+        pub.publish("heat/value", "7.25", qos=1).wait_for_publish(5)
+        try:
+            (reading,) = await wait_readings(queue, "heat", 1)
+        finally:
+            pub.disconnect()
+            pub.loop_stop()
+            await stop_source(task, stop)
+    assert reading.values == {Q.VALUE: 7.25}
