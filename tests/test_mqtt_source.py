@@ -55,10 +55,12 @@ def source(cfg: GatewayConfig) -> MqttSource:
 class Publisher:
     """A device publishing to the broker; ``publish`` returns once the broker acknowledged (QoS 1)."""
 
-    def __init__(self, broker: Mosquitto, client_id: str = "device") -> None:
+    def __init__(self, broker: Mosquitto, client_id: str = "device", client_cert: bool = False) -> None:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         self.client.username_pw_set("watcher", broker.users["watcher"])
-        self.client.tls_set(ca_certs=str(broker.ca_file))
+        if broker.tls:
+            cert = (str(broker.client_cert), str(broker.client_key)) if client_cert else (None, None)
+            self.client.tls_set(ca_certs=str(broker.ca_file), certfile=cert[0], keyfile=cert[1])
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
@@ -71,6 +73,39 @@ class Publisher:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class NumberedDevice:
+    """A device in a thread publishing ``{"n": i, "ts": <now in ms> + i}`` on plc/plc1/data (QoS 1) until stopped;
+    ``accepted`` holds the numbers the broker acknowledged (a publish while it restarts is not accepted). Times are
+    recent: readings older than the queue's max_age (30 days) would be evicted, counted and logged, not delivered."""
+
+    def __init__(self, broker: Mosquitto, client_id: str, pause: float, timeout: float) -> None:
+        self.base_ms = round(time.time() * 1000)
+        self.accepted: list[int] = []
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(broker, client_id, pause, timeout))
+
+    def _run(self, broker: Mosquitto, client_id: str, pause: float, timeout: float) -> None:
+        pub = Publisher(broker, client_id)
+        i = 0
+        while not self.done.is_set():
+            try:
+                if pub.publish("plc/plc1/data", json.dumps({"n": i, "ts": self.base_ms + i}), timeout=timeout):
+                    self.accepted.append(i)
+            except RuntimeError:  # paho: not connected (the broker is restarting): not accepted
+                pass
+            i += 1
+            time.sleep(pause)
+        pub.close()
+
+    def start(self) -> NumberedDevice:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.done.set()
+        self._thread.join(10)
 
 
 async def running(src: MqttSource, queue: DiskQueue) -> tuple[asyncio.Task[None], asyncio.Event]:
@@ -280,33 +315,17 @@ async def test_a_broker_restart_mid_stream_loses_no_message_the_broker_accepted(
 """, ["plc1"])
     src = source(cfg)
     task, stop = await running(src, queue)
-    accepted: list[int] = []
-    done = threading.Event()
-
-    def device() -> None:
-        pub = Publisher(broker, "device-restart")
-        i = 0
-        while not done.is_set():
-            try:
-                if pub.publish("plc/plc1/data", json.dumps({"n": i, "ts": 1782907200 + i}), timeout=2):
-                    accepted.append(i)
-            except RuntimeError:  # paho: not connected (the broker is restarting): not accepted
-                pass
-            i += 1
-            time.sleep(0.01)
-        pub.close()
-
-    thread = threading.Thread(target=device)
+    device = NumberedDevice(broker, "device-restart", pause=0.01, timeout=2)
     with structlog.testing.capture_logs() as logs:
-        thread.start()
+        device.start()
         await asyncio.sleep(1.0)
         broker.stop()
         await asyncio.sleep(1.0)
         broker.start()
         await until(lambda: src._connected, within=20)
         await asyncio.sleep(2.0)
-        done.set()
-        await asyncio.to_thread(thread.join, 10)
+        await asyncio.to_thread(device.stop)
+        accepted = device.accepted
         try:
             readings = await wait_readings(queue, "plc1", len(accepted), within=20)
         finally:
@@ -399,31 +418,49 @@ def test_a_subscription_that_names_no_meter_or_a_bad_filter_is_a_config_error(br
 
 
 
-async def test_a_broker_without_tls(tmp_path: Path, queue: DiskQueue) -> None:
+HEAT = """\
+subscriptions: [{name: heat, broker: site, topic: heat/value, meter: heat, format: value}]
+meters: [{name: heat, type: mqtt}]
+sinks: [{name: out, type: stdout}]
+"""
+
+
+async def one_value(broker_line: str, pub: Publisher, queue: DiskQueue) -> tuple[GatewayConfig, Reading]:
+    """The reading a heat meter's plain-number message becomes, through the broker ``broker_line`` describes."""
+    cfg = load_config_text(f"brokers: [{broker_line}]\n{HEAT}", "heat.yaml")
+    task, stop = await running(source(cfg), queue)
+    try:
+        pub.publish("heat/value", "42.5")
+        (reading,) = await wait_readings(queue, "heat", 1)
+    finally:
+        pub.close()
+        await stop_source(task, stop)
+    return cfg, reading
+
+
+def _need_mosquitto() -> None:
     from tests.helpers.mosquitto import MOSQUITTO
 
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed (CI installs it)")
-    with Mosquitto(tmp_path / "plain", tls=False).start() as plain:
-        cfg = load_config_text(f"""\
-brokers: [{{name: site, host: 127.0.0.1, port: {plain.port}, username: gateway, password: {plain.users['gateway']}}}]
-subscriptions: [{{name: heat, broker: site, topic: heat/value, meter: heat, format: value}}]
-meters: [{{name: heat, type: mqtt}}]
-sinks: [{{name: out, type: stdout}}]
-""", "plain.yaml")
-        assert not cfg.brokers[0].uses_tls and cfg.brokers[0].effective_port == plain.port
-        task, stop = await running(source(cfg), queue)
-        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="plain-device")
-        pub.username_pw_set("watcher", plain.users["watcher"])
-        pub.connect("127.0.0.1", plain.port)
-        pub.loop_start()
-        pub.publish("heat/value", "42.5", qos=1).wait_for_publish(5)
-        try:
-            (reading,) = await wait_readings(queue, "heat", 1)
-        finally:
-            pub.disconnect()
-            pub.loop_stop()
-            await stop_source(task, stop)
+
+
+async def test_a_broker_without_tls(tmp_path: Path, queue: DiskQueue) -> None:
+    _need_mosquitto()
+    with Mosquitto(tmp_path / "plain", tls=False).start() as b:
+        cfg, reading = await one_value(
+            f"{{name: site, host: 127.0.0.1, port: {b.port}, username: gateway, password: {b.users['gateway']}}}",
+            Publisher(b, "plain-device"), queue)
+    assert not cfg.brokers[0].uses_tls and reading.values == {Q.VALUE: 42.5}
+
+
+async def test_a_broker_that_requires_a_client_certificate(tmp_path: Path, queue: DiskQueue) -> None:
+    _need_mosquitto()
+    with Mosquitto(tmp_path / "mtls", require_client_cert=True).start() as b:
+        _, reading = await one_value(
+            f"{{name: site, host: 127.0.0.1, port: {b.port}, ca_file: {b.ca_file}, client_cert: {b.client_cert},"
+            f" client_key: {b.client_key}, username: gateway, password: {b.users['gateway']}}}",
+            Publisher(b, "mtls-device", client_cert=True), queue)
     assert reading.values == {Q.VALUE: 42.5}
 
 
@@ -443,33 +480,3 @@ sinks: [{{name: out, type: stdout}}]
         await asyncio.sleep(3.5)  # several attempts, with backoff
         await stop_source(task, stop)
     assert [e["event"] for e in logs] == ["cannot reach the broker: retrying (messages wait at the broker)"]
-
-
-async def test_a_broker_that_requires_a_client_certificate(tmp_path: Path, queue: DiskQueue) -> None:
-    from tests.helpers.mosquitto import MOSQUITTO
-
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (CI installs it)")
-    with Mosquitto(tmp_path / "mtls", require_client_cert=True).start() as b:
-        cfg = load_config_text(f"""\
-brokers:
-  - {{name: site, host: 127.0.0.1, port: {b.port}, ca_file: {b.ca_file}, client_cert: {b.client_cert},
-     client_key: {b.client_key}, username: gateway, password: {b.users['gateway']}}}
-subscriptions: [{{name: heat, broker: site, topic: heat/value, meter: heat, format: value}}]
-meters: [{{name: heat, type: mqtt}}]
-sinks: [{{name: out, type: stdout}}]
-""", "mtls.yaml")
-        task, stop = await running(source(cfg), queue)
-        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="mtls-device")
-        pub.username_pw_set("watcher", b.users["watcher"])
-        pub.tls_set(ca_certs=str(b.ca_file), certfile=str(b.client_cert), keyfile=str(b.client_key))
-        pub.connect("127.0.0.1", b.port)
-        pub.loop_start()
-        pub.publish("heat/value", "7.25", qos=1).wait_for_publish(5)
-        try:
-            (reading,) = await wait_readings(queue, "heat", 1)
-        finally:
-            pub.disconnect()
-            pub.loop_stop()
-            await stop_source(task, stop)
-    assert reading.values == {Q.VALUE: 7.25}
