@@ -69,10 +69,10 @@ def finite(v: float, where: str) -> float:
     return v
 
 
-def lookup(doc: object, path: str) -> object:
-    """``ENERGY.Power`` or ``Power.0``: the value at a dotted path; KeyError when absent."""
+def lookup(doc: object, path: str | tuple[str, ...]) -> object:
+    """``ENERGY.Power`` or ``Power.0`` (or the path already split): the value there; KeyError when absent."""
     cur = doc
-    for part in path.split("."):
+    for part in path.split(".") if isinstance(path, str) else path:
         if isinstance(cur, dict):
             cur = cur[part]
         elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
@@ -121,6 +121,8 @@ class Decoder:
         self.sub = sub
         self.tz = tz
         self.meters = meters
+        # Paths split once, not at every message.
+        self._paths = [(q, tuple(m.path.split(".")), m) for q, m in (sub.values or {}).items()]
         self._decode: Callable[[str, bytes], list[tuple[int | None, Values]]] = {
             "json": self._json, "value": self._value, "tasmota": self._tasmota, "shelly_gen2": self._shelly,
         }[sub.format]
@@ -160,9 +162,9 @@ class Decoder:
     def _json(self, topic: str, payload: bytes) -> list[tuple[int | None, Values]]:
         doc = parse_json(payload)
         values: Values = {}
-        for q, m in (self.sub.values or {}).items():
+        for q, path, m in self._paths:
             try:
-                raw = lookup(doc, m.path)
+                raw = lookup(doc, path)
             except KeyError:
                 continue
             v = number(raw, m.path)

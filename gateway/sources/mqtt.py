@@ -95,6 +95,7 @@ class MqttSource:
         self.log = log.bind(broker=broker.name)
         self._inbox: deque[tuple[mqtt.MQTTMessage, int]] = deque()
         self._last_arrival: dict[str, int] = {}
+        self._by_topic: dict[str, SubscriptionState | None] = {}
         self._closing = False
         self._lock = threading.Lock()
         self._wake: asyncio.Event | None = None
@@ -176,13 +177,22 @@ class MqttSource:
             self.log.warning("broker connection lost: reconnecting (the broker keeps our messages)", reason=why)
             self.on_change()
 
+    def _state_for(self, topic: str) -> SubscriptionState | None:
+        # A device publishes on the same few topics again and again: match each topic against the filters once.
+        try:
+            return self._by_topic[topic]
+        except KeyError:
+            state = next((s for s in self.subs if mqtt.topic_matches_sub(s.sub.topic, topic)), None)
+            if len(self._by_topic) < 10_000:  # bounded: a flood of distinct topics costs matching, not memory
+                self._by_topic[topic] = state
+            return state
+
     def decode(self, msg: mqtt.MQTTMessage) -> Decoded:
         """Readings of one message, for the first subscription whose filter matches its topic (times may be None:
         the message carries none of its own)."""
         topic = msg.topic
-        for state in self.subs:
-            if not mqtt.topic_matches_sub(state.sub.topic, topic):
-                continue
+        state = self._state_for(topic)
+        if state is not None:
             state.counts["messages"] += 1
             if len(msg.payload) > self.broker.max_payload:
                 state.bad(topic, BadMessage("too_large", f"{len(msg.payload)} bytes, more than max_payload"))
