@@ -480,3 +480,36 @@ sinks: [{{name: out, type: stdout}}]
         await asyncio.sleep(3.5)  # several attempts, with backoff
         await stop_source(task, stop)
     assert [e["event"] for e in logs] == ["cannot reach the broker: retrying (messages wait at the broker)"]
+
+
+async def test_qos0_messages_beyond_the_inbox_limit_are_dropped_counted_and_logged(
+        broker: Mosquitto, queue: DiskQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.sources.mqtt as source_module
+
+    monkeypatch.setattr(source_module, "INBOX_LIMIT", 5)
+    cfg = config(broker, "  - {name: heat, broker: site, topic: heat/value, meter: heat, format: value, qos: 0}\n",
+                 ["heat"])
+    src = source(cfg)
+    gate = asyncio.Event()
+
+    async def slow_emit(readings: list[Reading]) -> object:  # a disk that stalls while messages pour in
+        await gate.wait()
+        return await queue.append(readings)
+
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(src.run(slow_emit, stop))  # type: ignore[arg-type]
+        await until(lambda: src._connected, within=10)
+        await asyncio.sleep(0.3)
+        pub = Publisher(broker, "qos0-device")
+        for i in range(50):
+            pub.publish("heat/value", str(i), qos=0)
+        pub.close()
+        await asyncio.sleep(0.5)
+        gate.set()
+        await until(lambda: src.subscriptions()["heat"].get("readings", 0) + src.dropped == 50)
+        await stop_source(task, stop)
+    assert src.dropped > 0
+    assert len(await queued(queue, "heat")) == 50 - src.dropped
+    dropped = [e for e in logs if e["event"].startswith("QoS 0 messages dropped")]
+    assert dropped and dropped[0]["log_level"] == "warning"

@@ -91,7 +91,9 @@ class MqttSource:
         self.subs = [SubscriptionState(s, Decoder(s, tz, meters)) for s in subs]
         self.clock = clock
         self.on_change: Callable[[], None] = lambda: None
+        #: QoS 0 messages dropped because more than INBOX_LIMIT were waiting (counted and logged).
         self.dropped = 0
+        self._dropped_reported = 0
         self.log = log.bind(broker=broker.name)
         self._inbox: deque[tuple[mqtt.MQTTMessage, int]] = deque()
         self._last_arrival: dict[str, int] = {}
@@ -256,6 +258,8 @@ class MqttSource:
                         self._last_arrival[meter] = ts
                     # Messages with their own time: Shelly's em:0 and emdata:0 of one instant become one reading.
                     merged.setdefault((meter, ts), {}).update(values)
+            if self.dropped != self._dropped_reported:
+                self._report_dropped()
             readings = sorted((Reading(m, ts, v) for (m, ts), v in merged.items()), key=lambda r: r.ts_ms)
             if readings:
                 await emit(readings)
@@ -263,6 +267,13 @@ class MqttSource:
             for msg, _ in batch:
                 if msg.qos:
                     client.ack(msg.mid, msg.qos)
+
+    def _report_dropped(self) -> None:
+        n = self.dropped - self._dropped_reported
+        (self.log.warning if self._dropped_reported == 0 else self.log.debug)(
+            "QoS 0 messages dropped: more were waiting than the gateway could take (subscribe with qos: 1, so the"
+            " broker holds them instead)", dropped=n, total=self.dropped)
+        self._dropped_reported = self.dropped
 
     def health(self) -> dict[str, dict[str, object]]:
         return {}
