@@ -124,6 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from gateway.config.modbus import ModbusMeter
+    from gateway.config.models import MqttMeter
     from gateway.daemon import queue_path
     from gateway.modbus import tools
     from gateway.mqtt.tools import describe_broker, describe_subscription
@@ -149,7 +150,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"meters:  {len(c.meters)}")
     for m in c.meters:
         where = f", {m.describe()}" if isinstance(m, ModbusMeter) else ""
-        print(f"  {m.name:<20} {m.type} {m.model}{where}, every {format_duration(m.interval)}")
+        every = "" if isinstance(m, MqttMeter) else f", every {format_duration(m.interval)}"
+        print(f"  {m.name:<20} {m.type} {m.model}{where}{every}")
         if isinstance(m, ModbusMeter):
             for line in tools.describe_plan(m, buses[m.bus]):
                 print(f"  {'':<20} {line}")

@@ -42,7 +42,7 @@ def _sentinels(value: object) -> object:
     return [value] if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-def _nonzero(v: float) -> float:
+def nonzero(v: float) -> float:
     if v == 0:
         raise ValueError("must not be 0 (a scale of 0 turns every value into the offset)")
     return v
@@ -63,7 +63,7 @@ class RegisterSpec(Strict):
     function: Function | None = None
     type: RegisterType | None = None
     word_order: WordOrder | None = None
-    scale: Annotated[float, AfterValidator(_nonzero)] = 1.0
+    scale: Annotated[float, AfterValidator(nonzero)] = 1.0
     offset: float = 0.0
     #: Raw patterns (the register's words as one unsigned number) meaning "not available", e.g. 0xFFFFFFFF.
     not_available: Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_sentinels)] = Field(

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 
 from gateway.config.common import MeterBase, Name, PositiveDuration, Size, Strict, check_ca_file, check_value_unit
-from gateway.config.modbus import QuantityName
+from gateway.config.modbus import QuantityName, nonzero
 
 FORMATS = ("json", "value", "tasmota", "shelly_gen2")
 
@@ -64,7 +64,7 @@ class ValueMapping(Strict):
     index: ``Power.0``), and how to bring it to the quantity's unit."""
 
     path: Annotated[str, Field(min_length=1)]
-    scale: float = 1.0
+    scale: Annotated[float, AfterValidator(nonzero)] = 1.0
     offset: float = 0.0
 
 
@@ -100,7 +100,7 @@ class Subscription(Strict):
     timestamp: TimestampSpec | None = None
     #: ``value``: the quantity a plain number payload is, and how to scale it.
     quantity: QuantityName | None = None
-    scale: float = 1.0
+    scale: Annotated[float, AfterValidator(nonzero)] = 1.0
     offset: float = 0.0
     qos: Literal[0, 1, 2] = 1
 
