@@ -29,7 +29,8 @@ TZ = "Europe/Dublin"
 
 
 def config(broker: Mosquitto, subscriptions: str, meters: list[str], password: str | None = None) -> GatewayConfig:
-    meter_lines = "".join(f"  - {{name: {m}, type: mqtt}}\n" for m in meters)
+    meter_lines = "".join(f"  - {{name: {m}, type: mqtt{', value_unit: kWh' if m == 'heat' else ''}}}\n"
+                          for m in meters)
     return load_config_text(f"""\
 site: {{name: test, timezone: {TZ}}}
 brokers:
@@ -415,12 +416,15 @@ def test_a_subscription_that_names_no_meter_or_a_bad_filter_is_a_config_error(br
     assert "subscriptions[b].topic: 'tele/x#/SENSOR' is not a valid filter" in text
     assert "subscriptions[c].meter: no meter named 'plc' of type mqtt" in text
     assert "subscriptions[c].values: required for format: json" in text
+    with pytest.raises(ConfigError) as e:
+        config(broker, "  - {name: v, broker: site, topic: a/b, meter: gas, format: value}\n", ["gas"])
+    assert "subscriptions[v].meter: meter 'gas' gets a single value: give it value_unit" in "\n".join(e.value.problems)
 
 
 
 HEAT = """\
 subscriptions: [{name: heat, broker: site, topic: heat/value, meter: heat, format: value}]
-meters: [{name: heat, type: mqtt}]
+meters: [{name: heat, type: mqtt, value_unit: kWh}]
 sinks: [{name: out, type: stdout}]
 """
 
@@ -470,7 +474,7 @@ async def test_an_unreachable_broker_is_logged_once(queue: DiskQueue) -> None:
     cfg = load_config_text(f"""\
 brokers: [{{name: site, host: 127.0.0.1, port: {free_port()}}}]
 subscriptions: [{{name: heat, broker: site, topic: heat/value, meter: heat, format: value}}]
-meters: [{{name: heat, type: mqtt}}]
+meters: [{{name: heat, type: mqtt, value_unit: kWh}}]
 sinks: [{{name: out, type: stdout}}]
 """, "down.yaml")
     src = source(cfg)

@@ -141,8 +141,13 @@ class GatewayConfig(Strict):
         broker_names = {b.name for b in self.brokers}
         for i, b in enumerate(self.brokers):
             problems += [(("brokers", i, *path), msg) for path, msg in b.problems()]
+        value_units = {m.name: m.value_unit for m in self.meters if isinstance(m, MqttMeter)}
         for i, sub in enumerate(self.subscriptions):
             problems += [(("subscriptions", i, *path), msg) for path, msg in sub.problems(broker_names, mqtt_meters)]
+            if sub.meter is not None and sub.meter in value_units and value_units[sub.meter] is None \
+                    and sub.reads_value:
+                problems.append((("subscriptions", i, "meter"), f"meter '{sub.meter}' gets a single value: give it"
+                                                                " value_unit (m3, l, kWh, degC, ...)"))
         for i, bus in enumerate(self.buses):
             if isinstance(bus, SerialBus | RtuOverTcpBus):
                 problems += [(("buses", i, *path), msg) for path, msg in bus.timing_problems()]

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 
 from gateway.config.common import MeterBase, Name, PositiveDuration, Size, Strict, check_ca_file, check_value_unit
 from gateway.config.modbus import QuantityName, nonzero
+from gateway.quantities import Quantity
 
 FORMATS = ("json", "value", "tasmota", "shelly_gen2")
 
@@ -103,6 +104,13 @@ class Subscription(Strict):
     scale: Annotated[float, AfterValidator(nonzero)] = 1.0
     offset: float = 0.0
     qos: Literal[0, 1, 2] = 1
+
+    @property
+    def reads_value(self) -> bool:
+        """Whether messages give the single-value quantity ``value`` (whose unit the meter must declare)."""
+        if self.format == "value":
+            return self.quantity in (None, Quantity.VALUE)
+        return self.format == "json" and Quantity.VALUE in (self.values or {})
 
     def problems(self, brokers: set[str], meters: set[str]) -> list[tuple[tuple[str, ...], str]]:
         out: list[tuple[tuple[str, ...], str]] = []
