@@ -15,6 +15,7 @@ from tests.helpers.wattics_emulator import WatticsEmulator
 WATTICS_PW = "W4ttics-Secret-pw"
 MQTT_PW = "Mqtt-Secret-pw-77"
 API_SECRET = "Api-Client-Secret-99"
+SOURCE_BROKER_PW = "Source-Broker-pw-31"
 
 
 def test_no_secret_in_any_log_line_or_error(broker: Mosquitto, tmp_path: Path) -> None:
@@ -23,8 +24,13 @@ def test_no_secret_in_any_log_line_or_error(broker: Mosquitto, tmp_path: Path) -
     config = tmp_path / "config.yaml"
     config.write_text(f"""\
 state_dir: {tmp_path}
+brokers:  # meters publishing to a broker that refuses this password
+  - {{name: site, host: 127.0.0.1, port: {broker.port}, ca_file: {broker.ca_file}, username: gateway,
+     password: {SOURCE_BROKER_PW}}}
+subscriptions: [{{name: heat, broker: site, topic: heat/value, meter: heat, format: value}}]
 meters:
   - {{name: a, type: simulated, interval: 200ms}}
+  - {{name: heat, type: mqtt, value_unit: kWh}}
 sinks:
   - name: wattics
     type: wattics
@@ -46,7 +52,8 @@ sinks:
         d.stop()
     logs = "".join(d.raw)
     assert "Wattics refuses the credentials" in logs
-    assert "the broker refused the connection" in logs
+    assert "the broker refused the connection" in logs  # the Voltaware sink's broker
+    assert "broker refused the connection (credentials, client id?)" in logs  # the MQTT source's broker
     verify = subprocess.run([sys.executable, "-m", "gateway", "verify", "-c", str(config)], capture_output=True,
                             text=True, timeout=60)
     assert verify.returncode == 1  # the API refuses the client secret: said, without the secret
@@ -56,7 +63,7 @@ sinks:
                          text=True)
     assert bad.returncode == 2 and "sinks[wattics].password" in bad.stderr
     everything = logs + bad.stdout + bad.stderr + verify.stdout + verify.stderr
-    for secret in (WATTICS_PW, MQTT_PW, API_SECRET):
+    for secret in (WATTICS_PW, MQTT_PW, API_SECRET, SOURCE_BROKER_PW):
         assert secret not in everything
     wattics.stop()
     api.stop()
