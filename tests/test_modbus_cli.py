@@ -207,3 +207,16 @@ async def test_scan_on_a_serial_line(tmp_path: Path) -> None:
     assert rc == 0, err
     assert out.startswith("unit 2: answers; fits eastron_sdm630"), out
     assert f"  - {{name: rs485, type: serial, port: {gateway_end}, baudrate: 9600, parity: N, stopbits: 1}}" in out
+
+
+async def test_scan_through_an_rtu_over_tcp_converter() -> None:
+    meters = [SimMeter(5, profiles()["carlo_gavazzi_em340"].points, three_phase)]
+    server = await MeterServer(meters).start_tcp(framer="rtu")
+    try:
+        rc, out, err = await cli("scan", "--host", "127.0.0.1", "--port", str(server.port), "--rtu-over-tcp",
+                                 "--units", "4-6", "--timeout", "200ms")
+    finally:
+        await server.stop()
+    assert rc == 0, err
+    assert out.startswith("unit 5: answers; fits carlo_gavazzi_em340"), out
+    assert f"  - {{name: converter, type: rtu_over_tcp, host: 127.0.0.1, port: {server.port}}}" in out
