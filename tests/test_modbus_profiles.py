@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from gateway.config import load_config_text
 from gateway.config.modbus import ModbusMeter, TcpBus
 from gateway.errors import ConfigError
 from gateway.modbus.bus import Bus
+from gateway.modbus.profiles import meter_for
 from gateway.modbus.registers import Point
 from gateway.modbus.simulator import MeterServer, SimMeter
 from gateway.quantities import Quantity as Q
@@ -66,10 +68,8 @@ async def read_once(server: MeterServer, unit: int, meter: ModbusMeter) -> dict[
     return dict(reading.values)
 
 
-def meter_for(profile: str, unit: int = 7) -> ModbusMeter:
-    p = profiles()[profile]
-    return ModbusMeter(name="m", type="modbus", bus="b", unit=unit, profile=profile).resolved(
-        p.points, p.spec.kind, p.spec.value_unit)
+def meter(profile: str, unit: int = 7, quantities: Iterable[Q] | None = None) -> ModbusMeter:
+    return meter_for(profiles()[profile], "m", unit, bus="b", quantities=quantities)
 
 
 @pytest.mark.parametrize("name", sorted(profiles()))
@@ -78,7 +78,7 @@ async def test_every_profile_reads_what_the_meter_holds(name: str) -> None:
     values = {pt.quantity: held(pt) for pt in p.points}
     server = await MeterServer([SimMeter(7, p.points, values)]).start_tcp()
     try:
-        got = await read_once(server, 7, meter_for(name))
+        got = await read_once(server, 7, meter(name))
     finally:
         await server.stop()
     assert set(got) == set(values), f"{name}: read {sorted(got)} but the meter holds {sorted(values)}"
@@ -141,12 +141,9 @@ SPOT_CHECKS = [
 
 @pytest.mark.parametrize(("name", "raw", "expected"), SPOT_CHECKS, ids=[s[0] for s in SPOT_CHECKS])
 async def test_profile_decodes_the_manuals_words(name: str, raw: RawMeter, expected: dict[Q, float]) -> None:
-    p = profiles()[name]
-    meter = meter_for(name, unit=1).resolved(tuple(pt for pt in p.points if pt.quantity in expected),
-                                             p.spec.kind, p.spec.value_unit)
     server = await MeterServer([raw]).start_tcp()  # type: ignore[list-item]
     try:
-        got = await read_once(server, 1, meter)
+        got = await read_once(server, 1, meter(name, 1, quantities=expected))
     finally:
         await server.stop()
     assert got == pytest.approx(expected, rel=1e-9)
@@ -158,15 +155,9 @@ async def test_not_available_nan_and_infinite_values_are_left_out() -> None:
     sdm = RawMeter(2, inputs={0x0000: [0x7FC0, 0x0000], 0x0002: [0x7F80, 0x0000], 0x0004: [0x4366, 0x6666]})
     server = await MeterServer([abb, sdm]).start_tcp()  # type: ignore[list-item]
     try:
-        b = profiles()["abb_b23"]
-        abb_meter = meter_for("abb_b23", 1).resolved(
-            tuple(p for p in b.points if p.quantity in (Q.VOLTAGE_L1, Q.VOLTAGE_L2, Q.POWER_ACTIVE_TOTAL)),
-            "three_phase", None)
+        abb_meter = meter("abb_b23", 1, quantities=(Q.VOLTAGE_L1, Q.VOLTAGE_L2, Q.POWER_ACTIVE_TOTAL))
         assert await read_once(server, 1, abb_meter) == {Q.VOLTAGE_L2: 230.0}
-        s = profiles()["eastron_sdm630"]
-        sdm_meter = meter_for("eastron_sdm630", 2).resolved(
-            tuple(p for p in s.points if p.quantity in (Q.VOLTAGE_L1, Q.VOLTAGE_L2, Q.VOLTAGE_L3)), "three_phase",
-            None)
+        sdm_meter = meter("eastron_sdm630", 2, quantities=(Q.VOLTAGE_L1, Q.VOLTAGE_L2, Q.VOLTAGE_L3))
         assert await read_once(server, 2, sdm_meter) == {Q.VOLTAGE_L3: 230.4}
     finally:
         await server.stop()

@@ -20,6 +20,7 @@ import structlog
 from gateway.config.modbus import BusBase, ModbusMeter, RtuOverTcpBus, SerialBus, TcpBus
 from gateway.modbus.bus import Bus
 from gateway.modbus.plan import Planner, plan, wire_bytes
+from gateway.modbus.profiles import meter_for
 from gateway.modbus.registers import Point
 from gateway.modbus.simulator import MeterServer, SimMeter
 from gateway.quantities import Quantity as Q
@@ -32,16 +33,12 @@ from tests.helpers.modbus import profiles, pty_pair
 SDM630 = "eastron_sdm630"
 
 
-def meter(name: str, unit: int, profile: str = SDM630, bus: str = "b", interval: float = 1.0,
-          quantities: tuple[Q, ...] | None = None) -> ModbusMeter:
-    p = profiles()[profile]
-    points = p.points if quantities is None else tuple(pt for pt in p.points if pt.quantity in quantities)
-    m = ModbusMeter(name=name, type="modbus", bus=bus, unit=unit, profile=profile, interval=f"{interval}s")
-    return m.resolved(points, p.spec.kind, p.spec.value_unit)
+def meter(name: str, unit: int, profile: str = SDM630, bus: str = "b", interval: float = 1.0) -> ModbusMeter:
+    return meter_for(profiles()[profile], name, unit, bus=bus, interval=f"{interval}s")
 
 
-def sim(unit: int, profile: str = SDM630, holes: bool = False, seed: int = 0) -> SimMeter:
-    return SimMeter(unit, profiles()[profile].points, lambda t: three_phase(t, seed), holes=holes)
+def sim(unit: int, profile: str = SDM630, holes: bool = False, seed: int = 0, delay: float = 0.0) -> SimMeter:
+    return SimMeter(unit, profiles()[profile].points, lambda t: three_phase(t, seed), holes=holes, delay=delay)
 
 
 def tcp(server: MeterServer, **kw: Any) -> TcpBus:
@@ -266,12 +263,15 @@ async def test_an_answer_with_too_few_registers_puts_no_value_from_it() -> None:
 
 
 async def test_a_tcp_bus_with_parallel_connections_reads_meters_at_once(queue: DiskQueue) -> None:
-    async with serving(*(sim(u) for u in range(1, 5))) as server:
+    # Four slow meters (3 requests of 0.1 s each per poll) behind one Modbus TCP gateway: one after the other they
+    # would take 1.2 s per tick; on four connections at once, 0.3 s.
+    async with serving(*(sim(u, delay=0.1) for u in range(1, 5))) as server:
         bus = tcp(server, max_parallel=4)
-        meters = [meter(f"m{u}", u, interval=0.5) for u in range(1, 5)]
-        await run_source(bus, meters, queue, 1.2)
-    for u in range(1, 5):
-        assert len(await queued(queue, f"m{u}")) >= 2
+        meters = [meter(f"m{u}", u, interval=2.0) for u in range(1, 5)]
+        await run_source(bus, meters, queue, 2.2)
+    last = [(await queued(queue, f"m{u}"))[-1] for u in range(1, 5)]
+    assert len({r.ts_ms // 2000 for r in last}) == 1, "all four read at the same tick"
+    assert max(r.ts_ms % 2000 for r in last) < 600, [r.ts_ms % 2000 for r in last]
 
 
 # ---------------------------------------------------------------- RTU on a serial line

@@ -165,7 +165,9 @@ class BusBase(Strict):
         return TCP_MAX_GAP
 
 
-class _SerialTiming(BusBase):
+class SerialLine(BusBase):
+    """A bus at the end of which is an RS-485 line: one request at a time, a silence between frames."""
+
     baudrate: int = 9600
     gap: Duration = DEFAULT_GAP
 
@@ -192,7 +194,7 @@ class _SerialTiming(BusBase):
         return problems
 
 
-class SerialBus(_SerialTiming):
+class SerialBus(SerialLine):
     """An RS-485 line on a serial port (a USB adapter, a HAT): one request at a time."""
 
     type: Literal["serial"]
@@ -202,7 +204,7 @@ class SerialBus(_SerialTiming):
     bytesize: Literal[7, 8] = 8
 
 
-class RtuOverTcpBus(_SerialTiming):
+class RtuOverTcpBus(SerialLine):
     """An RS-485 line behind a serial-to-TCP converter: RTU frames over TCP, still one request at a time.
 
     ``baudrate`` is the converter's serial side; it sets the default for reading across gaps and the least gap.
@@ -260,7 +262,6 @@ class ModbusMeter(MeterBase):
 
     #: Every register resolved (profile, inline, quantities filter): set when the file is loaded.
     _points: tuple[Point, ...] = PrivateAttr(default=())
-    _kind: str = PrivateAttr(default="")
 
     @property
     def points(self) -> tuple[Point, ...]:
@@ -273,10 +274,13 @@ class ModbusMeter(MeterBase):
     def describe(self) -> str:
         return f"unit {self.unit} on {self.bus}"
 
-    def resolved(self, points: tuple[Point, ...], kind: str, value_unit: str | None) -> ModbusMeter:
+    def resolved(self, points: tuple[Point, ...], value_unit: str | None) -> ModbusMeter:
         out = self.model_copy(update={"value_unit": self.value_unit or value_unit})
-        out._points, out._kind = points, kind
+        out._points = points
         return out
+
+    def effective_max_gap(self, bus: BusBase) -> int:
+        return self.max_gap if self.max_gap is not None else bus.default_max_gap()
 
 
 def meter_problems(meter: ModbusMeter, buses: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:

@@ -24,7 +24,7 @@ from gateway.config.common import (
     check_zone,
     system_timezone,
 )
-from gateway.config.modbus import BusBase, BusConfig, ModbusMeter, RtuOverTcpBus, SerialBus, meter_problems
+from gateway.config.modbus import BusBase, BusConfig, ModbusMeter, SerialLine, meter_problems
 from gateway.config.mqtt import Broker, MqttMeter, Subscription
 from gateway.config.voltaware import VoltawareSink
 from gateway.config.wattics import WatticsSink
@@ -149,7 +149,7 @@ class GatewayConfig(Strict):
                 problems.append((("subscriptions", i, "meter"), f"meter '{sub.meter}' gets a single value: give it"
                                                                 " value_unit (m3, l, kWh, degC, ...)"))
         for i, bus in enumerate(self.buses):
-            if isinstance(bus, SerialBus | RtuOverTcpBus):
+            if isinstance(bus, SerialLine):
                 problems += [(("buses", i, *path), msg) for path, msg in bus.timing_problems()]
         for i, sink in enumerate(self.sinks):
             problems += [(("sinks", i, *path), msg) for path, msg in sink.cross_check(self.meters)]

@@ -23,7 +23,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 
-from gateway.config.modbus import BusBase, RtuOverTcpBus, SerialBus, TcpBus, bus_where
+from gateway.config.modbus import BusBase, RtuOverTcpBus, SerialBus, SerialLine, TcpBus, bus_where
 from gateway.errors import ModbusBadAnswer, ModbusBusError, ModbusExceptionReply, ModbusTimeout
 from gateway.modbus.plan import Block
 
@@ -97,10 +97,9 @@ class _Connection:
     async def read(self, unit: int, block: Block) -> list[int]:
         client = await self.ensure()
         bus = self.bus
-        if bus.config.serialised:
-            silence = self.last_end + bus.gap - time.monotonic()
-            if silence > 0:
-                await asyncio.sleep(silence)
+        silence = self.last_end + bus.gap - time.monotonic()  # no gap (0) on Modbus TCP
+        if silence > 0:
+            await asyncio.sleep(silence)
         what = f"unit {unit} {block.function} 0x{block.address:04X} x{block.count}"
         bus.stats.requests += 1
         bus.stats.by_unit[unit] = bus.stats.by_unit.get(unit, 0) + 1
@@ -141,8 +140,9 @@ class Bus:
         self.config = config
         self.name = config.name
         self.where = bus_where(config)
-        self.rtu = isinstance(config, SerialBus | RtuOverTcpBus)
-        self.gap = config.gap if isinstance(config, SerialBus | RtuOverTcpBus) else 0.0
+        #: RTU framing, one request at a time and a silence between frames: an RS-485 line at the end of the wire.
+        self.rtu = isinstance(config, SerialLine)
+        self.gap = config.gap if isinstance(config, SerialLine) else 0.0
         self.stats = WireStats()
         n = config.max_parallel if isinstance(config, TcpBus) else 1
         self._free: asyncio.Queue[_Connection] = asyncio.Queue()

@@ -50,20 +50,20 @@ class Block:
         n = len(self.points)
         return f"FC{self.code} 0x{self.address:04X} x{self.count} ({n} value{'s' if n != 1 else ''}{gap}): {names}"
 
+    @functools.cached_property
+    def _decoders(self) -> tuple[tuple[Quantity, Callable[[bytes, int], float | None], int], ...]:
+        # Built once per block (a plan lives as long as its meter's poller), used at every poll.
+        return tuple((p.quantity, decoder(p), 2 * (p.address - self.address)) for p in self.points)
+
     def decode(self, words: Sequence[int]) -> dict[Quantity, float]:
         """Values of the block's points from the words answered; a value not available is left out."""
         data = registers_to_bytes(words)
         out: dict[Quantity, float] = {}
-        for point, dec, offset in _decoders(self):
+        for quantity, dec, offset in self._decoders:
             value = dec(data, offset)
             if value is not None:
-                out[point.quantity] = value
+                out[quantity] = value
         return out
-
-
-@functools.lru_cache(maxsize=4096)
-def _decoders(block: Block) -> tuple[tuple[Point, Callable[[bytes, int], float | None], int], ...]:
-    return tuple((p, decoder(p), 2 * (p.address - block.address)) for p in block.points)
 
 
 def plan(
@@ -151,10 +151,10 @@ class Planner:
 
     def split(self, block: Block) -> tuple[str, list[Block]]:
         """After the meter refused ``block``: what was done (for the log) and the blocks that now read its points."""
-        what = self.refused(block)
+        what = self._refuse(block)
         return what, self._plan(block.points)
 
-    def refused(self, block: Block) -> str:
+    def _refuse(self, block: Block) -> str:
         """The meter answered "illegal data address" (or "illegal value") to ``block``: split it, or drop its point.
 
         Returns what was done, for the log.

@@ -8,11 +8,12 @@ the line and the register (``eastron_sdm630.yaml:14: registers[voltage_l1].type:
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.config.modbus import ModbusMeter, ProfileFile, RegisterDefaults, RegisterSpec
+from gateway.config.modbus import ModbusMeter, ProfileFile, RegisterDefaults
 from gateway.config.models import GatewayConfig
 from gateway.config.yamlfile import KeyPath, parse_yaml, read_config_text
 from gateway.errors import ConfigError
@@ -102,44 +103,47 @@ def resolve_modbus_meters(
                     problems += e.problems
                     continue
             profile = loaded[meter.profile]
-        located = [(("meters", i, *path), msg) for path, msg in _points_problems(meter, profile)]
+        points, located = _resolve(meter, profile)
         if located:
-            problems += [problem_line(origins, path, filename, data, msg) for path, msg in located]
+            problems += [problem_line(origins, ("meters", i, *path), filename, data, msg) for path, msg in located]
             continue
-        points, kind = _points(meter, profile)
-        meters[i] = meter.resolved(points, kind, profile.spec.value_unit if profile else None)
+        meters[i] = meter.resolved(points, profile.spec.value_unit if profile else None)
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))
     return config.model_copy(update={"meters": meters})
 
 
-def _inline(meter: ModbusMeter, profile: Profile | None) -> list[tuple[int, RegisterSpec, Point | None, list[Any]]]:
-    defaults = profile.spec.defaults if profile else RegisterDefaults()
-    return [(j, r, *r.resolve(defaults)) for j, r in enumerate(meter.registers)]
-
-
-def _points_problems(meter: ModbusMeter, profile: Profile | None) -> list[tuple[KeyPath, str]]:
+def _resolve(meter: ModbusMeter, profile: Profile | None) -> tuple[tuple[Point, ...], list[tuple[KeyPath, str]]]:
+    """The meter's points (profile, then inline registers replacing the profile's per quantity, then the
+    ``quantities`` filter), and the problems (key path within the meter, message) that stop that."""
     problems: list[tuple[KeyPath, str]] = []
-    for j, _, _, errs in _inline(meter, profile):
-        problems += [(("registers", j, *k), m) for k, m in errs]
-    known = {p.quantity for p in profile.points} if profile else set()
-    known |= {r.quantity for r in meter.registers}
-    for k, q in enumerate(meter.quantities or []):
-        if q not in known:
-            listed = ", ".join(sorted(x.value for x in known))
-            problems.append((("quantities", k), f"'{q.value}' is not read by this meter (it reads: {listed})"))
-    if not problems:
-        points, _ = _points(meter, profile)
-        if Quantity.VALUE in {p.quantity for p in points} and not (
-                meter.value_unit or (profile and profile.spec.value_unit)):
-            problems.append((("value_unit",), "required: the unit of this meter's value (m3, l, kWh, degC, ...)"))
-    return problems
-
-
-def _points(meter: ModbusMeter, profile: Profile | None) -> tuple[tuple[Point, ...], str]:
+    defaults = profile.spec.defaults if profile else RegisterDefaults()
     by_quantity = {p.quantity: p for p in profile.points} if profile else {}
-    by_quantity |= {p.quantity: p for _, _, p, _ in _inline(meter, profile) if p is not None}
+    for j, r in enumerate(meter.registers):
+        point, errs = r.resolve(defaults)
+        problems += [(("registers", j, *k), m) for k, m in errs]
+        if point is not None:
+            by_quantity[point.quantity] = point
+    for k, q in enumerate(meter.quantities or []):
+        if q not in by_quantity and q not in {r.quantity for r in meter.registers}:
+            listed = ", ".join(sorted(x.value for x in by_quantity))
+            problems.append((("quantities", k), f"'{q.value}' is not read by this meter (it reads: {listed})"))
     if meter.quantities is not None:
         by_quantity = {q: p for q, p in by_quantity.items() if q in meter.quantities}
-    kind = profile.spec.kind if profile else ("value" if Quantity.VALUE in by_quantity else "three_phase")
-    return tuple(sorted(by_quantity.values(), key=lambda p: (p.function, p.address))), kind
+    if not problems and Quantity.VALUE in by_quantity and not (
+            meter.value_unit or (profile and profile.spec.value_unit)):
+        problems.append((("value_unit",), "required: the unit of this meter's value (m3, l, kWh, degC, ...)"))
+    return tuple(sorted(by_quantity.values(), key=lambda p: (p.function, p.address))), problems
+
+
+def meter_for(profile: Profile, name: str, unit: int, bus: str = "bus", quantities: Iterable[Quantity] | None = None,
+              interval: str = "1m") -> ModbusMeter:
+    """A Modbus meter reading ``profile`` (or only ``quantities`` of it), as the configuration would resolve it:
+    for tools that probe a line, and for tests and benchmarks."""
+    wanted = None if quantities is None else list(quantities)
+    meter = ModbusMeter.model_validate({"name": name, "type": "modbus", "bus": bus, "unit": unit,
+                                        "profile": profile.name, "interval": interval, "quantities": wanted})
+    points, problems = _resolve(meter, profile)
+    if problems:
+        raise ConfigError([f"{name}: {'.'.join(map(str, path))}: {msg}" for path, msg in problems])
+    return meter.resolved(points, profile.spec.value_unit)

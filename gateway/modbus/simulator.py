@@ -12,6 +12,7 @@ registers, RTU answers with a broken CRC.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -50,9 +51,11 @@ class SimMeter:
 
     def __init__(
         self, unit: int, points: Sequence[Point], values: Values | Mapping[Quantity, float], *, holes: bool = False,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, delay: float = 0.0,
     ) -> None:
         self.unit = unit
+        #: Seconds each answer takes (a slow meter, or a slow gateway in front of it).
+        self.delay = delay
         self.points = tuple(points)
         if callable(values):
             self.values: Values = values
@@ -85,6 +88,8 @@ class SimMeter:
         self, function_code: int, start_address: int, address: int, count: int, registers: list[int],
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         function = "holding" if function_code == 3 else "input"
         now = self.values(self.clock())
         self.reads += 1

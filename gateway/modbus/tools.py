@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config.modbus import BusBase, ModbusMeter, RtuOverTcpBus, SerialBus, TcpBus, bus_where
+from gateway.config.modbus import BusBase, ModbusMeter, RtuOverTcpBus, SerialBus, SerialLine, TcpBus, bus_where
 from gateway.config.models import GatewayConfig
 from gateway.config.units import format_duration
 from gateway.errors import GatewayError, ModbusBusError, ModbusError
 from gateway.modbus.bus import Bus
 from gateway.modbus.plan import Block, plan
-from gateway.modbus.profiles import Profile
+from gateway.modbus.profiles import Profile, meter_for
 from gateway.quantities import CODE, Quantity, unit_of
 from gateway.reading import Reading, iso_utc
 
@@ -116,7 +116,7 @@ def render_read(results: Sequence[ReadResult], config: GatewayConfig) -> str:
 
 
 def describe_plan(meter: ModbusMeter, bus: BusBase) -> list[str]:
-    max_gap = meter.max_gap if meter.max_gap is not None else bus.default_max_gap()
+    max_gap = meter.effective_max_gap(bus)
     blocks = plan(meter.points, max_gap)
     n = len(blocks)
     v = len(meter.points)
@@ -127,7 +127,7 @@ def describe_plan(meter: ModbusMeter, bus: BusBase) -> list[str]:
 
 def describe_bus(bus: BusBase) -> str:
     extra = ""
-    if isinstance(bus, SerialBus | RtuOverTcpBus):
+    if isinstance(bus, SerialLine):
         extra = f", gap {format_duration(bus.gap)}"
     if isinstance(bus, TcpBus) and bus.max_parallel > 1:
         extra = f", {bus.max_parallel} requests in parallel"
@@ -232,8 +232,7 @@ async def _answers(bus: Bus, unit: int, probes: dict[str, tuple[list[Block], Any
 async def _values_read(bus: Bus, unit: int, profile: Profile) -> int:
     from gateway.sources.modbus import MeterPoller
 
-    meter = ModbusMeter(name="scan", type="modbus", bus=bus.name, unit=unit, profile=profile.name).resolved(
-        profile.points, profile.spec.kind, profile.spec.value_unit)
+    meter = meter_for(profile, name="scan", unit=unit, bus=bus.name)
     reading = await MeterPoller(meter, bus, report_health=False).poll()
     return 0 if reading is None else len(reading.values)
 

@@ -48,8 +48,7 @@ class MeterPoller:
         self.last_problems: list[ModbusError] = []
         self.bus = bus
         self.clock = clock
-        max_gap = meter.max_gap if meter.max_gap is not None else bus.config.default_max_gap()
-        self.planner = Planner(meter.points, max_gap)
+        self.planner = Planner(meter.points, meter.effective_max_gap(bus.config))
         self.log = log.bind(meter=meter.name, bus=bus.name, unit=meter.unit)
         #: Polls done, readings produced, and failed reads per kind (timeout, exception, bad_answer, bus).
         self.counts: Counter[str] = Counter()
@@ -60,7 +59,7 @@ class MeterPoller:
         self.retry_at = 0.0
         self.down_since: float | None = None
         self.missed_at: float | None = None
-        self.last_problem = ""
+        self._last_kind = ""
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
         try:
@@ -156,7 +155,7 @@ class MeterPoller:
             self.counts[p.kind] += 1
         self.last_problems = problems
         if self.report_health:
-            self._health(problems, silent)
+            self._update_health(problems, silent)
         if not values:
             return None
         self.counts["readings"] += 1
@@ -172,18 +171,18 @@ class MeterPoller:
             "counts": dict(self.counts),
         }
 
-    def _health(self, problems: list[ModbusError], silent: bool) -> None:
+    def _update_health(self, problems: list[ModbusError], silent: bool) -> None:
         if not problems:
             if self.down_since is not None:
                 self.log.info("meter answering again", down_s=round(time.monotonic() - self.down_since, 1),
                               failed_polls=self.failed_polls)
                 self.on_change()
-            self.failures, self.retry_at, self.down_since, self.missed_at, self.last_problem = 0, 0.0, None, None, ""
+            self.failures, self.retry_at, self.down_since, self.missed_at, self._last_kind = 0, 0.0, None, None, ""
             self.failed_polls = 0
             return
         self.failed_polls += 1
         first = problems[0]
-        problem = f"{first.kind} {getattr(first, 'code', '')}"
+        kind = f"{first.kind} {getattr(first, 'code', '')}"  # "exception 2": a new code is a new problem
         if silent:
             self.failures += 1
             if self.failures == 1:
@@ -195,11 +194,11 @@ class MeterPoller:
             self.log.warning("meter read failed: no value from it is queued until it answers",
                              kind=first.kind, detail=str(first), failed_reads=len(problems))
             self.on_change()
-        elif problem != self.last_problem:
+        elif kind != self._last_kind:
             self.log.info("meter read still failing, differently", kind=first.kind, detail=str(first))
         else:
             self.log.debug("meter read still failing", kind=first.kind, detail=str(first))
-        self.last_problem = problem
+        self._last_kind = kind
 
 
 class ModbusSource:

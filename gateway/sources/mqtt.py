@@ -276,6 +276,8 @@ class MqttSource:
         self._dropped_reported = self.dropped
 
     def health(self) -> dict[str, dict[str, object]]:
+        """No per-meter read health (a meter that publishes either sends or not; the queue shows its last reading).
+        Being a ReportsHealth source gets ``on_change`` wired, so the heartbeat follows the connection's state."""
         return {}
 
     def subscriptions(self) -> dict[str, dict[str, int]]:

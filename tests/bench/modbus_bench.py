@@ -36,7 +36,7 @@ from gateway.config.modbus import ModbusMeter, SerialBus, TcpBus
 from gateway.logs import configure
 from gateway.modbus.bus import Bus
 from gateway.modbus.plan import MAX_REGISTERS, Block, plan
-from gateway.modbus.profiles import load_all
+from gateway.modbus.profiles import load_all, meter_for
 from gateway.modbus.simulator import MeterServer, SimMeter
 from gateway.sources.modbus import MeterPoller
 from gateway.sources.simulated import three_phase
@@ -74,9 +74,7 @@ def strict_floor(points: list) -> tuple[int, int]:  # type: ignore[type-arg]
 
 
 def meter(unit: int) -> ModbusMeter:
-    p = load_all()[0][PROFILE]
-    return ModbusMeter(name="sdm630", type="modbus", bus="b", unit=unit, profile=PROFILE).resolved(
-        p.points, p.spec.kind, None)
+    return meter_for(load_all()[0][PROFILE], "sdm630", unit, bus="b")
 
 
 async def rtu_poll(per_value: bool) -> tuple[int, int, int, int]:
@@ -161,7 +159,7 @@ def main() -> None:
     floor_requests, floor_bytes = strict_floor(points)
 
     g_req, g_out, g_in, g_values = asyncio.run(rtu_poll(per_value=False))
-    v_req, v_out, v_in, v_values = asyncio.run(rtu_poll(per_value=True))
+    v_req, v_out, v_in, _ = asyncio.run(rtu_poll(per_value=True))
     assert g_req == len(planned) and g_out + g_in == rtu_bytes(planned), "measured bytes differ from the plan"
     cpu, wall = asyncio.run(cpu_per_poll(polls))
 
