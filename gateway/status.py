@@ -7,6 +7,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.config.units import format_duration
+from gateway.mqtt.formats import refusal_reasons
 from gateway.queue import QueueStore
 from gateway.reading import iso_utc
 
@@ -103,8 +104,7 @@ def render(report: dict[str, Any], now: float | None = None) -> str:
         lines += ["", f"{'SUBSCRIPTION':<20} {'MESSAGES':>9} {'READINGS':>9} {'IGNORED':>8} {'REFUSED':>8}"
                       "  WHY REFUSED"]
         for name, c in subs.items():
-            why = ", ".join(f"{k} {v}" for k, v in sorted(c.items())
-                            if k not in ("messages", "readings", "ignored", "bad"))
+            why = refusal_reasons(c)
             lines.append(f"{name:<20} {c.get('messages', 0):>9} {c.get('readings', 0):>9} {c.get('ignored', 0):>8}"
                          f" {c.get('bad', 0):>8}  {why}")
     return "\n".join(lines)

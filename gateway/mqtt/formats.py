@@ -37,6 +37,15 @@ Values = dict[Q, float]
 Decoded = list[tuple[str, int | None, Values]]
 
 
+#: Subscription counters that are not reasons a message was refused.
+NOT_REASONS = frozenset({"messages", "readings", "ignored", "bad"})
+
+
+def refusal_reasons(counts: dict[str, int]) -> str:
+    """``not_json 2, unknown_meter 1``: why a subscription's messages were refused, from its counters."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k not in NOT_REASONS)
+
+
 class BadMessage(Exception):
     """``reason`` is short and fixed (a counter's name); ``detail`` says more, never the payload itself."""
 

@@ -15,9 +15,9 @@ import paho.mqtt.client as mqtt
 
 from gateway.config.models import GatewayConfig, MqttMeter
 from gateway.config.mqtt import Broker, Subscription
-from gateway.mqtt.formats import BadMessage, Decoder, Ignored
+from gateway.mqtt.formats import refusal_reasons
 from gateway.reading import Reading
-from gateway.sources.mqtt import make_client
+from gateway.sources.mqtt import MqttSource, make_client
 
 
 def subscriptions_of(config: GatewayConfig, meter: str) -> list[Subscription]:
@@ -38,10 +38,13 @@ async def read_mqtt(config: GatewayConfig, meter: MqttMeter, within: float) -> t
         return None, [f"no subscription carries meter '{meter.name}' (give one with meter: {meter.name}, or a"
                       " meter_level)"]
     clients = []
+    sources = []
     for broker_name in {s.broker for s in subs}:
         broker: Broker = brokers[broker_name]
         mine = [s for s in subs if s.broker == broker_name]
-        decoders = [(s, Decoder(s, tz, meters)) for s in mine]
+        # Decoded exactly as the daemon decodes (topic matching, size limit, formats); never run, only asked.
+        source = MqttSource(broker, mine, meters, tz)
+        sources.append(source)
         client = make_client(broker, f"{broker.effective_client_id}-read-{os.getpid()}", clean=True,
                              manual_ack=False)
 
@@ -52,21 +55,11 @@ async def read_mqtt(config: GatewayConfig, meter: MqttMeter, within: float) -> t
                 return
             c.subscribe([(s.topic, 1) for s in mine])
 
-        def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage,
-                       decoders: list[tuple[Subscription, Decoder]] = decoders) -> None:
-            for sub, dec in decoders:
-                if not mqtt.topic_matches_sub(sub.topic, msg.topic):
-                    continue
-                try:
-                    for name, ts, values in dec.decode(msg.topic, bytes(msg.payload)):
-                        if name == meter.name:
-                            stamp = round(time.time() * 1000) if ts is None else ts
-                            loop.call_soon_threadsafe(_resolve, found, Reading(name, stamp, values))
-                except (Ignored, BadMessage) as e:
-                    if isinstance(e, BadMessage):
-                        text = f"{sub.name}: message on {msg.topic[:200]} refused: {e}"
-                        loop.call_soon_threadsafe(problems.append, text)
-                return
+        def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage, source: MqttSource = source) -> None:
+            for name, ts, values in source.decode(msg):
+                if name == meter.name:
+                    stamp = round(time.time() * 1000) if ts is None else ts
+                    loop.call_soon_threadsafe(_resolve, found, Reading(name, stamp, values))
 
         client.on_connect = on_connect
         client.on_message = on_message
@@ -74,14 +67,19 @@ async def read_mqtt(config: GatewayConfig, meter: MqttMeter, within: float) -> t
         client.loop_start()
         clients.append(client)
     try:
-        return await asyncio.wait_for(found, within), problems
+        reading: Reading | None = await asyncio.wait_for(found, within)
     except TimeoutError:
-        return None, [*problems, f"no message for {meter.name} within {within:g}s (topics: "
-                                 f"{', '.join(s.topic for s in subs)})"]
+        reading = None
+        problems.append(f"no message for {meter.name} within {within:g}s (topics: {', '.join(s.topic for s in subs)})")
     finally:
         for c in clients:
             c.disconnect()
             c.loop_stop()
+    for source in sources:
+        for name, counts in source.subscriptions().items():
+            if counts.get("bad"):
+                problems.insert(0, f"{name}: {counts['bad']} message(s) refused ({refusal_reasons(counts)})")
+    return reading, problems
 
 
 def _resolve(fut: asyncio.Future[Reading], reading: Reading) -> None:
