@@ -25,11 +25,13 @@ from gateway.errors import ConfigError
 from gateway.forwarder import Forwarder
 from gateway.logs import REDACTOR
 from gateway.queue import AppendResult, DiskQueue, QueueStore
+from gateway.queue.store import Released
 from gateway.reading import Reading
 from gateway.sdnotify import SdNotify
 from gateway.sinks import create_sink
 from gateway.sources import ReportsHealth, Source, create_sources
 from gateway.sources.mqtt import MqttSource
+from gateway.timekeeper import TimeKeeper
 
 log = structlog.get_logger("gateway.daemon")
 
@@ -59,10 +61,13 @@ def _test_max_pages() -> int | None:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, config_path: Path | None, notify: SdNotify | None = None) -> None:
+    def __init__(self, config: GatewayConfig, config_path: Path | None, notify: SdNotify | None = None,
+                 keeper: TimeKeeper | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.notify = notify or SdNotify()
+        self.keeper = keeper or TimeKeeper(config.time_sync)
+        self._keeper_stop = asyncio.Event()
         self.queue = DiskQueue(open_store(config))
         self.forwarders: list[Forwarder] = []
         self.sources: list[Source] = []
@@ -85,8 +90,11 @@ class Gateway:
         await self.queue.start()
         if self.queue.store.moved_aside is not None:
             self.notify.send(f"STATUS=queue was corrupt, moved to {self.queue.store.moved_aside}")
-        await self._start_pipeline()
-        helpers = [asyncio.create_task(self._heartbeat(), name="heartbeat")]
+        await self._start_forwarders()
+        await self._start_clock()
+        self._start_sources()
+        helpers = [asyncio.create_task(self._heartbeat(), name="heartbeat"),
+                   asyncio.create_task(self.keeper.run(self._keeper_stop), name="clock")]
         if self.notify.watchdog_interval:
             helpers.append(asyncio.create_task(self._watchdog(self.notify.watchdog_interval), name="watchdog"))
         self.notify.send("READY=1", f"STATUS=running: {len(self.config.meters)} meters, {len(self.forwarders)} sinks")
@@ -103,6 +111,7 @@ class Gateway:
         self.notify.send("STOPPING=1")
         log.info("stopping")
         await self._stop_pipeline()
+        self._keeper_stop.set()
         for h in helpers:
             h.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
@@ -116,9 +125,40 @@ class Gateway:
 
     # ------------------------------------------------------------ pipeline
 
-    async def _start_pipeline(self) -> None:
-        await self._start_forwarders()
-        self._start_sources()
+    async def _start_clock(self) -> None:
+        """Report held readings an earlier boot left (their time is lost), then decide whether the clock is trusted
+        before the first reading is stamped."""
+        self._released(await self.queue.run(lambda st: st.release_held(None)))
+        self.keeper.on_trusted = self._release_held
+        self.keeper.on_change = self._beat_now.set
+        self.keeper.check()
+
+    def _release_held(self, offset_ms: int) -> None:
+        # Queued now, synchronously: every reading stamped as trusted from here on is appended after it.
+        future = self.queue.submit(lambda st: st.release_held(offset_ms))
+
+        def done(f: asyncio.Future[Released]) -> None:
+            if f.cancelled():
+                return
+            if f.exception() is not None:
+                log.error("held readings could not be released; retrying in 10 s", error=str(f.exception()))
+                asyncio.get_running_loop().call_later(10.0, self._release_held, offset_ms)
+                return
+            self._released(f.result())
+
+        future.add_done_callback(done)
+
+    @staticmethod
+    def _released(out: Released) -> None:
+        for meter, n in out.restamped.items():
+            log.info("held readings re-stamped from the monotonic clock and released", meter=meter, readings=n)
+        for meter, n in out.refused.items():
+            log.warning("held readings refused after re-stamping: not newer than the last queued", meter=meter,
+                        readings=n)
+        for meter, n in out.unstampable.items():
+            log.error("readings taken before the clock was synchronised in an earlier boot: their time cannot be"
+                      " known, so they are not sent; kept as dead letters (meter-gateway deadletter list)",
+                      meter=meter, readings=n)
 
     async def _start_forwarders(self) -> None:
         config = self.config
@@ -146,7 +186,7 @@ class Gateway:
 
     def _start_sources(self) -> None:
         self._source_stop = asyncio.Event()
-        self.sources = create_sources(self.config)
+        self.sources = create_sources(self.config, self.keeper)
         for s in self.sources:
             if isinstance(s, ReportsHealth):
                 s.on_change = self._beat_now.set
@@ -215,9 +255,11 @@ class Gateway:
                 log.error("reload refused: invalid configuration", problem=line)
             log.error("reload refused: keeping the running configuration", path=str(self.config_path))
             return
-        if new.state_dir != self.config.state_dir or new.queue != self.config.queue:
-            log.warning("state_dir and queue settings change only at a restart; keeping the running ones")
-            new = new.model_copy(update={"state_dir": self.config.state_dir, "queue": self.config.queue})
+        if (new.state_dir, new.queue, new.time_sync) != (self.config.state_dir, self.config.queue,
+                                                          self.config.time_sync):
+            log.warning("state_dir, queue and time_sync change only at a restart; keeping the running ones")
+            new = new.model_copy(update={"state_dir": self.config.state_dir, "queue": self.config.queue,
+                                         "time_sync": self.config.time_sync})
         self.notify.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         # Sources keep reading into the queue while the forwarders are replaced, then are swapped between two
         # ticks: a reload leaves no hole in the data.
@@ -264,6 +306,7 @@ class Gateway:
                        for name, h in s.health().items()},
             "subscriptions": {name: c for s in self.sources if isinstance(s, MqttSource)
                               for name, c in s.subscriptions().items()},
+            "clock": self.keeper.health(),
         }
         await self.queue.run(lambda st: st.set_meta("daemon", info))
 

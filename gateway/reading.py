@@ -26,14 +26,16 @@ _MASK = struct.Struct("<Q")
 class Reading:
     """What a meter said at one instant.
 
-    ``ts_ms`` is UTC milliseconds since the epoch. ``clock_synced`` tells whether the system clock was known to be
-    synchronised when the reading was taken.
+    ``ts_ms`` is UTC milliseconds since the epoch. ``clock_synced`` tells whether the system clock was trusted when
+    the reading was taken; a reading taken before is held in the queue and re-stamped from ``mono_ms`` (the
+    monotonic clock then) once it is (:mod:`gateway.timekeeper`).
     """
 
     meter: str
     ts_ms: int
     values: Mapping[Quantity, float]
     clock_synced: bool = True
+    mono_ms: int | None = None
 
     def __post_init__(self) -> None:
         values = self.values
@@ -51,6 +53,7 @@ class Reading:
         object.__setattr__(r, "ts_ms", ts_ms)
         object.__setattr__(r, "values", values)
         object.__setattr__(r, "clock_synced", clock_synced)
+        object.__setattr__(r, "mono_ms", None)
         return r
 
     @property

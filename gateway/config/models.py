@@ -91,6 +91,8 @@ SinkConfig = Annotated[FileSink | StdoutSink | WatticsSink | VoltawareSink, Fiel
 class GatewayConfig(Strict):
     site: SiteConfig = Field(default_factory=SiteConfig)
     state_dir: Path = Path("/var/lib/meter-gateway")
+    #: When the system clock is trusted (see gateway/timekeeper.py and README "Time").
+    time_sync: Literal["auto", "require", "ignore"] = "auto"
     queue: QueueConfig = Field(default_factory=QueueConfig)
     #: Where the technician's own meter profiles are (YAML files, one per model), besides the built-in ones.
     profiles_dir: Path | None = None

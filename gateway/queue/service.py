@@ -90,6 +90,13 @@ class DiskQueue:
         result: T = await self._submit(_Job(fn, self._future()))
         return result
 
+    def submit(self, fn: Callable[[QueueStore], T]) -> asyncio.Future[T]:
+        """Like :meth:`run`, but queued at once, before this call returns (not when a coroutine first runs): the
+        job is ordered before any job submitted after it."""
+        future: asyncio.Future[T] = self._future()
+        self._put(_Job(fn, future))
+        return future
+
     def post(self, fn: Callable[[QueueStore], Any]) -> None:
         """Like :meth:`run` without waiting: committed with the next transaction."""
         self._put(_Job(fn, None))

@@ -9,6 +9,8 @@ Layout (see README "How the queue works"):
   acknowledged. A row is deleted once every sink that wants its meter is past it.
 - ``deadletters``: readings a platform refused for good, with the reason, for an operator to retry or purge.
 - ``counters``: delivered, retried, rejected, evicted... per sink and per meter, kept across restarts.
+- ``held``: readings taken before the system clock was trusted, with the monotonic time and boot they were taken
+  in; re-stamped and moved into ``readings`` once it is (:meth:`QueueStore.release_held`, :mod:`gateway.timekeeper`).
 
 Writes are grouped by the caller between :meth:`begin` and :meth:`commit`; in-memory state changes made inside a
 transaction are applied only when it commits, so a failed commit (full disk) leaves memory and disk agreeing.
@@ -28,8 +30,9 @@ from pathlib import Path
 import structlog
 
 from gateway.errors import QueueError
-from gateway.reading import Reading, decode_values, encode_values
+from gateway.reading import Reading, decode_values, encode_values, iso_utc
 from gateway.stream import sink_of
+from gateway.timekeeper import boot_id
 
 log = structlog.get_logger("gateway.queue")
 
@@ -37,6 +40,8 @@ SCHEMA_VERSION = 1
 #: Rows of a sink: its own name, or one of its streams (``sink#key``). Two parameters: the sink's name twice.
 _OF_SINK = "(sink=? OR sink LIKE ? || '#%')"
 FLAG_CLOCK_SYNCED = 1
+#: The reading was taken before the clock was trusted; its time was worked out from the monotonic clock.
+FLAG_RESTAMPED = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -59,6 +64,10 @@ CREATE TABLE IF NOT EXISTS deadletters (
 );
 CREATE INDEX IF NOT EXISTS deadletters_sink ON deadletters (sink, state, id);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS held (
+    id INTEGER PRIMARY KEY, meter_id INTEGER NOT NULL, boot TEXT NOT NULL, mono_ms INTEGER NOT NULL,
+    wall_ms INTEGER NOT NULL, data BLOB NOT NULL
+);
 """
 
 
@@ -79,6 +88,7 @@ def _is_corrupt(e: BaseException) -> bool:
 
 @dataclass(slots=True)
 class AppendOutcome:
+    #: Readings confirmed on disk (held ones included).
     accepted: int = 0
     #: (reading, why) for readings refused on purpose: not newer than the last one queued for the meter.
     refused: list[tuple[Reading, str]] = field(default_factory=list)
@@ -93,6 +103,19 @@ class DeadLetter:
     at_ms: int
     state: str
     attempts: int
+
+
+@dataclass(slots=True)
+class Released:
+    """What :meth:`QueueStore.release_held` did, per meter."""
+
+    restamped: dict[str, int] = field(default_factory=dict)
+    #: Re-stamped to a time not after the last reading queued for the meter (a clock stepped back meanwhile).
+    refused: dict[str, int] = field(default_factory=dict)
+    #: Taken in an earlier boot: their true time cannot be known. Kept as dead letters.
+    unstampable: dict[str, int] = field(default_factory=dict)
+    #: Still held (the clock is not trusted yet).
+    held: int = 0
 
 
 @dataclass(slots=True)
@@ -112,8 +135,13 @@ class QueueStore:
         max_age_s: float = 30 * 86400.0,
         clock: Callable[[], float] = time.time,
         max_page_count: int | None = None,
+        boot: str | None = None,
     ) -> None:
         self.path = path
+        #: This boot: readings held in it can be re-stamped from the monotonic clock.
+        self.boot = boot if boot is not None else boot_id()
+        #: Wall minus monotonic (ms) once the clock is trusted: late held readings are re-stamped on arrival.
+        self.offset_ms: int | None = None
         self.durability = durability
         self.max_size = max_size
         self.max_age_ms = int(max_age_s * 1000)
@@ -329,19 +357,79 @@ class QueueStore:
         """Insert readings (inside a transaction); refuse any not newer than the last queued for its meter."""
         out = AppendOutcome()
         rows = []
+        held = []
         for r in readings:
             mid = self._meter_id(r.meter)
+            ts, flags = r.ts_ms, FLAG_CLOCK_SYNCED if r.clock_synced else 0
+            if not r.clock_synced and r.mono_ms is not None:
+                if self.offset_ms is None:
+                    held.append((mid, self.boot, r.mono_ms, r.ts_ms, encode_values(r.values)))
+                    self.count(f"meter.{r.meter}.held")
+                    continue
+                # Stamped just before the clock was trusted, queued just after: re-stamped on arrival.
+                ts, flags = r.mono_ms + self.offset_ms, FLAG_CLOCK_SYNCED | FLAG_RESTAMPED
+                self.count(f"meter.{r.meter}.restamped")
             last = self._last_ts(mid)
-            if r.ts_ms <= last:
-                out.refused.append((r, f"timestamp {r.ts_ms} is not newer than the last queued ({last})"))
+            if ts <= last:
+                out.refused.append((r, f"timestamp {ts} is not newer than the last queued ({last})"))
                 self.count(f"meter.{r.meter}.refused")
                 continue
-            self._pending.last_ts[mid] = r.ts_ms
-            rows.append((mid, r.ts_ms, FLAG_CLOCK_SYNCED if r.clock_synced else 0, encode_values(r.values)))
+            self._pending.last_ts[mid] = ts
+            rows.append((mid, ts, flags, encode_values(r.values)))
         if rows:
             self._conn.executemany("INSERT INTO readings VALUES (?,?,?,?)", rows)
-        out.accepted = len(rows)
+        if held:
+            self._conn.executemany("INSERT INTO held (meter_id, boot, mono_ms, wall_ms, data) VALUES (?,?,?,?,?)",
+                                   held)
+        out.accepted = len(rows) + len(held)
         return out
+
+    def release_held(self, offset_ms: int | None) -> Released:
+        """Re-stamp the held readings of this boot (``monotonic + offset_ms``) and queue them in order; report those
+        of earlier boots, whose time cannot be known, as dead letters of every sink that wants their meter (call
+        inside a transaction; with ``offset_ms`` None, only the latter)."""
+        db = self._conn
+        out = Released()
+        done: list[int] = []
+        if offset_ms is not None:
+            self.offset_ms = offset_ms
+        rows = db.execute("SELECT id, meter_id, boot, mono_ms, wall_ms, data FROM held ORDER BY id").fetchall()
+        now_ms = int(self.clock() * 1000)
+        for hid, mid, boot, mono_ms, wall_ms, data in rows:
+            meter = self.meter_names.get(mid) or next(n for n, i in self._pending.new_meters.items() if i == mid)
+            if boot == self.boot:
+                if offset_ms is None:
+                    out.held += 1
+                    continue
+                ts = mono_ms + offset_ms
+                if ts <= self._last_ts(mid):
+                    out.refused[meter] = out.refused.get(meter, 0) + 1
+                    self.count(f"meter.{meter}.refused")
+                else:
+                    self._pending.last_ts[mid] = ts
+                    db.execute("INSERT INTO readings VALUES (?,?,?,?)",
+                               (mid, ts, FLAG_CLOCK_SYNCED | FLAG_RESTAMPED, data))
+                    out.restamped[meter] = out.restamped.get(meter, 0) + 1
+                    self.count(f"meter.{meter}.restamped")
+            else:
+                reason = ("taken before the clock was synchronised, in an earlier boot: its true time cannot be"
+                          f" known (the clock said {iso_utc(wall_ms)})")
+                for sink, ids in self.wanted.items():
+                    if mid in ids:
+                        db.execute("INSERT INTO deadletters (sink, meter, ts_ms, flags, data, reason, at_ms)"
+                                   " VALUES (?,?,?,?,?,?,?)", (sink, meter, wall_ms, 0, data, reason, now_ms))
+                out.unstampable[meter] = out.unstampable.get(meter, 0) + 1
+                self.count(f"meter.{meter}.unstampable")
+            done.append(hid)
+        for i in range(0, len(done), 500):
+            chunk = done[i:i + 500]
+            db.execute(f"DELETE FROM held WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        return out
+
+    def held_status(self) -> tuple[int, int | None]:
+        """How many readings are held, and the monotonic ms of the oldest in this boot."""
+        n, oldest = self._conn.execute("SELECT count(*), min(mono_ms) FROM held").fetchone()
+        return int(n), oldest
 
     def read(self, meter: str, after_ts: int, limit: int) -> list[Reading]:
         mid = self.meter_ids.get(meter)
@@ -459,8 +547,11 @@ class QueueStore:
         ]
 
     def mark_dead_letters(self, ids: Sequence[int] | None, state: str, sink: str | None = None) -> int:
-        """Set the state of dead letters ('retry' asks the daemon to send them again)."""
+        """Set the state of dead letters ('retry' asks the daemon to send them again). Readings whose true time is
+        unknown (taken before the clock was synchronised) are never retried: they would go out with a wrong time."""
         sql, args = "UPDATE deadletters SET state=? WHERE 1=1", list[object]([state])
+        if state == "retry":
+            sql += f" AND flags & {FLAG_CLOCK_SYNCED}"
         return self._where_ids(sql, args, ids, sink)
 
     def purge_dead_letters(self, ids: Sequence[int] | None, sink: str | None = None) -> int:

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 from gateway.config.models import GatewayConfig
 from gateway.queue import AppendResult
 from gateway.reading import Reading
+from gateway.timekeeper import TimeKeeper
 
 Emit = Callable[[Sequence[Reading]], Awaitable[AppendResult]]
 
@@ -35,7 +36,7 @@ class ReportsHealth(Protocol):
     def health(self) -> dict[str, dict[str, object]]: ...
 
 
-def create_sources(config: GatewayConfig) -> list[Source]:
+def create_sources(config: GatewayConfig, keeper: TimeKeeper) -> list[Source]:
     """One source per simulated meter, one per Modbus bus that has meters (it schedules that line), one per MQTT
     broker that has subscriptions (one connection)."""
     from zoneinfo import ZoneInfo
@@ -49,14 +50,14 @@ def create_sources(config: GatewayConfig) -> list[Source]:
     on_bus: dict[str, list[ModbusMeter]] = {}
     for meter in config.meters:
         if isinstance(meter, SimulatedMeter):
-            sources.append(SimulatedSource(meter))
+            sources.append(SimulatedSource(meter, keeper))
         elif isinstance(meter, ModbusMeter):
             on_bus.setdefault(meter.bus, []).append(meter)
-    sources += [ModbusSource(bus, on_bus[bus.name]) for bus in config.buses if bus.name in on_bus]
+    sources += [ModbusSource(bus, on_bus[bus.name], keeper) for bus in config.buses if bus.name in on_bus]
     mqtt_meters = {m.name for m in config.meters if isinstance(m, MqttMeter)}
     tz = ZoneInfo(config.site.timezone)
     for broker in config.brokers:
         subs = [s for s in config.subscriptions if s.broker == broker.name]
         if subs:
-            sources.append(MqttSource(broker, subs, mqtt_meters, tz))
+            sources.append(MqttSource(broker, subs, mqtt_meters, tz, keeper))
     return sources

@@ -29,6 +29,7 @@ from gateway.quantities import Quantity
 from gateway.reading import Reading
 from gateway.schedule import next_tick, sleep_until
 from gateway.sources import Emit
+from gateway.timekeeper import TimeKeeper
 
 log = structlog.get_logger("gateway.sources.modbus")
 
@@ -38,7 +39,7 @@ SPLIT_CODES = frozenset({2, 3})
 
 class MeterPoller:
     def __init__(
-        self, meter: ModbusMeter, bus: Bus, clock: Callable[[], float] = time.time, report_health: bool = True
+        self, meter: ModbusMeter, bus: Bus, keeper: TimeKeeper | None = None, report_health: bool = True
     ) -> None:
         self.meter = meter
         self.report_health = report_health
@@ -47,7 +48,8 @@ class MeterPoller:
         #: The failed reads of the last poll.
         self.last_problems: list[ModbusError] = []
         self.bus = bus
-        self.clock = clock
+        self.keeper = keeper or TimeKeeper("ignore")
+        self.clock = self.keeper.wall
         self.planner = Planner(meter.points, meter.effective_max_gap(bus.config))
         self.log = log.bind(meter=meter.name, bus=bus.name, unit=meter.unit)
         #: Polls done, readings produced, and failed reads per kind (timeout, exception, bad_answer, bus).
@@ -72,13 +74,17 @@ class MeterPoller:
     async def _run(self, emit: Emit, stop: asyncio.Event) -> None:
         interval = self.meter.interval
         last_tick: float | None = None
+        last_mono = 0.0
         while not stop.is_set():
             tick = next_tick(self.clock(), interval)
-            if last_tick is not None and tick - last_tick > 1.5 * interval:
+            # Skipped only if the poll really took that long: a clock stepped forward skips no tick.
+            if last_tick is not None and tick - last_tick > 1.5 * interval \
+                    and self.keeper.mono() - last_mono > interval:
                 self._skipped(last_tick + interval, round((tick - last_tick) / interval) - 1)
             last_tick = tick
-            if not await sleep_until(tick, stop, self.clock):
+            if not await sleep_until(tick, stop, self.clock, horizon=interval):
                 return
+            last_mono = self.keeper.mono()
             if tick < self.retry_at:
                 continue
             healthy = not self.failures
@@ -150,7 +156,7 @@ class MeterPoller:
                     problems.append(e)
                     continue
                 values |= block.decode(words)
-            ts_ms = round(self.clock() * 1000)
+            stamp = self.keeper.stamp()
         for p in problems:
             self.counts[p.kind] += 1
         self.last_problems = problems
@@ -159,7 +165,7 @@ class MeterPoller:
         if not values:
             return None
         self.counts["readings"] += 1
-        return Reading(self.meter.name, ts_ms, values)
+        return Reading(self.meter.name, stamp.ts_ms, values, stamp.synced, stamp.mono_ms)
 
     def health(self) -> dict[str, object]:
         """For ``status``: failing or not, since when, the last problem, and the counters."""
@@ -204,10 +210,10 @@ class MeterPoller:
 class ModbusSource:
     """Every meter of one bus."""
 
-    def __init__(self, bus: BusBase, meters: list[ModbusMeter], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, bus: BusBase, meters: list[ModbusMeter], keeper: TimeKeeper | None = None) -> None:
         self.name = f"bus:{bus.name}"
         self.bus = Bus(bus)
-        self.pollers = [MeterPoller(m, self.bus, clock) for m in meters]
+        self.pollers = [MeterPoller(m, self.bus, keeper) for m in meters]
         self.on_change: Callable[[], None] = lambda: None
         for p in self.pollers:
             p.on_change = lambda: self.on_change()

@@ -35,6 +35,7 @@ from gateway.config.mqtt import Broker, Subscription
 from gateway.mqtt.formats import BadMessage, Decoded, Decoder, Ignored
 from gateway.reading import Reading
 from gateway.sources import Emit
+from gateway.timekeeper import Stamp, TimeKeeper
 
 log = structlog.get_logger("gateway.sources.mqtt")
 
@@ -85,18 +86,18 @@ class MqttSource:
     """A broker connection and its subscriptions."""
 
     def __init__(self, broker: Broker, subs: list[Subscription], meters: set[str], tz: ZoneInfo,
-                 clock: Callable[[], float] = time.time) -> None:
+                 keeper: TimeKeeper | None = None) -> None:
         self.broker = broker
         self.name = f"broker:{broker.name}"
         self.subs = [SubscriptionState(s, Decoder(s, tz, meters)) for s in subs]
-        self.clock = clock
+        self.keeper = keeper or TimeKeeper("ignore")
         self.on_change: Callable[[], None] = lambda: None
         #: QoS 0 messages dropped because more than INBOX_LIMIT were waiting (counted and logged).
         self.dropped = 0
         self._dropped_reported = 0
         self.log = log.bind(broker=broker.name)
-        self._inbox: deque[tuple[mqtt.MQTTMessage, int]] = deque()
-        self._last_arrival: dict[str, int] = {}
+        self._inbox: deque[tuple[mqtt.MQTTMessage, Stamp]] = deque()
+        self._last_arrival: dict[str, tuple[int, int]] = {}
         self._by_topic: dict[str, SubscriptionState | None] = {}
         self._closing = False
         self._lock = threading.Lock()
@@ -133,7 +134,7 @@ class MqttSource:
             if len(self._inbox) >= INBOX_LIMIT and msg.qos == 0:
                 self.dropped += 1
                 return
-            self._inbox.append((msg, round(self.clock() * 1000)))
+            self._inbox.append((msg, self.keeper.stamp()))
             if self._wake_pending:
                 return
             self._wake_pending = True
@@ -249,24 +250,36 @@ class MqttSource:
             if not batch:
                 return
             merged: dict[tuple[str, int], dict[Any, float]] = {}
+            arrival: dict[tuple[str, int], Stamp] = {}
             for msg, arrived in batch:
                 for meter, ts, values in self.decode(msg):
                     if ts is None:
-                        # Stamped on arrival, and at least 1 ms after this meter's previous one: a backlog the
-                        # broker delivers at once (after a restart) keeps every message, in order.
-                        ts = max(arrived, self._last_arrival.get(meter, 0) + 1)
-                        self._last_arrival[meter] = ts
+                        # Stamped on arrival, and at least 1 ms after this meter's previous one (on both clocks):
+                        # a backlog the broker delivers at once (after a restart) keeps every message, in order.
+                        last_ts, last_mono = self._last_arrival.get(meter, (0, 0))
+                        ts = max(arrived.ts_ms, last_ts + 1)
+                        mono = max(arrived.mono_ms, last_mono + 1)
+                        self._last_arrival[meter] = (ts, mono)
+                        arrival[(meter, ts)] = Stamp(ts, arrived.synced, mono)
                     # Messages with their own time: Shelly's em:0 and emdata:0 of one instant become one reading.
                     merged.setdefault((meter, ts), {}).update(values)
             if self.dropped != self._dropped_reported:
                 self._report_dropped()
-            readings = sorted((Reading(m, ts, v) for (m, ts), v in merged.items()), key=lambda r: r.ts_ms)
+            readings = sorted((self._reading(m, ts, v, arrival.get((m, ts))) for (m, ts), v in merged.items()),
+                              key=lambda r: r.ts_ms)
             if readings:
                 await emit(readings)
             # Committed (or counted as dropped by the queue): only now may the broker forget them.
             for msg, _ in batch:
                 if msg.qos:
                     client.ack(msg.mid, msg.qos)
+
+    @staticmethod
+    def _reading(meter: str, ts: int, values: dict[Any, float], arrived: Stamp | None) -> Reading:
+        """A device's own time is its own business; an arrival time is ours, trusted or held like any other."""
+        if arrived is None:
+            return Reading(meter, ts, values)
+        return Reading(meter, ts, values, arrived.synced, arrived.mono_ms)
 
     def _report_dropped(self) -> None:
         n = self.dropped - self._dropped_reported

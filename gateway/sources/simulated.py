@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
-from collections.abc import Callable
 
 import structlog
 
@@ -19,6 +17,7 @@ from gateway.quantities import Quantity as Q
 from gateway.reading import Reading
 from gateway.schedule import next_tick, sleep_until
 from gateway.sources import Emit
+from gateway.timekeeper import TimeKeeper
 
 DAY = 86400.0
 TAU = 2 * math.pi
@@ -97,17 +96,20 @@ def values_at(config: SimulatedMeter, t: float) -> dict[Q, float]:
 
 
 class SimulatedSource:
-    def __init__(self, config: SimulatedMeter, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: SimulatedMeter, keeper: TimeKeeper | None = None) -> None:
         self.config = config
         self.name = config.name
-        self.clock = clock
+        self.keeper = keeper or TimeKeeper("ignore")
+        self.clock = self.keeper.wall
         self.log = structlog.get_logger("gateway.sources.simulated").bind(meter=config.name)
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
         interval = self.config.interval
         while not stop.is_set():
             tick = next_tick(self.clock(), interval)
-            if not await sleep_until(tick, stop, self.clock):
+            if not await sleep_until(tick, stop, self.clock, horizon=interval):
                 return
-            reading = Reading(self.name, round(tick * 1000), values_at(self.config, tick))
+            stamp = self.keeper.stamp()
+            reading = Reading(self.name, round(tick * 1000), values_at(self.config, tick), stamp.synced,
+                              stamp.mono_ms)
             await emit([reading])
