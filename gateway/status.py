@@ -58,13 +58,32 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None) 
             "read_errors": {k: v for k, v in counts.items() if k not in _NOT_ERRORS},
         }
     subscriptions = daemon.get("subscriptions") if running else {}
+    clock = daemon.get("clock") if running else None
     return {
+        "clock": clock if isinstance(clock, dict) else None,
+        "held": store.held_status()[0],
         "subscriptions": subscriptions if isinstance(subscriptions, dict) else {},
         "daemon": {"running": running, **{k: daemon.get(k) for k in ("pid", "version", "started_ms", "heartbeat_ms")}},
         "queue": {"path": str(store.path), "bytes": store.used_bytes()},
         "sinks": sinks,
         "meters": meter_rows,
     }
+
+
+def _clock(report: dict[str, Any]) -> str:
+    clock, held = report.get("clock"), report.get("held", 0)
+    held_text = f"; {held} readings held until it is (then re-stamped and sent)" if held else ""
+    if not clock:
+        return "unknown (daemon not running)" + held_text
+    state = clock.get("state")
+    if state == "unsynchronised" and not clock.get("trusted"):
+        return f"NOT synchronised for {format_duration(round(clock.get('unsynced_s') or 0))}" + held_text
+    text = {"synchronised": "synchronised", "trusted": "taken as right (cannot tell whether it is synchronised)",
+            "ignored": "not checked (time_sync: ignore)",
+            "unsynchronised": "synchronised once, no longer reported so"}.get(str(state), str(state))
+    if clock.get("steps"):
+        text += f"; stepped {clock['steps']} times, last by {clock.get('last_step_s')} s"
+    return text + held_text
 
 
 def render(report: dict[str, Any], now: float | None = None) -> str:
@@ -80,6 +99,7 @@ def render(report: dict[str, Any], now: float | None = None) -> str:
         f"daemon: running, pid {d['pid']}, version {d['version']}, last heartbeat {ago(d['heartbeat_ms'])}"
         if d["running"] else "daemon: not running (no recent heartbeat)",
         f"queue:  {report['queue']['path']} ({report['queue']['bytes'] / 1e6:.1f} MB used)",
+        f"clock:  {_clock(report)}",
         "",
         f"{'SINK':<20} {'DEPTH':>8} {'OLDEST':>10} {'DELIVERED':>10} {'RETRIED':>8} {'RESENT':>7} {'DEAD':>6}"
         f" {'EVICTED':>8}  LAST DELIVERY",
