@@ -14,16 +14,19 @@ import contextlib
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from gateway import __version__
+from gateway import __version__, status
 from gateway.config import GatewayConfig, load_config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 from gateway.forwarder import Forwarder
 from gateway.logs import REDACTOR
+from gateway.monitor import Monitor
 from gateway.queue import AppendResult, DiskQueue, QueueStore
 from gateway.queue.store import Released
 from gateway.reading import Reading
@@ -78,6 +81,9 @@ class Gateway:
         self._beat_now = asyncio.Event()
         self._started = time.time()
         self._refusing: dict[str, int] = {}
+        #: Readings confirmed into the queue per meter since start (for /metrics and status).
+        self._accepted: Counter[str] = Counter()
+        self.monitor: Monitor | None = None
         self._health: dict[str, object] | None = None
 
     # ------------------------------------------------------------ entry
@@ -90,6 +96,11 @@ class Gateway:
         await self.queue.start()
         if self.queue.store.moved_aside is not None:
             self.notify.send(f"STATUS=queue was corrupt, moved to {self.queue.store.moved_aside}")
+        try:
+            await self._start_monitor()  # first: a port in use stops the start before anything runs
+        except GatewayError:
+            await self.queue.stop()
+            raise
         await self._start_forwarders()
         await self._start_clock()
         self._start_sources()
@@ -110,6 +121,8 @@ class Gateway:
                 await self.reload()
         self.notify.send("STOPPING=1")
         log.info("stopping")
+        if self.monitor is not None:
+            await self.monitor.stop()
         await self._stop_pipeline()
         self._keeper_stop.set()
         for h in helpers:
@@ -124,6 +137,16 @@ class Gateway:
         self._stop.set()
 
     # ------------------------------------------------------------ pipeline
+
+    async def _start_monitor(self) -> None:
+        if self.config.monitoring.enabled:
+            self.monitor = Monitor(self.config.monitoring, self.snapshot)
+            await self.monitor.start()
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The report of ``status``, with this process's live view instead of its last heartbeat."""
+        live, config = self._info(running=True), self.config
+        return await self.queue.run(lambda st: status.collect(st, config, live=live))
 
     async def _start_clock(self) -> None:
         """Report held readings an earlier boot left (their time is lost), then decide whether the clock is trusted
@@ -226,6 +249,9 @@ class Gateway:
 
     async def _emit(self, readings: Sequence[Reading]) -> AppendResult:
         result = await self.queue.append(readings)
+        if not result.dropped:
+            self._accepted.update(r.meter for r in readings)
+            self._accepted.subtract(r.meter for r, _ in result.refused)
         refused_meters = set()
         for reading, why in result.refused:
             refused_meters.add(reading.meter)
@@ -271,6 +297,14 @@ class Gateway:
                 old.meters, old.site, old.buses, old.brokers, old.subscriptions):
             await self._stop_sources()
             self._start_sources()
+        if new.monitoring != old.monitoring:
+            if self.monitor is not None:
+                await self.monitor.stop()
+                self.monitor = None
+            try:
+                await self._start_monitor()
+            except GatewayError as e:
+                log.error("monitoring listener not restarted", error=str(e))
         self.notify.send("READY=1", f"STATUS=running: {len(new.meters)} meters, {len(self.forwarders)} sinks")
         log.info("configuration reloaded", meters=len(new.meters), sinks=[f.name for f in self.forwarders])
 
@@ -295,7 +329,11 @@ class Gateway:
                 for f in self.forwarders}
 
     async def _write_heartbeat(self, running: bool) -> None:
-        info: dict[str, object] = {
+        info = self._info(running)
+        await self.queue.run(lambda st: st.set_meta("daemon", info))
+
+    def _info(self, running: bool) -> dict[str, Any]:
+        return {
             "pid": os.getpid(),
             "version": __version__,
             "started_ms": int(self._started * 1000),
@@ -307,8 +345,8 @@ class Gateway:
             "subscriptions": {name: c for s in self.sources if isinstance(s, MqttSource)
                               for name, c in s.subscriptions().items()},
             "clock": self.keeper.health(),
+            "accepted": dict(self._accepted),
         }
-        await self.queue.run(lambda st: st.set_meta("daemon", info))
 
 
 async def run_daemon(config: GatewayConfig, config_path: Path | None, notify: SdNotify | None = None) -> int:

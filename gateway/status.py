@@ -17,9 +17,12 @@ STALE_HEARTBEAT_MS = 30_000
 _NOT_ERRORS = frozenset({"polls", "readings", "retries", "skipped_ticks"})
 
 
-def collect(store: QueueStore, config: GatewayConfig, now: float | None = None) -> dict[str, Any]:
+def collect(store: QueueStore, config: GatewayConfig, now: float | None = None,
+            live: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything ``status``, ``/metrics`` and ``/health`` show. ``live`` is the running daemon's own view (the
+    heartbeat it would write now); without it, the last heartbeat in the queue file is used."""
     now_ms = int((time.time() if now is None else now) * 1000)
-    daemon = store.get_meta("daemon") or {}
+    daemon = live if live is not None else store.get_meta("daemon") or {}
     beat = daemon.get("heartbeat_ms")
     running = bool(daemon.get("running")) and isinstance(beat, int) and now_ms - beat < STALE_HEARTBEAT_MS
     sink_health = daemon.get("sinks") if running else {}
@@ -43,13 +46,21 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None) 
         }
     meter_rows: dict[str, dict[str, Any]] = {}
     meter_health = daemon.get("meters") if running else {}
-    for name in config.meter_names:
+    accepted = daemon.get("accepted") if running else {}
+    for meter in config.meters:
+        name = meter.name
         mid = store.meter_ids.get(name)
         last = store.last_ts.get(mid, -1) if mid is not None else -1
         health = meter_health.get(name) if isinstance(meter_health, dict) else None
         counts = health.get("counts", {}) if isinstance(health, dict) else {}
         meter_rows[name] = {
             "last_reading_ms": last if last >= 0 else None,
+            "bus": getattr(meter, "bus", None),
+            # Readings confirmed into the queue since the daemon started.
+            "readings": accepted.get(name, 0) if isinstance(accepted, dict) else 0,
+            "held": store.counters.get(f"meter.{name}.held", 0),
+            "restamped": store.counters.get(f"meter.{name}.restamped", 0),
+            "unstampable": store.counters.get(f"meter.{name}.unstampable", 0),
             "refused": store.counters.get(f"meter.{name}.refused", 0),
             "dropped_write_failed": store.counters.get(f"meter.{name}.dropped_write_failed", 0),
             # Read health, as the running daemon saw it (Modbus meters): failed reads per kind since it started.
@@ -64,7 +75,7 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None) 
         "held": store.held_status()[0],
         "subscriptions": subscriptions if isinstance(subscriptions, dict) else {},
         "daemon": {"running": running, **{k: daemon.get(k) for k in ("pid", "version", "started_ms", "heartbeat_ms")}},
-        "queue": {"path": str(store.path), "bytes": store.used_bytes()},
+        "queue": {"path": str(store.path), "bytes": store.used_bytes(), "max_bytes": config.queue.max_size},
         "sinks": sinks,
         "meters": meter_rows,
     }

@@ -7,11 +7,12 @@ exact key and line it comes from.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from gateway.config.common import (
     MeterBase,
@@ -45,6 +46,38 @@ class QueueConfig(Strict):
     max_size: Size = 512 * 10**6
     max_age: PositiveDuration = 30 * 86400.0
     durability: Literal["full", "normal"] = "full"
+
+
+class MonitoringConfig(Strict):
+    """The metrics and health listener (``/metrics``, ``/health``); off unless ``enabled``."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 9480
+    #: Binding beyond loopback exposes the gateway's figures to the network: only when asked for explicitly.
+    allow_remote: bool = False
+    #: /health says 503 when a sink has delivered nothing for this long while readings wait for it.
+    sink_stalled_after: PositiveDuration = 900.0
+    #: ... when the clock has not been synchronised for this long (readings are held meanwhile).
+    clock_unsynced_after: PositiveDuration = 600.0
+    #: ... when the queue file uses more than this share of queue.max_size.
+    queue_full_ratio: Annotated[float, Field(gt=0, le=1)] = 0.9
+
+    @model_validator(mode="after")
+    def _loopback_unless_asked(self) -> MonitoringConfig:
+        if not self.allow_remote and not _is_loopback(self.host):
+            raise ValueError(f"host {self.host} is not loopback: metrics and health would be reachable from the"
+                             " network; set allow_remote: true if that is intended")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
 
 
 # ---------------------------------------------------------------- meters
@@ -93,6 +126,7 @@ class GatewayConfig(Strict):
     state_dir: Path = Path("/var/lib/meter-gateway")
     #: When the system clock is trusted (see gateway/timekeeper.py and README "Time").
     time_sync: Literal["auto", "require", "ignore"] = "auto"
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     #: Where the technician's own meter profiles are (YAML files, one per model), besides the built-in ones.
     profiles_dir: Path | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -125,6 +126,7 @@ class _FaultyContext:
         if device_id in s.silent or device_id not in s.units:
             raise NoSuchIdException(f"unit {device_id} is silent")  # ignore_missing_devices: no answer at all
         if device_id in s.exceptions:
+            s.exception_replies[device_id] += 1
             return ExcCodes(s.exceptions[device_id])
         return await self.inner.async_getValues(device_id, func_code, address, count)
 
@@ -140,6 +142,8 @@ class MeterServer:
         self.units = set(self.meters)
         self.silent: set[int] = set()
         self.exceptions: dict[int, int] = {}
+        #: Exception replies sent, per unit (what a test compares the gateway's counters with).
+        self.exception_replies: Counter[int] = Counter()
         self.short: set[int] = set()
         #: Units whose RTU answers go out with a broken CRC (line noise).
         self.corrupt: set[int] = set()

@@ -1,0 +1,215 @@
+"""The metrics and health listener: after a scripted run (a meter failing, a sink down then up, a bus going quiet),
+``/metrics`` says what the peers saw happen, and ``/health`` goes 503 and back to 200 as conditions change."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.config import load_config
+from gateway.daemon import Gateway
+from gateway.errors import ConfigError
+from gateway.modbus.simulator import MeterServer
+from gateway.sdnotify import SdNotify
+from gateway.timekeeper import TimeKeeper
+from tests.helpers.wattics_emulator import WatticsEmulator
+from tests.test_modbus_source import sim
+from tests.test_time import Manual, Probe
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, text: str, keeper: TimeKeeper | None = None) -> AsyncIterator[Gateway]:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    gw = Gateway(load_config(path), path, SdNotify(None), keeper)
+    task = asyncio.create_task(gw.run())
+    try:
+        await until(lambda: gw.monitor is not None and gw.sources != [])
+        yield gw
+    finally:
+        gw.stop()
+        await asyncio.wait_for(task, 20)
+
+
+async def until(pred: Callable[[], Any], within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
+async def get(port: int, path: str) -> httpx.Response:
+    async with httpx.AsyncClient() as c:
+        return await c.get(f"http://127.0.0.1:{port}{path}")
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return m[(name, tuple(sorted(labels.items())))]
+
+
+async def test_metrics_after_a_scripted_run_equal_what_the_peers_saw(tmp_path: Path) -> None:
+    port = free_port()
+    emu = WatticsEmulator(tmp_path / "certs").start()
+    server = await MeterServer([sim(1), sim(2)]).start_tcp()
+    server.exceptions[2] = 4  # the second meter answers every request with "server device failure"
+    emu.answer(503, times=10**6)  # the platform is down from the start
+    try:
+        async with running(tmp_path, f"""\
+state_dir: {tmp_path}
+monitoring: {{enabled: true, port: {port}, sink_stalled_after: 1s}}
+buses: [{{name: b, type: tcp, host: 127.0.0.1, port: {server.port}, timeout: 300ms}}]
+meters:
+  - {{name: good, type: modbus, bus: b, unit: 1, profile: eastron_sdm630, interval: 200ms}}
+  - {{name: bad, type: modbus, bus: b, unit: 2, profile: eastron_sdm630, interval: 200ms}}
+sinks:
+  - name: wattics
+    type: wattics
+    url: {emu.url}
+    username: gateway
+    password: s3cret-pass
+    ca_file: {emu.ca_file}
+    backoff_base: 20ms
+    backoff_cap: 200ms
+    data_points: [{{id: elec-1, meter: good, format: electrical}}]
+""") as gw:
+            await asyncio.sleep(1.8)
+            health = await get(port, "/health")
+            assert health.status_code == 503
+            problems = health.json()["problems"]
+            assert [p["check"] for p in problems] == ["sink_stalled"], "one meter answering: the bus is not down"
+            assert problems[0]["sink"] == "wattics" and "503" in problems[0]["detail"]
+
+            emu.clear_faults()  # the platform is back
+            await until(lambda: emu.count() >= 20)
+            await until_healthy(port)
+
+            server.silent = {1, 2}  # the bus goes quiet: no new reading, the backlog drains
+            await asyncio.sleep(1.0)
+            await until(lambda: gw.forwarders[0].last_sent.get("wattics#elec-1", {}).get("ts_ms")
+                        == gw.queue.store.last_ts.get(gw.queue.store.meter_ids["good"]))
+            await asyncio.sleep(0.5)  # acknowledgements are committed lazily
+            health = await get(port, "/health")
+            assert health.status_code == 503
+            assert [p["check"] for p in health.json()["problems"]] == ["bus_down"]
+            text = (await get(port, "/metrics")).text
+            m = samples(text)
+            stats = emu.stats()
+            assert value(m, "meter_gateway_sink_delivered_total", sink="wattics") == stats["packets"]
+            assert value(m, "meter_gateway_sink_retried_total", sink="wattics") == stats["requests"] - stats["packets"]
+            assert value(m, "meter_gateway_readings_total", meter="good") == stats["per_id"]["elec-1"]
+            assert value(m, "meter_gateway_readings_total", meter="bad") == 0
+            assert value(m, "meter_gateway_read_errors_total", meter="bad", kind="exception") \
+                == server.exception_replies[2] > 0
+            assert value(m, "meter_gateway_queue_depth", sink="wattics") == 0
+            assert value(m, "meter_gateway_meter_failing", meter="good") == 1
+            assert value(m, "meter_gateway_read_errors_total", meter="good", kind="timeout") >= 1
+            assert value(m, "meter_gateway_dead_letters", sink="wattics") == 0
+            assert value(m, "meter_gateway_clock_synchronised") == 1
+            assert value(m, "meter_gateway_health_problems") == 1
+            assert value(m, "process_resident_memory_bytes") > 10e6
+            assert stats["duplicates"] == stats["out_of_order"] == 0
+
+            server.silent = set()
+            await until_healthy(port)
+    finally:
+        await server.stop()
+        emu.stop()
+
+
+async def until_healthy(port: int, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while (r := await get(port, "/health")).status_code != 200:
+        assert time.monotonic() < deadline, f"still unhealthy: {r.json()['problems']}"
+        await asyncio.sleep(0.2)
+
+
+async def test_health_follows_the_clock_and_the_queue_bound(tmp_path: Path) -> None:
+    port = free_port()
+    clock, probe = Manual(1_000_000.0), Probe(False)
+    keeper = TimeKeeper("require", clock.wall, clock.mono, probe)
+    async with running(tmp_path, f"""\
+state_dir: {tmp_path}
+monitoring: {{enabled: true, port: {port}, clock_unsynced_after: 10m}}
+queue: {{max_size: 200kB}}
+meters: [{{name: a, type: simulated, interval: 1h}}]
+sinks: [{{name: archive, type: file, path: {tmp_path}/archive.jsonl}}]
+""", keeper):
+        assert (await get(port, "/health")).status_code == 200, "not synchronised, but not for long yet"
+        clock.advance(601)
+        r = await get(port, "/health")
+        assert r.status_code == 503 and r.json()["problems"][0]["check"] == "clock_unsynchronised"
+        probe.synced = True
+        keeper.check()
+        assert (await get(port, "/health")).status_code == 200
+        # Fill the queue file towards its bound: readings nobody can deliver yet pile up.
+        await gw_fill(tmp_path, port)
+        r = await get(port, "/health")
+        assert r.status_code == 503 and [p["check"] for p in r.json()["problems"]] == ["queue_near_full"]
+        head = await httpx.AsyncClient().head(f"http://127.0.0.1:{port}/health")
+        assert head.status_code == 503 and head.content == b""
+        assert (await get(port, "/nope")).status_code == 404
+
+
+async def gw_fill(tmp_path: Path, port: int) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "queue.db", timeout=10)
+    db.execute("CREATE TABLE IF NOT EXISTS ballast (b BLOB)")
+    db.execute("INSERT INTO ballast VALUES (zeroblob(190000))")
+    db.commit()
+    db.close()
+
+
+def test_the_listener_stays_on_loopback_unless_asked(tmp_path: Path) -> None:
+    base = f"state_dir: {tmp_path}\nmeters: [{{name: a, type: simulated}}]\nsinks: [{{name: o, type: stdout}}]\n"
+    path = tmp_path / "c.yaml"
+    path.write_text(base + "monitoring:\n  enabled: true\n  host: 0.0.0.0\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    (line,) = e.value.problems
+    assert line.startswith(f"{path}:4: monitoring") and "not loopback" in line and "allow_remote: true" in line
+    path.write_text(base + "monitoring: {enabled: true, host: 0.0.0.0, allow_remote: true}\n")
+    assert load_config(path).monitoring.host == "0.0.0.0"
+    path.write_text(base + "monitoring: {enabled: true, host: '::1'}\n")
+    assert load_config(path).monitoring.host == "::1"
+
+
+async def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        path = tmp_path / "c.yaml"
+        path.write_text(f"state_dir: {tmp_path}\nmonitoring: {{enabled: true, port: {port}}}\n"
+                        "meters: [{name: a, type: simulated}]\nsinks: [{name: o, type: stdout}]\n")
+        import subprocess
+        import sys
+
+        p = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", str(path)], capture_output=True, text=True,
+                           timeout=30)
+    assert p.returncode != 0
+    assert f"cannot listen for monitoring on 127.0.0.1:{port}" in p.stderr
+    assert "Traceback" not in p.stderr
