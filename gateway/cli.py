@@ -123,6 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.config.loader import secrets_readable_by_others
     from gateway.config.modbus import ModbusMeter
     from gateway.config.models import MqttMeter
     from gateway.daemon import queue_path
@@ -132,6 +133,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     c = _load(args)
     q = c.queue
     print(f"{args.config}: OK")
+    exposed = secrets_readable_by_others(Path(args.config), c)
+    if exposed:
+        print(f"warning: {exposed}")
     print(f"site:    {c.site.name} (time zone {c.site.timezone})")
     print(f"queue:   {queue_path(c)} (at most {format_size(q.max_size)}, {format_duration(q.max_age)};"
           f" durability {q.durability})")

@@ -23,6 +23,7 @@ import structlog
 
 from gateway import __version__, status
 from gateway.config import GatewayConfig, load_config
+from gateway.config.loader import secrets_readable_by_others
 from gateway.errors import ConfigError, GatewayError
 from gateway.forwarder import Forwarder
 from gateway.logs import REDACTOR
@@ -93,6 +94,9 @@ class Gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        exposed = secrets_readable_by_others(self.config_path, self.config) if self.config_path else None
+        if exposed:
+            log.warning("configuration file readable by everyone", problem=exposed)
         await self.queue.start()
         if self.queue.store.moved_aside is not None:
             self.notify.send(f"STATUS=queue was corrupt, moved to {self.queue.store.moved_aside}")

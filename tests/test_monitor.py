@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,15 +23,10 @@ from gateway.errors import ConfigError
 from gateway.modbus.simulator import MeterServer
 from gateway.sdnotify import SdNotify
 from gateway.timekeeper import TimeKeeper
+from tests.helpers.mosquitto import free_port
 from tests.helpers.wattics_emulator import WatticsEmulator
 from tests.test_modbus_source import sim
 from tests.test_time import Manual, Probe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
@@ -197,7 +194,7 @@ def test_the_listener_stays_on_loopback_unless_asked(tmp_path: Path) -> None:
     assert load_config(path).monitoring.host == "::1"
 
 
-async def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -205,9 +202,6 @@ async def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
         path = tmp_path / "c.yaml"
         path.write_text(f"state_dir: {tmp_path}\nmonitoring: {{enabled: true, port: {port}}}\n"
                         "meters: [{name: a, type: simulated}]\nsinks: [{name: o, type: stdout}]\n")
-        import subprocess
-        import sys
-
         p = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", str(path)], capture_output=True, text=True,
                            timeout=30)
     assert p.returncode != 0

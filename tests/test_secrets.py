@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from tests.helpers.daemon import Daemon
-from tests.helpers.mosquitto import Mosquitto
+from tests.helpers.mosquitto import Mosquitto, free_port
 from tests.helpers.voltaware_api_emulator import VoltawareApiEmulator
 from tests.helpers.wattics_emulator import WatticsEmulator
 
@@ -22,8 +25,10 @@ def test_no_secret_in_any_log_line_or_error(broker: Mosquitto, tmp_path: Path) -
     wattics = WatticsEmulator(tmp_path / "w", users={"gateway": "another-password"}).start()  # 401 on every packet
     api = VoltawareApiEmulator(tmp_path / "api", client_secret="not-what-the-gateway-has").start()
     config = tmp_path / "config.yaml"
+    port = free_port()
     config.write_text(f"""\
 state_dir: {tmp_path}
+monitoring: {{enabled: true, port: {port}}}
 brokers:  # meters publishing to a broker that refuses this password
   - {{name: site, host: 127.0.0.1, port: {broker.port}, ca_file: {broker.ca_file}, username: gateway,
      password: {SOURCE_BROKER_PW}}}
@@ -47,10 +52,23 @@ sinks:
            retry_base: 200ms}}
     devices: [{{meter: a, device_id: d1, metadata: {{geolocation: {{latitude: 1, longitude: 2}}}}}}]
 """)
+    config.chmod(0o644)  # readable by every user of the machine: warned about at start, by name and fix
     with Daemon(config).start() as d:
         time.sleep(3)  # 401s at Wattics, the broker refusing the MQTT password, the API refusing the secret
+        shown = "".join(httpx.get(f"http://127.0.0.1:{port}{p}").text for p in ("/metrics", "/health"))
+        shown += subprocess.run([sys.executable, "-m", "gateway", "status", "--json", "-c", str(config)],
+                                capture_output=True, text=True).stdout
+        # A reload with a mistake on a secret's line: refused, logged by key, never by value.
+        good = config.read_text()
+        config.write_text(good.replace(f"password: {SOURCE_BROKER_PW}}}", f"password: [{SOURCE_BROKER_PW}]}}"))
+        d.signal(signal.SIGHUP)
+        d.wait_log(lambda e: e.get("event") == "reload refused: keeping the running configuration")
+        config.write_text(good)
         d.stop()
     logs = "".join(d.raw)
+    warning = next(e for e in d.events() if e.get("event") == "configuration file readable by everyone")
+    assert str(config) in warning["problem"] and f"chmod o-rwx {config}" in warning["problem"]
+    assert "brokers[site].password" in logs
     assert "Wattics refuses the credentials" in logs
     assert "the broker refused the connection" in logs  # the Voltaware sink's broker
     assert "broker refused the connection (credentials, client id?)" in logs  # the MQTT source's broker
@@ -62,7 +80,7 @@ sinks:
     bad = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", str(config)], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "sinks[wattics].password" in bad.stderr
-    everything = logs + bad.stdout + bad.stderr + verify.stdout + verify.stderr
+    everything = logs + bad.stdout + bad.stderr + verify.stdout + verify.stderr + shown
     for secret in (WATTICS_PW, MQTT_PW, API_SECRET, SOURCE_BROKER_PW):
         assert secret not in everything
     wattics.stop()

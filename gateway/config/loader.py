@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
 import types
 import typing
 from collections.abc import Mapping
@@ -36,6 +37,21 @@ SECRET_FIELDS = frozenset({"password", "client_secret", "token", "api_key", "key
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
     path = Path(path)
     return load_config_text(read_config_text(path), str(path), base_dir=path.parent, environ=environ)
+
+
+def secrets_readable_by_others(path: Path, config: GatewayConfig) -> str | None:
+    """A one-line warning when the file holds a secret in clear and every user of the machine can read it."""
+    try:
+        if not path.stat().st_mode & stat.S_IROTH:
+            return None
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    if not any(secret and secret in text for secret in config.secrets()):
+        return None
+    return (f"{path} holds passwords and every user of this machine can read it; fix: chmod o-rwx {path}"
+            f" (as installed: chown root:meter-gateway {path} && chmod 640 {path}), or move the secrets to"
+            " password_file / environment variables")
 
 
 def load_config_text(
