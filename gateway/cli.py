@@ -128,6 +128,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from gateway.config.models import MqttMeter
     from gateway.daemon import queue_path
     from gateway.modbus import tools
+    from gateway.monitor import base_url
     from gateway.mqtt.tools import describe_broker, describe_subscription
 
     c = _load(args)
@@ -139,6 +140,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"site:    {c.site.name} (time zone {c.site.timezone})")
     print(f"queue:   {queue_path(c)} (at most {format_size(q.max_size)}, {format_duration(q.max_age)};"
           f" durability {q.durability})")
+    print(f"clock:   time_sync {c.time_sync}")
+    print(f"monitor: {base_url(c.monitoring)}/metrics and /health" if c.monitoring.enabled else "monitor: off")
     buses = {b.name: b for b in c.buses}
     if c.buses:
         print(f"buses:   {len(c.buses)}")

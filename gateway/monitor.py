@@ -34,6 +34,11 @@ _READ_TIMEOUT = 5.0
 _MAX_REQUEST = 8192
 
 
+def base_url(config: MonitoringConfig) -> str:
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    return f"http://{host}:{config.port}"
+
+
 # ---------------------------------------------------------------- health
 
 
@@ -126,6 +131,8 @@ class _ReportCollector(Collector):
                ["meter"], (([m], v["restamped"]) for m, v in meters.items()))
         family(C, "readings_unstampable", "Readings held in an earlier boot: no true time, kept as dead letters.",
                ["meter"], (([m], v["unstampable"]) for m, v in meters.items()))
+        family(C, "readings_held_evicted", "Held readings dropped at queue.max_size (the clock never synchronised).",
+               ["meter"], (([m], v["held_evicted"]) for m, v in meters.items()))
         family(G, "readings_held", "Readings held until the clock is synchronised.", [], [([], r.get("held", 0))])
         family(C, "read_errors", "Failed meter reads since the daemon started, per kind.", ["meter", "kind"],
                (([m, k], n) for m, v in meters.items() for k, n in v["read_errors"].items()))
@@ -181,7 +188,7 @@ class Monitor:
         except OSError as e:
             raise GatewayError(f"cannot listen for monitoring on {self.config.host}:{self.config.port}:"
                                f" {e.strerror}") from None
-        log.info("monitoring listening", url=f"http://{self.config.host}:{self.config.port}/metrics")
+        log.info("monitoring listening", url=f"{base_url(self.config)}/metrics")
 
     async def stop(self) -> None:
         if self._server is not None:

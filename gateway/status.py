@@ -61,6 +61,7 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None,
             "held": store.counters.get(f"meter.{name}.held", 0),
             "restamped": store.counters.get(f"meter.{name}.restamped", 0),
             "unstampable": store.counters.get(f"meter.{name}.unstampable", 0),
+            "held_evicted": store.counters.get(f"meter.{name}.held_evicted", 0),
             "refused": store.counters.get(f"meter.{name}.refused", 0),
             "dropped_write_failed": store.counters.get(f"meter.{name}.dropped_write_failed", 0),
             # Read health, as the running daemon saw it (Modbus meters): failed reads per kind since it started.

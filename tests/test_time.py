@@ -185,6 +185,32 @@ async def test_held_readings_of_an_earlier_boot_are_reported_never_sent_with_a_w
     store.close()
 
 
+async def test_held_readings_are_bounded_by_the_queue_size_when_the_clock_never_syncs(tmp_path: Path) -> None:
+    clock = Manual(BOOT_CLOCK)
+    store = QueueStore(tmp_path / "q.db", clock=clock.wall, max_size=300_000)
+    store.open()
+    keeper = TimeKeeper("require", clock.wall, clock.mono, Probe(False))
+    keeper.check()
+    for _ in range(40):
+        store.begin()
+        clock.advance(1)
+        big = Reading("m2", 0, {q: 1.0 for q in Quantity if q is not Quantity.VALUE}, False,
+                      round(clock.mono() * 1000))
+        store.append([r("m", keeper.stamp(), 1.0), *[big] * 50])
+        store.commit()
+    lost: dict[str, int] = {}
+    for _ in range(3):  # every 10 s in the daemon
+        store.begin()
+        for k, v in store.enforce_bounds().items():
+            lost[k] = lost.get(k, 0) + v
+        store.commit()
+    held, _ = store.held_status()
+    assert lost["held"] > 0 and held + lost["held"] == 40 * 51, "every held reading is kept or counted"
+    assert store.counters["meter.m2.held_evicted"] + store.counters.get("meter.m.held_evicted", 0) == lost["held"]
+    assert store.used_bytes() <= 300_000
+    store.close()
+
+
 async def test_time_sync_modes_decide_what_is_trusted() -> None:
     clock = Manual(TRUE_NOW)
     ignore = TimeKeeper("ignore", clock.wall, clock.mono, Probe(False))

@@ -487,7 +487,9 @@ class QueueStore:
         used = self.used_bytes()
         if used > self.max_size:
             rows = self._conn.execute("SELECT count(*) FROM readings").fetchone()[0]
-            if rows:
+            if not rows:
+                self._evict_held(used, lost)
+            else:
                 per_row = max(1.0, used / rows)
                 # Free down to 90% so the bound is not hit again at the next append.
                 drop = min(rows, max(1, int((used - 0.9 * self.max_size) / per_row)))
@@ -496,6 +498,20 @@ class QueueStore:
                 ).fetchone()[0]
                 self._evict_before(cutoff + 1, "max_size", lost)
         return lost
+
+    def _evict_held(self, used: int, lost: dict[str, int]) -> None:
+        """Only held readings left and still over ``max_size`` (a clock that never synchronises): the oldest go,
+        counted per meter (``held_evicted``) and reported under ``held``."""
+        db = self._conn
+        n = db.execute("SELECT count(*) FROM held").fetchone()[0]
+        if not n:
+            return
+        drop = min(n, max(1, int((used - 0.9 * self.max_size) / max(1.0, used / n))))
+        rows = db.execute("SELECT id, meter_id FROM held ORDER BY id LIMIT ?", (drop,)).fetchall()
+        for _, mid in rows:
+            self.count(f"meter.{self.meter_names.get(mid, mid)}.held_evicted")
+        db.execute("DELETE FROM held WHERE id <= ?", (rows[-1][0],))
+        lost["held"] = lost.get("held", 0) + len(rows)
 
     def _evict_before(self, cutoff_ms: int, reason: str, lost: dict[str, int]) -> None:
         db = self._conn
