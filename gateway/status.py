@@ -71,6 +71,9 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None,
         }
     subscriptions = daemon.get("subscriptions") if running else {}
     clock = daemon.get("clock") if running else None
+    if isinstance(clock, dict) and not clock.get("trusted") and isinstance(beat, int):
+        # As of now, not as of the heartbeat (written every 10 s).
+        clock = {**clock, "unsynced_s": round((clock.get("unsynced_s") or 0) + (now_ms - beat) / 1000, 1)}
     return {
         "clock": clock if isinstance(clock, dict) else None,
         "held": store.held_status()[0],
