@@ -68,6 +68,8 @@ class WatticsEmulator:
         self.last_accept_at = 0.0
         self.first_accept_at = 0.0
         self.faults: deque[Fault] = deque()
+        #: (when, data point, tsISO8601) of every packet answered 200, duplicates included, in arrival order.
+        self._arrivals: list[tuple[float, str, str]] = []
         #: False: answer "Connection: close" and close, as a server without keep-alive does
         self.keepalive = True
         #: set as a cookie on the first answer; requests carrying it back are counted
@@ -125,6 +127,10 @@ class WatticsEmulator:
                 self.faults.popleft()
             return fault
 
+    def arrivals(self) -> list[tuple[float, str, str]]:
+        with self.lock:
+            return list(self._arrivals)
+
     def count(self) -> int:
         with self.lock:
             return sum(len(v) for v in self.packets.values())
@@ -181,6 +187,7 @@ class WatticsEmulator:
         ts = datetime.fromisoformat(packet["tsISO8601"]).timestamp()
         pid = packet["id"]
         with self.lock:
+            self._arrivals.append((time.time(), pid, packet["tsISO8601"]))
             last = self.last_ts.get(pid)
             if ts in self.seen[pid]:
                 self.duplicates.append((pid, packet["tsISO8601"]))  # sent again: the platform has it already
