@@ -55,11 +55,13 @@ def open_store(config: GatewayConfig) -> QueueStore:
         max_size=config.queue.max_size,
         max_age_s=config.queue.max_age,
         max_page_count=_test_max_pages(),
+        max_page_file=Path(cap) if (cap := os.environ.get("METER_GATEWAY_TEST_MAX_PAGES_FILE")) else None,
     )
 
 
 def _test_max_pages() -> int | None:
-    # Fault tests cap the file to provoke a real SQLITE_FULL without filling a disk. Not documented for users.
+    # Fault tests cap the file to provoke a real SQLITE_FULL without filling a disk (the soak: a cap in a file,
+    # changed while the gateway runs). Not documented for users.
     value = os.environ.get("METER_GATEWAY_TEST_MAX_PAGES", "")
     return int(value) if value.isdigit() else None
 
@@ -72,7 +74,7 @@ class Gateway:
         self.notify = notify or SdNotify()
         self.keeper = keeper or TimeKeeper(config.time_sync)
         self._keeper_stop = asyncio.Event()
-        self.queue = DiskQueue(open_store(config))
+        self.queue = DiskQueue(open_store(config), lazy_commit=config.queue.commit_interval)
         self.forwarders: list[Forwarder] = []
         self.sources: list[Source] = []
         self._source_tasks: list[asyncio.Task[None]] = []
@@ -239,6 +241,7 @@ class Gateway:
     async def _stop_sources(self) -> None:
         """Sources stop after emitting what they hold, so every reading already read is committed."""
         self._source_stop.set()
+        self.queue.commit_now()  # their last readings may be waiting for company: the swap is between two ticks
         if self._source_tasks:
             _, pending = await asyncio.wait(self._source_tasks, timeout=SEND_GRACE)
             for t in pending:
@@ -251,8 +254,8 @@ class Gateway:
         self._health = self._sink_health()
         self.forwarders = []
 
-    async def _emit(self, readings: Sequence[Reading]) -> AppendResult:
-        result = await self.queue.append(readings)
+    async def _emit(self, readings: Sequence[Reading], prompt: bool = False) -> AppendResult:
+        result = await self.queue.append(readings, prompt=prompt)
         if not result.dropped:
             self._accepted.update(r.meter for r in readings)
             self._accepted.subtract(r.meter for r, _ in result.refused)

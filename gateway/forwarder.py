@@ -40,6 +40,8 @@ IDLE_POLL = 5.0
 #: The on-disk record of how far a stream may have sent runs this many batches ahead of what is sent: one commit
 #: per so many batches, and at most so many counted as re-sent after a crash that did not re-send them.
 SENT_MARK_AHEAD = 8
+#: ... and when sending live, this far ahead of the clock (an upper bound of what may have been sent stays one).
+SENT_MARK_HORIZON_MS = 60_000
 #: An interval is sent once a reading after it exists, or once it is over and its meter has been quiet this long.
 AGGREGATE_GRACE = 30.0
 
@@ -243,7 +245,8 @@ class Forwarder:
         # sent again up to there may have reached the platform before a crash without its acknowledgement being
         # recorded: it is counted as re-sent (an upper bound of the duplicates a restart can cause).
         sent_key = f"stream.{cursor}.{meter}.sent_ts"
-        sent_before = await self.queue.run(lambda st: st.counters.get(sent_key, -1))
+        # The mark may be ahead of the clock (see below): only what was taken before this start can be re-sent.
+        sent_before = min(await self.queue.run(lambda st: st.counters.get(sent_key, -1)), int(self.clock() * 1000))
         mark = sent_before
         resent = 0
         buffer: deque[Reading] = deque()
@@ -267,18 +270,29 @@ class Forwarder:
                     batch = [buffer[i] for i in range(sent, min(sent + self.sink.max_batch, len(buffer)))]
                     if batch[-1].ts_ms > mark:
                         mark = buffer[min(len(buffer), sent + SENT_MARK_AHEAD * self.sink.max_batch) - 1].ts_ms
+                        # Live (sending the last of what is queued), the mark runs a minute ahead of the clock: a
+                        # stream sending each reading as it comes writes it once a minute, and lazily, not with an
+                        # fsync per reading. In a backlog it stays a few batches ahead, written before sending on.
+                        live = exhausted and sent + len(batch) >= len(buffer)
+                        if live:
+                            mark = max(mark, int(self.clock() * 1000) + SENT_MARK_HORIZON_MS)
                         # Best effort: on a full disk, delivery (which frees space) goes on without the mark.
                         with contextlib.suppress(QueueError):
-                            await self.queue.run(functools.partial(QueueStore.gauge, name=sent_key, value=mark))
-                    ahead.append((batch, asyncio.create_task(self._send_in_slot(stream, batch, log))))
-                    sent += len(batch)
+                            await self.queue.run(functools.partial(QueueStore.gauge, name=sent_key, value=mark),
+                                                 lazy=live)
                     if batch[0].ts_ms <= sent_before:
                         n = sum(1 for r in batch if r.ts_ms <= sent_before)
                         if not resent:
                             log.info("sending again what went out before the restart unacknowledged",
                                      up_to=iso_utc(sent_before))
                         resent += n
-                        self.queue.post(functools.partial(QueueStore.count, name=f"sink.{self.name}.resent", n=n))
+                        # On disk before sending (a few batches after a restart): an upper bound that a kill
+                        # right after cannot make an undercount.
+                        with contextlib.suppress(QueueError):
+                            await self.queue.run(functools.partial(QueueStore.count, name=f"sink.{self.name}.resent",
+                                                                   n=n))
+                    ahead.append((batch, asyncio.create_task(self._send_in_slot(stream, batch, log))))
+                    sent += len(batch)
                 batch, task = ahead.popleft()
                 outcomes = await task
                 retry: Retry | None = None

@@ -92,7 +92,8 @@ sinks:
     backoff_cap: 200ms
     data_points: [{{id: elec-1, meter: good, format: electrical}}]
 """) as gw:
-            await asyncio.sleep(1.8)
+            await until(lambda: bool(gw.forwarders) and gw.forwarders[0].last_error is not None)
+            await asyncio.sleep(1.2)  # longer than sink_stalled_after since it started failing
             health = await get(port, "/health")
             assert health.status_code == 503
             problems = health.json()["problems"]

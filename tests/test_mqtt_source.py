@@ -496,7 +496,7 @@ async def test_qos0_messages_beyond_the_inbox_limit_are_dropped_counted_and_logg
     src = source(cfg)
     gate = asyncio.Event()
 
-    async def slow_emit(readings: list[Reading]) -> object:  # a disk that stalls while messages pour in
+    async def slow_emit(readings: list[Reading], prompt: bool = True) -> object:  # a disk that stalls
         await gate.wait()
         return await queue.append(readings)
 

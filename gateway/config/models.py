@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from gateway.config.common import (
+    Duration,
     MeterBase,
     Name,
     PositiveDuration,
@@ -46,6 +47,8 @@ class QueueConfig(Strict):
     max_size: Size = 512 * 10**6
     max_age: PositiveDuration = 30 * 86400.0
     durability: Literal["full", "normal"] = "full"
+    #: How long writes that nobody waits for promptly (Modbus readings, acknowledgements) may wait to share a commit.
+    commit_interval: Annotated[Duration, Field(ge=0.0, le=10.0)] = 1.0
 
 
 class MonitoringConfig(Strict):

@@ -1,8 +1,11 @@
 """The queue as the event loop sees it: one worker thread owns the SQLite connection.
 
 Every operation is a job run by that thread. The thread takes all jobs waiting and runs them in one transaction,
-then commits once: many sources appending at once cost one fsync (group commit). Jobs that nobody awaits
-(acknowledgements from forwarders) may wait up to ``lazy_commit`` seconds for company, to spare SD cards.
+then commits once: many sources appending at once cost one fsync (group commit). *Lazy* jobs may wait up to
+``lazy_commit`` seconds for company, to spare SD cards: acknowledgements from forwarders (nobody awaits them), and
+appends from sources that hold nothing upstream (a Modbus poll: its reading is confirmed a moment later, and a
+whole tick of meters shares one commit). A job someone waits on promptly (a read, an MQTT batch whose broker
+acknowledgements wait for the commit) commits at once, with whatever lazy jobs are pending.
 
 A source's ``await append(...)`` returns only after the commit: a reading is confirmed once it is on disk.
 When the disk is full, the transaction is rolled back, the appends report their readings as dropped (counted,
@@ -47,6 +50,8 @@ class _Job:
     #: set for appends: what to count as dropped if the write fails
     readings: Sequence[Reading] | None = None
     on_commit: Callable[[QueueStore], None] | None = None
+    #: may wait for the next commit (up to lazy_commit) although it has a future
+    lazy: bool = False
 
 
 _STOP = object()
@@ -85,9 +90,10 @@ class DiskQueue:
 
     # ------------------------------------------------------------ operations
 
-    async def run(self, fn: Callable[[QueueStore], T]) -> T:
-        """Run ``fn(store)`` in the writer thread inside a transaction; return its result once committed."""
-        result: T = await self._submit(_Job(fn, self._future()))
+    async def run(self, fn: Callable[[QueueStore], T], lazy: bool = False) -> T:
+        """Run ``fn(store)`` in the writer thread inside a transaction; return its result once committed (``lazy``:
+        the commit may wait up to ``lazy_commit`` for company)."""
+        result: T = await self._submit(_Job(fn, self._future(), lazy=lazy))
         return result
 
     def submit(self, fn: Callable[[QueueStore], T]) -> asyncio.Future[T]:
@@ -97,13 +103,19 @@ class DiskQueue:
         self._put(_Job(fn, future))
         return future
 
+    def commit_now(self) -> None:
+        """Commit what waits for company at once (a stop or a reload should not wait ``lazy_commit``)."""
+        self._put(_Job(lambda st: None, self._future()))
+
     def post(self, fn: Callable[[QueueStore], Any]) -> None:
         """Like :meth:`run` without waiting: committed with the next transaction."""
         self._put(_Job(fn, None))
 
-    async def append(self, readings: Sequence[Reading]) -> AppendResult:
-        """Write readings; returns once they are committed (or known dropped)."""
-        outcome = await self._submit(_Job(lambda st: st.append(readings), self._future(), readings))
+    async def append(self, readings: Sequence[Reading], prompt: bool = True) -> AppendResult:
+        """Write readings; returns once they are committed (or known dropped). Not ``prompt``: the commit may wait up
+        to ``lazy_commit`` for other writes (fewer, larger commits). A :class:`gateway.sources.Emit`."""
+        job = _Job(lambda st: st.append(readings), self._future(), readings, lazy=not prompt)
+        outcome = await self._submit(job)
         if isinstance(outcome, AppendResult):  # dropped on a full disk
             return outcome
         result = AppendResult(outcome.accepted, outcome.refused)
@@ -132,7 +144,10 @@ class DiskQueue:
         await self._submit(job)
 
     async def read(self, meter: str, after_ts: int, limit: int) -> list[Reading]:
-        return await self.run(lambda st: st.read(meter, after_ts, limit))
+        """Committed readings of ``meter`` after ``after_ts``, read beside the writer (it is not made to commit)."""
+        if self._thread is None:
+            raise QueueError("the queue is not running")
+        return await asyncio.to_thread(self.store.read_committed, meter, after_ts, limit)
 
     async def flush(self) -> None:
         await self.run(lambda st: None)
@@ -169,7 +184,7 @@ class DiskQueue:
                 jobs.append(first)
             deadline = time.monotonic() + self.lazy_commit
             while True:
-                urgent = stop or any(j.future is not None for j in jobs)
+                urgent = stop or any(j.future is not None and not j.lazy for j in jobs)
                 try:
                     if urgent:
                         nxt = self._jobs.get_nowait()

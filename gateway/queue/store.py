@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -136,6 +137,7 @@ class QueueStore:
         clock: Callable[[], float] = time.time,
         max_page_count: int | None = None,
         boot: str | None = None,
+        max_page_file: Path | None = None,
     ) -> None:
         self.path = path
         #: This boot: readings held in it can be re-stamped from the monotonic clock.
@@ -147,6 +149,9 @@ class QueueStore:
         self.max_age_ms = int(max_age_s * 1000)
         self.clock = clock
         self._max_page_count = max_page_count  # tests: a real SQLITE_FULL without filling a disk
+        # Soak: the cap read from this file at each transaction (absent: no cap), so a disk fills and frees live.
+        self._max_page_file = max_page_file
+        self._page_cap_seen: int | None = None
         self._db: sqlite3.Connection | None = None
         self._in_txn = False
         self._pending = _Pending()
@@ -162,6 +167,8 @@ class QueueStore:
         self.counters: dict[str, int] = {}
         self._dirty_counters: set[str] = set()
         self.moved_aside: Path | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
 
     # ------------------------------------------------------------ opening
 
@@ -241,6 +248,10 @@ class QueueStore:
             self._db = None
 
     def close(self) -> None:
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         if self._db is not None:
             if self._in_txn:
                 self.rollback()
@@ -256,9 +267,20 @@ class QueueStore:
     # ------------------------------------------------------------ transactions
 
     def begin(self) -> None:
+        if self._max_page_file is not None:
+            self._follow_page_cap(self._max_page_file)
         self._conn.execute("BEGIN IMMEDIATE")
         self._in_txn = True
         self._pending = _Pending()
+
+    def _follow_page_cap(self, path: Path) -> None:
+        try:
+            cap = int(path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            cap = 0
+        if cap != self._page_cap_seen:
+            self._page_cap_seen = cap
+            self._conn.execute(f"PRAGMA max_page_count={cap or 2**31 - 2}")
 
     def commit(self) -> None:
         """Write dirty cursors and counters, delete delivered rows, commit; then apply in-memory changes."""
@@ -432,10 +454,23 @@ class QueueStore:
         return int(n), oldest
 
     def read(self, meter: str, after_ts: int, limit: int) -> list[Reading]:
+        return self._read(self._conn, meter, after_ts, limit)
+
+    def read_committed(self, meter: str, after_ts: int, limit: int) -> list[Reading]:
+        """Like :meth:`read`, from any thread, on a connection of its own: sees only what is committed, and does not
+        make the writer commit what waits for company (a forwarder reading must not cost an fsync)."""
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                               timeout=10.0)
+                self._reader.execute("PRAGMA busy_timeout=10000")
+            return self._read(self._reader, meter, after_ts, limit)
+
+    def _read(self, db: sqlite3.Connection, meter: str, after_ts: int, limit: int) -> list[Reading]:
         mid = self.meter_ids.get(meter)
         if mid is None:
             return []
-        rows = self._conn.execute(
+        rows = db.execute(
             "SELECT ts_ms, flags, data FROM readings WHERE meter_id=? AND ts_ms>? ORDER BY ts_ms LIMIT ?",
             (mid, after_ts, limit),
         ).fetchall()

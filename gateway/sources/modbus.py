@@ -28,7 +28,7 @@ from gateway.modbus.plan import Block, Planner
 from gateway.quantities import Quantity
 from gateway.reading import Reading
 from gateway.schedule import next_tick, sleep_until
-from gateway.sources import Emit
+from gateway.sources import Committer, Emit
 from gateway.timekeeper import TimeKeeper
 
 log = structlog.get_logger("gateway.sources.modbus")
@@ -57,21 +57,19 @@ class MeterPoller:
         #: Polls in a row that did not answer (the backoff), and that failed in any way (for the recovery line).
         self.failures = 0
         self.failed_polls = 0
-        self._committing: asyncio.Task[object] | None = None
         self.retry_at = 0.0
         self.down_since: float | None = None
         self.missed_at: float | None = None
         self._last_kind = ""
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
+        committer = Committer(emit, self.log)
         try:
-            await self._run(emit, stop)
+            await self._run(committer, stop)
         finally:
-            # Every reading taken is committed before the source returns (a stop, a reload).
-            if self._committing is not None:
-                await self._committing
+            await committer.drain()  # every reading taken is committed before the source returns
 
-    async def _run(self, emit: Emit, stop: asyncio.Event) -> None:
+    async def _run(self, committer: Committer, stop: asyncio.Event) -> None:
         interval = self.meter.interval
         last_tick: float | None = None
         last_mono = 0.0
@@ -95,25 +93,10 @@ class MeterPoller:
                 self.counts["retries"] += 1
                 reading = await self.poll()
             if reading is not None:
-                self._commit(emit, reading)
+                committer.submit(reading)
             if self.failures:
                 cap = max(self.bus.config.retry_cap, interval)
                 self.retry_at = tick + min(cap, interval * 2 ** min(self.failures - 1, 20))
-
-    def _commit(self, emit: Emit, reading: Reading) -> None:
-        """Hand the reading to the queue without waiting for the disk: a slow commit must not make the next tick
-        late. Commits of one meter stay in order, each after the one before."""
-        before = self._committing
-
-        async def commit() -> None:
-            if before is not None:
-                await before
-            try:
-                await emit([reading])
-            except Exception:  # the queue counts and logs what it drops; this is anything else
-                self.log.exception("reading could not be handed to the queue", ts_ms=reading.ts_ms)
-
-        self._committing = asyncio.create_task(commit(), name=f"commit:{self.meter.name}")
 
     def _skipped(self, first_tick: float, ticks: int) -> None:
         """No reading at these ticks: the poll before them ran past them (a busy bus or machine). Counted, and

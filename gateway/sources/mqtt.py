@@ -268,7 +268,7 @@ class MqttSource:
             readings = sorted((self._reading(m, ts, v, arrival.get((m, ts))) for (m, ts), v in merged.items()),
                               key=lambda r: r.ts_ms)
             if readings:
-                await emit(readings)
+                await emit(readings, prompt=True)
             # Committed (or counted as dropped by the queue): only now may the broker forget them.
             for msg, _ in batch:
                 if msg.qos:

@@ -16,7 +16,7 @@ from gateway.config.models import SimulatedMeter
 from gateway.quantities import Quantity as Q
 from gateway.reading import Reading
 from gateway.schedule import next_tick, sleep_until
-from gateway.sources import Emit
+from gateway.sources import Committer, Emit
 from gateway.timekeeper import TimeKeeper
 
 DAY = 86400.0
@@ -104,6 +104,13 @@ class SimulatedSource:
         self.log = structlog.get_logger("gateway.sources.simulated").bind(meter=config.name)
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
+        committer = Committer(emit, self.log)
+        try:
+            await self._run(committer, stop)
+        finally:
+            await committer.drain()
+
+    async def _run(self, committer: Committer, stop: asyncio.Event) -> None:
         interval = self.config.interval
         while not stop.is_set():
             tick = next_tick(self.clock(), interval)
@@ -112,4 +119,4 @@ class SimulatedSource:
             stamp = self.keeper.stamp()
             reading = Reading(self.name, round(tick * 1000), values_at(self.config, tick), stamp.synced,
                               stamp.mono_ms)
-            await emit([reading])
+            committer.submit(reading)

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.soak.site import Site, counting_fsyncs, proc_stats, wait  # noqa: E402
+from tests.soak.site import Site, counting_fsyncs, proc_stats, wait
 
 GB = 1e9
 
@@ -46,12 +46,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--meters", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=None, help="measured window (default 300, quick 30)")
+    ap.add_argument("--commit-interval", default=None, help="queue.commit_interval (default: the gateway's)")
     args = ap.parse_args()
     window = args.seconds or (30.0 if args.quick else 300.0)
     fsync_window = 8.0 if args.quick else 30.0
     tick = os.sysconf("SC_CLK_TCK")
     with tempfile.TemporaryDirectory(dir=os.environ.get("FOOTPRINT_DIR", "/var/tmp")) as tmp, \
-            Site(Path(tmp), tcp_meters=args.meters, rtu_meters=0, ledger=False) as site:
+            Site(Path(tmp), tcp_meters=args.meters, rtu_meters=0, ledger=False,
+                 queue=f"commit_interval: {args.commit_interval}" if args.commit_interval else "") as site:
         d = site.start_gateway()
         assert d.proc is not None
         pid = d.proc.pid
@@ -83,7 +85,7 @@ def main() -> None:
             "cpu_percent_of_one_core": round(cpu, 1),
             "rss_steady_mb": round(statistics.median(rss) / 1024, 1), "rss_peak_mb": round(s1["hwm_kb"] / 1024, 1),
             "bytes_written_per_reading": round(per_reading), "gb_written_per_day_32_meters_1s": round(per_day / GB, 2),
-            "fsyncs_per_s": round(fsyncs, 1),
+            "fsyncs_per_s": round(fsyncs, 1), "commit_interval": args.commit_interval or "default",
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         }
     print(f"{n} Modbus TCP meters (full SDM630 map, 35 values) at 1 s -> Wattics + Voltaware; {round(elapsed)} s"

@@ -64,13 +64,15 @@ class Watcher(Subscriber):
 
 class Site:
     def __init__(self, workdir: Path, tcp_meters: int = 16, rtu_meters: int = 4, interval: str = "1s",
-                 ledger: bool = True, env: dict[str, str] | None = None) -> None:
+                 ledger: bool = True, env: dict[str, str] | None = None, queue: str = "") -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tcp_meters, self.rtu_meters = tcp_meters, rtu_meters
         self.interval = interval
         self.ledger = ledger
         self.env = env or {}
+        #: extra queue settings, e.g. "commit_interval: 2s"
+        self.queue = queue
         self.config = self.dir / "config.yaml"
         self.monitor_port = free_port()
         self._stack = contextlib.ExitStack()
@@ -134,6 +136,7 @@ class Site:
         self.config.write_text(f"""\
 state_dir: {self.dir}/state
 time_sync: ignore
+queue: {{{self.queue}}}
 monitoring: {{enabled: true, port: {self.monitor_port}}}
 buses:
 {buses}meters:
