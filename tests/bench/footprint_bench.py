@@ -8,7 +8,7 @@ in a window of its own after the CPU window, since tracing slows the process). R
 gateway's own ``/metrics``.
 
     python tests/bench/footprint_bench.py            # full form: 5 minutes measured
-    python tests/bench/footprint_bench.py --quick    # under 60 s
+    python tests/bench/footprint_bench.py --quick    # under 60 s in all
 
 The last line is one JSON object.
 """
@@ -45,11 +45,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--meters", type=int, default=32)
-    ap.add_argument("--seconds", type=float, default=None, help="measured window (default 300, quick 30)")
+    ap.add_argument("--seconds", type=float, default=None, help="measured window (default 300, quick 25)")
     ap.add_argument("--commit-interval", default=None, help="queue.commit_interval (default: the gateway's)")
     args = ap.parse_args()
-    window = args.seconds or (30.0 if args.quick else 300.0)
-    fsync_window = 8.0 if args.quick else 30.0
+    window = args.seconds or (25.0 if args.quick else 300.0)
+    fsync_window = 6.0 if args.quick else 30.0
     tick = os.sysconf("SC_CLK_TCK")
     with tempfile.TemporaryDirectory(dir=os.environ.get("FOOTPRINT_DIR", "/var/tmp")) as tmp, \
             Site(Path(tmp), tcp_meters=args.meters, rtu_meters=0, ledger=False,
