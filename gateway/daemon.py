@@ -74,6 +74,7 @@ class Gateway:
         self.notify = notify or SdNotify()
         self.keeper = keeper or TimeKeeper(config.time_sync)
         self._keeper_stop = asyncio.Event()
+        self._helpers_stop = asyncio.Event()
         self.queue = DiskQueue(open_store(config), lazy_commit=config.queue.commit_interval)
         self.forwarders: list[Forwarder] = []
         self.sources: list[Source] = []
@@ -130,7 +131,11 @@ class Gateway:
         if self.monitor is not None:
             await self.monitor.stop()
         await self._stop_pipeline()
+        # Stopped by their flags, not only by cancelling: in Python 3.11, cancelling asyncio.wait_for at the moment
+        # its event is set (a meter starting to fail as the sources stop) can be lost, and the loop would go on.
         self._keeper_stop.set()
+        self._helpers_stop.set()
+        self._beat_now.set()
         for h in helpers:
             h.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
@@ -325,7 +330,7 @@ class Gateway:
 
     async def _heartbeat(self) -> None:
         # Every HEARTBEAT_INTERVAL, and at once when a meter starts or stops failing, so status shows it promptly.
-        while True:
+        while not self._helpers_stop.is_set():
             self._beat_now.clear()
             await self._write_heartbeat(running=True)
             with contextlib.suppress(TimeoutError):
@@ -337,7 +342,7 @@ class Gateway:
 
     async def _write_heartbeat(self, running: bool) -> None:
         info = self._info(running)
-        await self.queue.run(lambda st: st.set_meta("daemon", info))
+        await self.queue.run(lambda st: st.set_meta("daemon", info), lazy=True)  # with the next commit
 
     def _info(self, running: bool) -> dict[str, Any]:
         return {

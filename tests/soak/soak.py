@@ -28,6 +28,7 @@ import random
 import signal
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -148,7 +149,13 @@ class Soak:
             drained = wait(self.drained, 180, step=1.0)
             d = site.gateway
             assert d is not None
-            rc, _ = d.stop(timeout=20)
+            try:
+                rc, _ = d.stop(timeout=20)
+            except subprocess.TimeoutExpired:
+                print("the gateway did not stop within 20 s of SIGTERM; its last log lines:\n"
+                      + "".join(d.raw[-40:]), file=sys.stderr)
+                d.kill()
+                rc = -9
             return self.count(started, healed, drained, rc)
         finally:
             site.close()
