@@ -113,3 +113,25 @@ async def test_delivery_goes_on_with_a_full_disk_and_makes_room_for_new_readings
     await until(lambda: len((tmp_path / "out.jsonl").read_text().splitlines()) == accepted + 1)
     await fwd.stop(1)
     await q.stop()
+
+
+async def test_lazy_appends_share_one_commit_and_are_not_seen_before_it(tmp_path: Path) -> None:
+    q = DiskQueue(QueueStore(tmp_path / "q.db"), lazy_commit=0.5)
+    await q.start()
+    commits = []
+    real_commit = q.store.commit
+    q.store.commit = lambda: (commits.append(1), real_commit())[1]  # type: ignore[method-assign]
+    # A tick of 20 meters, appended lazily: one commit, confirmed only after it.
+    pending = [asyncio.ensure_future(q.append([reading(f"m{i}", 1)], prompt=False)) for i in range(20)]
+    await asyncio.sleep(0.2)
+    assert not any(p.done() for p in pending), "confirmed before the commit"
+    assert await q.read("m0", -1, 10) == [], "a forwarder reads only what is committed, and its read forces nothing"
+    results = await asyncio.gather(*pending)
+    assert all(r.accepted == 1 for r in results) and len(commits) == 1
+    assert [r.ts_ms for r in await q.read("m0", -1, 10)] == [1]
+    # A prompt append commits at once, taking whatever waits with it.
+    lazy = asyncio.ensure_future(q.append([reading("m0", 2)], prompt=False))
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(q.append([reading("m1", 2)]), 0.3)
+    assert (await asyncio.wait_for(lazy, 0.1)).accepted == 1 and len(commits) == 2
+    await q.stop()
