@@ -105,7 +105,7 @@ class DiskQueue:
 
     def commit_now(self) -> None:
         """Commit what waits for company at once (a stop or a reload should not wait ``lazy_commit``)."""
-        self._put(_Job(lambda st: None, self._future()))
+        self.submit(lambda st: None)
 
     def post(self, fn: Callable[[QueueStore], Any]) -> None:
         """Like :meth:`run` without waiting: committed with the next transaction."""

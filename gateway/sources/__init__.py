@@ -23,7 +23,6 @@ class Emit(Protocol):
     def __call__(self, readings: Sequence[Reading], prompt: bool = False) -> Awaitable[AppendResult]: ...
 
 
-
 class Source(Protocol):
     name: str
 
