@@ -26,13 +26,14 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -48,12 +49,19 @@ CHECK_INTERVAL = 1.0
 _TIME_ERROR = 5
 
 
+@functools.cache
+def _adjtimex() -> Any:
+    # Looked up once: find_library runs ldconfig in a subprocess, not something to do every second on the loop.
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).adjtimex
+    except (OSError, AttributeError):
+        return None
+
+
 def kernel_synced() -> bool | None:
     """The kernel's NTP status (read-only ``adjtimex``): True when synchronised, None when it cannot be asked."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        adjtimex = libc.adjtimex
-    except (OSError, AttributeError):
+    adjtimex = _adjtimex()
+    if adjtimex is None:
         return None
     buf = ctypes.create_string_buffer(512)  # struct timex is about 208 bytes; modes=0 (zeroed) only reads
     state = adjtimex(buf)

@@ -163,7 +163,7 @@ sinks: [{{name: archive, type: file, path: {tmp_path}/archive.jsonl}}]
         keeper.check()
         assert (await get(port, "/health")).status_code == 200
         # Fill the queue file towards its bound: readings nobody can deliver yet pile up.
-        await gw_fill(tmp_path, port)
+        fill_queue_file(tmp_path)
         r = await get(port, "/health")
         assert r.status_code == 503 and [p["check"] for p in r.json()["problems"]] == ["queue_near_full"]
         head = await httpx.AsyncClient().head(f"http://127.0.0.1:{port}/health")
@@ -171,7 +171,8 @@ sinks: [{{name: archive, type: file, path: {tmp_path}/archive.jsonl}}]
         assert (await get(port, "/nope")).status_code == 404
 
 
-async def gw_fill(tmp_path: Path, port: int) -> None:
+def fill_queue_file(tmp_path: Path) -> None:
+    """Ballast in the queue file, written beside the daemon (WAL lets a second writer in between its commits)."""
     import sqlite3
 
     db = sqlite3.connect(tmp_path / "queue.db", timeout=10)

@@ -93,14 +93,13 @@ class DiskQueue:
     async def run(self, fn: Callable[[QueueStore], T], lazy: bool = False) -> T:
         """Run ``fn(store)`` in the writer thread inside a transaction; return its result once committed (``lazy``:
         the commit may wait up to ``lazy_commit`` for company)."""
-        result: T = await self._submit(_Job(fn, self._future(), lazy=lazy))
-        return result
+        return await self.submit(fn, lazy)
 
-    def submit(self, fn: Callable[[QueueStore], T]) -> asyncio.Future[T]:
+    def submit(self, fn: Callable[[QueueStore], T], lazy: bool = False) -> asyncio.Future[T]:
         """Like :meth:`run`, but queued at once, before this call returns (not when a coroutine first runs): the
         job is ordered before any job submitted after it."""
         future: asyncio.Future[T] = self._future()
-        self._put(_Job(fn, future))
+        self._put(_Job(fn, future, lazy=lazy))
         return future
 
     def commit_now(self) -> None:

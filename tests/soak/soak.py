@@ -21,6 +21,7 @@ Prints a table; the last line is one JSON object. Exit status 1 if anything was 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -197,7 +198,7 @@ class Soak:
             if "energy_import_total" in values:
                 energy[key[0]].append((key[1], values["energy_import_total"]))
         energy_backwards = sum(1 for seq in energy.values()
-                               for (_, a), (_, b) in zip(sorted(seq), sorted(seq)[1:], strict=False) if b < a)
+                               for (_, a), (_, b) in itertools.pairwise(sorted(seq)) if b < a)
         queued = self.waiting()
         confirmed |= queued.get("ledger", set())  # confirmed, not yet in the ledger file
         platforms = {"wattics": site.wattics_arrivals(), "voltaware": site.voltaware_arrivals()}
