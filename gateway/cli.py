@@ -235,14 +235,15 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from gateway.config.voltaware import VoltawareSink
     from gateway.config.wattics import WatticsSink
+    from gateway.daemon import last_sent
     from gateway.sinks import voltaware_api, wattics
 
     config = _load(args)
     store = _open_store(config)
-    daemon: dict[str, Any] = {}
+    sent_by_sink: dict[str, Any] = {}
     if store is not None:
         try:
-            daemon = store.get_meta("daemon") or {}
+            sent_by_sink = last_sent(store)
         finally:
             store.close()
     checks = [s for s in config.sinks if isinstance(s, WatticsSink | VoltawareSink)]
@@ -251,8 +252,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return EXIT_OK
     all_ok = True
     for sink in checks:
-        health = (daemon.get("sinks") or {}).get(sink.name) or {}
-        sent = health.get("streams") or {}
+        sent = sent_by_sink.get(sink.name) or {}
         if isinstance(sink, WatticsSink):
             ok, lines = asyncio.run(wattics.verify(sink, sent))
         else:

@@ -42,6 +42,10 @@ log = structlog.get_logger("gateway.daemon")
 #: How long sends in flight may take to finish at a stop or reload.
 SEND_GRACE = 5.0
 HEARTBEAT_INTERVAL = 10.0
+#: What each stream delivered last (for ``verify`` and the next start) is written this often, and at a stop: it is
+#: the largest thing the daemon keeps (a packet per stream), and rewriting it with every heartbeat cost a page or more
+#: of SD-card writes each time.
+LAST_SENT_INTERVAL = 300.0
 
 
 def queue_path(config: GatewayConfig) -> Path:
@@ -88,7 +92,9 @@ class Gateway:
         #: Readings confirmed into the queue per meter since start (for /metrics and status).
         self._accepted: Counter[str] = Counter()
         self.monitor: Monitor | None = None
-        self._health: dict[str, object] | None = None
+        #: Per sink, what each stream delivered last: from the previous run at start, kept across a reload.
+        self._last_sent: dict[str, Any] | None = None
+        self._last_sent_written = time.monotonic()
 
     # ------------------------------------------------------------ entry
 
@@ -205,16 +211,14 @@ class Gateway:
         for name in inactive:
             log.warning("stream known to the queue is not in the configuration: its cursor is kept but ignored",
                         stream=name)
-        if self._health is None:  # what the previous run delivered last, for status and verify
-            previous = await self.queue.run(lambda st: st.get_meta("daemon")) or {}
-            sinks = previous.get("sinks")
-            self._health = dict(sinks) if isinstance(sinks, dict) else {}
+        if self._last_sent is None:  # what the previous run delivered last, for verify
+            self._last_sent = await self.queue.run(last_sent)
         self.forwarders = []
         for sc in config.sinks:
             fwd = Forwarder(create_sink(sc, config), sc, self.queue, streams[sc.name])
-            before = (self._health or {}).get(sc.name, {})
-            if isinstance(before, dict) and isinstance(before.get("streams"), dict):
-                fwd.last_sent.update(before["streams"])
+            before = self._last_sent.get(sc.name)
+            if isinstance(before, dict):
+                fwd.last_sent.update(before)
             await fwd.start()
             self.forwarders.append(fwd)
 
@@ -256,7 +260,7 @@ class Gateway:
 
     async def _stop_forwarders(self) -> None:
         await asyncio.gather(*(f.stop(SEND_GRACE) for f in self.forwarders))
-        self._health = self._sink_health()
+        self._last_sent = {f.name: dict(f.last_sent) for f in self.forwarders}
         self.forwarders = []
 
     async def _emit(self, readings: Sequence[Reading], prompt: bool = False) -> AppendResult:
@@ -337,12 +341,23 @@ class Gateway:
                 await asyncio.wait_for(self._beat_now.wait(), HEARTBEAT_INTERVAL)
 
     def _sink_health(self) -> dict[str, object]:
-        return {f.name: {"failing": f.last_error is not None, "last_error": f.last_error, "streams": f.last_sent}
-                for f in self.forwarders}
+        return {f.name: {"failing": f.last_error is not None, "last_error": f.last_error} for f in self.forwarders}
 
     async def _write_heartbeat(self, running: bool) -> None:
         info = self._info(running)
-        await self.queue.run(lambda st: st.set_meta("daemon", info), lazy=True)  # with the next commit
+        sent: dict[str, Any] | None = None
+        if not running or time.monotonic() - self._last_sent_written >= LAST_SENT_INTERVAL:
+            self._last_sent_written = time.monotonic()
+            sent = {f.name: dict(f.last_sent) for f in self.forwarders} if self.forwarders else None
+
+        kept = persisted(info)
+
+        def write(st: QueueStore) -> None:
+            st.set_meta("daemon", kept)
+            if sent is not None:
+                st.set_meta("last_sent", sent)
+
+        await self.queue.run(write, lazy=True)  # with the next commit
 
     def _info(self, running: bool) -> dict[str, Any]:
         return {
@@ -351,7 +366,7 @@ class Gateway:
             "started_ms": int(self._started * 1000),
             "heartbeat_ms": int(time.time() * 1000),
             "running": running,
-            "sinks": self._sink_health() if self.forwarders else self._health or {},
+            "sinks": self._sink_health(),
             "meters": {name: h for s in self.sources if isinstance(s, ReportsHealth)
                        for name, h in s.health().items()},
             "subscriptions": {name: c for s in self.sources if isinstance(s, MqttSource)
@@ -363,3 +378,28 @@ class Gateway:
 
 async def run_daemon(config: GatewayConfig, config_path: Path | None, notify: SdNotify | None = None) -> int:
     return await Gateway(config, config_path, notify).run()
+
+
+def persisted(info: dict[str, Any]) -> dict[str, Any]:
+    """The heartbeat as written to the queue file: without what ``status`` does not show of a meter (its poll and
+    reading counts, which change at every poll) and without meters that have nothing to report, so that the record
+    changes little between two beats and stays one or two pages."""
+    meters = {}
+    for name, h in (info.get("meters") or {}).items():
+        counts = {k: v for k, v in (h.get("counts") or {}).items() if k not in status.NOT_ERRORS}
+        if h.get("failing") or h.get("last_problem") or counts:
+            meters[name] = {**h, "counts": counts}
+    return {**info, "meters": meters}
+
+
+def last_sent(store: QueueStore) -> dict[str, Any]:
+    """Per sink, what each of its streams delivered last (stream cursor -> record), as of the last heartbeat that
+    wrote it (every LAST_SENT_INTERVAL and at a stop). Files of earlier versions kept it inside the heartbeat."""
+    kept = store.get_meta("last_sent")
+    if kept is not None:
+        return kept
+    sinks = (store.get_meta("daemon") or {}).get("sinks")
+    if not isinstance(sinks, dict):
+        return {}
+    return {name: h["streams"] for name, h in sinks.items()
+            if isinstance(h, dict) and isinstance(h.get("streams"), dict)}

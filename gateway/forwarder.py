@@ -268,14 +268,16 @@ class Forwarder:
                         continue
                 while len(ahead) < depth and sent < len(buffer):
                     batch = [buffer[i] for i in range(sent, min(sent + self.sink.max_batch, len(buffer)))]
-                    if batch[-1].ts_ms > mark:
+                    # Live (the buffer holds all that is committed), the mark runs a minute ahead of the clock and
+                    # is renewed, lazily, when half of that is used: a stream sending readings as they come writes
+                    # it twice a minute and never with an fsync of its own, while the mark already on disk still
+                    # covers what goes out meanwhile. In a backlog it stays a few batches ahead, written (and
+                    # committed) before sending on.
+                    live = exhausted
+                    if batch[-1].ts_ms > (mark - SENT_MARK_HORIZON_MS // 2 if live else mark):
                         mark = buffer[min(len(buffer), sent + SENT_MARK_AHEAD * self.sink.max_batch) - 1].ts_ms
-                        # Live (sending the last of what is queued), the mark runs a minute ahead of the clock: a
-                        # stream sending each reading as it comes writes it once a minute, and lazily, not with an
-                        # fsync per reading. In a backlog it stays a few batches ahead, written before sending on.
-                        live = exhausted and sent + len(batch) >= len(buffer)
                         if live:
-                            mark = max(mark, int(self.clock() * 1000) + SENT_MARK_HORIZON_MS)
+                            mark = max(mark, buffer[-1].ts_ms, int(self.clock() * 1000) + SENT_MARK_HORIZON_MS)
                         # Best effort: on a full disk, delivery (which frees space) goes on without the mark.
                         with contextlib.suppress(QueueError):
                             await self.queue.run(functools.partial(QueueStore.gauge, name=sent_key, value=mark),
@@ -403,7 +405,8 @@ class Forwarder:
                 await asyncio.wait_for(self._stopping.wait(), DEADLETTER_POLL)
             if self._stopping.is_set():
                 return
-            letters = await self.queue.run(lambda st: st.dead_letters(self.name, state="retry", limit=100))
+            # Lazy: a poll must not cost a commit of its own (it rides on the next one).
+            letters = await self.queue.run(lambda st: st.dead_letters(self.name, state="retry", limit=100), lazy=True)
             for dl in letters:
                 stream = by_cursor.get((dl.sink, dl.reading.meter))
                 if stream is None:

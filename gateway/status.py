@@ -14,7 +14,8 @@ from gateway.reading import iso_utc
 #: A heartbeat older than this means the daemon is not running (it writes one every 10 s).
 STALE_HEARTBEAT_MS = 30_000
 #: Poll counters that are not read errors.
-_NOT_ERRORS = frozenset({"polls", "readings", "retries", "skipped_ticks"})
+#: Counts of a meter that are not read errors (``status`` leaves them out; the heartbeat does not keep them).
+NOT_ERRORS = frozenset({"polls", "readings", "retries", "skipped_ticks"})
 
 
 def collect(store: QueueStore, config: GatewayConfig, now: float | None = None,
@@ -67,7 +68,7 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None,
             # Read health, as the running daemon saw it (Modbus meters): failed reads per kind since it started.
             "failing": bool(health.get("failing")) if isinstance(health, dict) else False,
             "last_problem": health.get("last_problem") if isinstance(health, dict) else None,
-            "read_errors": {k: v for k, v in counts.items() if k not in _NOT_ERRORS},
+            "read_errors": {k: v for k, v in counts.items() if k not in NOT_ERRORS},
         }
     subscriptions = daemon.get("subscriptions") if running else {}
     clock = daemon.get("clock") if running else None

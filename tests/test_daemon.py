@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from tests.helpers.daemon import Daemon, read_jsonl, still_queued
+from tests.helpers.daemon import Daemon, last_queued, queued_by_meter, read_jsonl, still_queued
 
 CONFIG = """\
 state_dir: {state}
@@ -65,15 +65,8 @@ def test_sigterm_stops_cleanly_within_10s_and_every_reading_is_delivered(tmp_pat
     rows = by_meter(read_jsonl(tmp_path / "archive.jsonl"))
     for ts in rows.values():
         assert ts == sorted(ts) and len(ts) == len(set(ts))
-    import sqlite3
-
     # Readings taken in the instant before the stop may still be queued: the next start sends them.
-    db = sqlite3.connect(tmp_path / "queue.db")
-    meter_of = dict(db.execute("SELECT id, name FROM meters"))
-    queued = by_meter([{"meter": meter_of[m], "ts_ms": t} for m, t in db.execute(
-        "SELECT r.meter_id, r.ts_ms FROM readings r JOIN cursors c ON c.meter_id = r.meter_id AND r.ts_ms > c.ts_ms"
-        " WHERE c.sink = 'archive'")])
-    db.close()
+    queued = queued_by_meter(tmp_path, "archive")
     for name, ts in rows.items():
         everything = sorted(set(ts) | set(queued.get(name, [])))
         assert all(b - a == 200 for a, b in itertools.pairwise(everything)), "a reading is missing"
@@ -161,11 +154,7 @@ def test_sigkill_and_restart_keeps_order_and_delivers_the_last_confirmed(tmp_pat
         rc, _ = d.stop()
         assert rc == 0
     rows = by_meter(read_jsonl(archive))
-    import sqlite3
-
-    db = sqlite3.connect(tmp_path / "queue.db")
-    last = dict(db.execute("SELECT name, last_ts FROM meters"))
-    db.close()
+    last = last_queued(tmp_path)
     waiting = still_queued(tmp_path, "archive").get("archive", set())
     for m in ("a", "b"):
         ts = rows[m]

@@ -15,8 +15,8 @@ from tests.conftest import reading
 async def test_appends_from_many_sources_share_commits(queue: DiskQueue) -> None:
     results = await asyncio.gather(*(queue.append([reading(f"m{i}", 1)]) for i in range(50)))
     assert all(r.accepted == 1 for r in results)
-    rows = await queue.run(lambda st: st._conn.execute("SELECT count(*) FROM readings").fetchone()[0])
-    assert rows == 50
+    rows = await queue.run(lambda st: st._conn.execute("SELECT count(*), sum(n) FROM readings").fetchone())
+    assert rows == (50, 50), "one chunk per meter"
 
 
 async def test_an_append_is_on_disk_when_it_returns(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ async def test_an_append_is_on_disk_when_it_returns(tmp_path: Path) -> None:
     await q.append([reading("m1", 1)])
     # Another connection (another process, in effect) sees it committed.
     db = sqlite3.connect(tmp_path / "q.db")
-    assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 1
+    assert db.execute("SELECT sum(n) FROM readings").fetchone()[0] == 1
     db.close()
     await q.stop()
 

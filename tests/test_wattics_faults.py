@@ -13,7 +13,7 @@ from gateway.quantities import Quantity
 from gateway.queue import QueueStore
 from gateway.reading import Reading
 from gateway.sources.simulated import three_phase
-from tests.helpers.daemon import Daemon, read_jsonl, still_queued
+from tests.helpers.daemon import Daemon, last_queued, read_jsonl, still_queued
 from tests.helpers.wattics_emulator import WatticsEmulator
 
 CONFIG = """\
@@ -50,14 +50,6 @@ def backlog_readings(state: Path, per_meter: int) -> None:
     store.append([Reading("b", start + i * 1000, {Quantity.VALUE: 1000.0 + i}) for i in range(per_meter)])
     store.commit()
     store.close()
-
-
-def last_queued(state: Path) -> dict[str, int]:
-    db = sqlite3.connect(state / "queue.db")
-    try:
-        return dict(db.execute("SELECT name, last_ts FROM meters"))
-    finally:
-        db.close()
 
 
 def delivered_ms(emu: WatticsEmulator, point: str) -> list[int]:

@@ -48,7 +48,7 @@ class QueueConfig(Strict):
     max_age: PositiveDuration = 30 * 86400.0
     durability: Literal["full", "normal"] = "full"
     #: How long writes that nobody waits for promptly (Modbus readings, acknowledgements) may wait to share a commit.
-    commit_interval: Annotated[Duration, Field(ge=0.0, le=10.0)] = 1.0
+    commit_interval: Annotated[Duration, Field(ge=0.0, le=60.0)] = 5.0
 
 
 class MonitoringConfig(Strict):

@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.bench.wal_pages import follow, print_report
 from tests.soak.site import Site, counting_fsyncs, proc_stats, wait
 
 GB = 1e9
@@ -47,6 +48,7 @@ def main() -> None:
     ap.add_argument("--meters", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=None, help="measured window (default 300, quick 25)")
     ap.add_argument("--commit-interval", default=None, help="queue.commit_interval (default: the gateway's)")
+    ap.add_argument("--pages", action="store_true", help="then follow the queue's WAL: pages per commit, by table")
     args = ap.parse_args()
     window = args.seconds or (25.0 if args.quick else 300.0)
     fsync_window = 6.0 if args.quick else 30.0
@@ -69,6 +71,7 @@ def main() -> None:
         r1, s1, t1 = readings_total(site.monitor_port), proc_stats(pid), time.monotonic()
         with counting_fsyncs(pid) as fs:
             time.sleep(fsync_window)
+        pages = follow(Path(tmp) / "state" / "queue.db", fsync_window) if args.pages else None
         w0, v0 = len(site.wattics_arrivals()), len(site.voltaware_arrivals())
         d.stop()
         elapsed = t1 - t0
@@ -96,6 +99,9 @@ def main() -> None:
     print(f"  bytes written/reading  {result['bytes_written_per_reading']:>10}   ->"
           f" {result['gb_written_per_day_32_meters_1s']} GB/day for 32 meters at 1 s (target < 1)")
     print(f"  fsyncs/s               {result['fsyncs_per_s']:>10}")
+    if pages is not None:
+        print_report(pages)
+        result["wal"] = pages
     print(json.dumps(result))
 
 

@@ -104,17 +104,50 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def still_queued(state: Path, sink: str) -> dict[str, set[int]]:
     """Per stream cursor of ``sink``, the readings the queue still holds for it: taken in the instant before a stop,
     they go at the next start and are not lost."""
+    out: dict[str, set[int]] = {}
+    for (cursor, _), ts in _queued(state, sink).items():
+        out.setdefault(cursor, set()).update(ts)
+    return out
+
+
+def queued_by_meter(state: Path, sink: str) -> dict[str, set[int]]:
+    """Like :func:`still_queued`, per meter."""
+    out: dict[str, set[int]] = {}
+    for (_, meter), ts in _queued(state, sink).items():
+        out.setdefault(meter, set()).update(ts)
+    return out
+
+
+def _queued(state: Path, sink: str) -> dict[tuple[str, str], set[int]]:
+    import sqlite3
+
+    from gateway.queue.store import decode_chunk
+
+    db = sqlite3.connect(state / "queue.db")
+    try:
+        names = dict(db.execute("SELECT id, name FROM meters"))
+        cursors = db.execute("SELECT sink, meter_id, ts_ms FROM cursors WHERE sink = ? OR sink LIKE ? || '#%'",
+                             (sink, sink)).fetchall()
+        chunks = db.execute("SELECT meter_id, data, first_ts FROM readings").fetchall()
+    finally:
+        db.close()
+    out: dict[tuple[str, str], set[int]] = {}
+    for cursor, mid, after in cursors:
+        ts = {t for m, data, first in chunks if m == mid for t, _, _ in decode_chunk(data, first) if t > after}
+        if ts:
+            out[(cursor, names[mid])] = ts
+    return out
+
+
+def last_queued(state: Path) -> dict[str, int]:
+    """Per meter, the timestamp of the last reading confirmed into the queue (what the queue refuses to go behind):
+    worked out as the queue does when it opens, from the newest chunk, the cursors and the stored last_ts."""
     import sqlite3
 
     db = sqlite3.connect(state / "queue.db")
     try:
-        rows = db.execute(
-            "SELECT c.sink, r.ts_ms FROM cursors c JOIN readings r ON r.meter_id = c.meter_id AND r.ts_ms > c.ts_ms"
-            " WHERE c.sink = ? OR c.sink LIKE ? || '#%'", (sink, sink)
-        ).fetchall()
+        return dict(db.execute(
+            "SELECT name, max(last_ts, coalesce((SELECT max(ts_ms) FROM readings r WHERE r.meter_id = m.id), -1),"
+            " coalesce((SELECT max(ts_ms) FROM cursors c WHERE c.meter_id = m.id), -1)) FROM meters m"))
     finally:
         db.close()
-    out: dict[str, set[int]] = {}
-    for cursor, ts in rows:
-        out.setdefault(cursor, set()).add(ts)
-    return out
