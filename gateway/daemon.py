@@ -348,7 +348,8 @@ class Gateway:
         sent: dict[str, Any] | None = None
         if not running or time.monotonic() - self._last_sent_written >= LAST_SENT_INTERVAL:
             self._last_sent_written = time.monotonic()
-            sent = {f.name: dict(f.last_sent) for f in self.forwarders} if self.forwarders else None
+            # At a stop the forwarders are gone: what they sent last was kept when they stopped.
+            sent = {f.name: dict(f.last_sent) for f in self.forwarders} if self.forwarders else self._last_sent
 
         kept = persisted(info)
 
@@ -357,7 +358,7 @@ class Gateway:
             if sent is not None:
                 st.set_meta("last_sent", sent)
 
-        await self.queue.run(write, lazy=True)  # with the next commit
+        await self.queue.run(write, lazy=running)  # with the next commit; the last one (a stop) at once
 
     def _info(self, running: bool) -> dict[str, Any]:
         return {

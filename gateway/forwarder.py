@@ -137,6 +137,8 @@ class Forwarder:
         self._stopping.set()
         for stream in self.streams:
             self.queue.event(stream.cursor, stream.meter).set()
+        with contextlib.suppress(QueueError):  # what a stream awaits lazily (a sent mark, a poll) goes at once
+            self.queue.commit_now()
         if self._tasks:
             await asyncio.wait(self._tasks[:1], timeout=grace)  # the start task may still add streams
             _, pending = await asyncio.wait(self._tasks, timeout=grace)

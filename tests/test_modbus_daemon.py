@@ -33,6 +33,7 @@ def write_config(tmp_path: Path, port: int) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(f"""\
 state_dir: {tmp_path / 'state'}
+queue: {{commit_interval: 1s}}  # these runs last seconds: readings reach the sinks within one
 buses:
   - {{name: cabinet, type: tcp, host: 127.0.0.1, port: {port}, timeout: 300ms, retry_cap: 2s}}
 meters:
@@ -143,6 +144,7 @@ def test_a_reload_that_changes_only_a_bus_moves_its_meters_to_the_new_line(tmp_p
         path = tmp_path / "config.yaml"
         text = f"""\
 state_dir: {tmp_path / 'state'}
+queue: {{commit_interval: 1s}}  # these runs last seconds: readings reach the sinks within one
 buses: [{{name: cabinet, type: tcp, host: 127.0.0.1, port: PORT}}]
 meters: [{{name: incomer, type: modbus, bus: cabinet, unit: 1, profile: eastron_sdm630, interval: 500ms}}]
 sinks: [{{name: archive, type: file, path: {tmp_path / 'archive.jsonl'}}}]

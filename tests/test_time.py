@@ -233,6 +233,7 @@ async def gateway(tmp_path: Path, keeper: TimeKeeper, meters: str, extra: str = 
     path = tmp_path / "config.yaml"
     path.write_text(f"""\
 state_dir: {tmp_path}
+queue: {{commit_interval: 1s}}  # these runs last seconds: readings reach the sinks within one
 {extra}
 meters:
 {meters}
@@ -333,6 +334,7 @@ def test_the_daemon_holds_readings_until_sync_across_a_sigkill_then_sends_them_a
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"""\
 state_dir: {tmp_path}
+queue: {{commit_interval: 1s}}  # these runs last seconds: readings reach the sinks within one
 time_sync: require
 meters:
   - {{name: a, type: simulated, interval: 200ms}}

@@ -17,6 +17,7 @@ from tests.helpers.voltaware_api_emulator import Registrar, VoltawareApiEmulator
 
 CONFIG = """\
 state_dir: {state}
+queue: {{commit_interval: 1s}}  # these runs last seconds: readings reach the sinks within one
 meters:
   - {{name: a, type: simulated, interval: 100ms}}
 sinks:

@@ -345,9 +345,12 @@ class QueueStore:
         """Write a meter's new chunks, each into the row of a chunk of that meter already delivered everywhere if
         there is one (the common case: the platforms keep up). Rewriting a row in place writes its one page; deleting
         it and inserting another wrote both, the freed one included (measured: a third of a commit's pages)."""
-        spare = [seq for (seq,) in self._conn.execute(
-            "SELECT seq FROM readings WHERE meter_id=? AND ts_ms<=? ORDER BY ts_ms LIMIT ?",
-            (mid, self._floor(mid), len(chunks)))]
+        if not any(mid in ids for ids in self.wanted.values()):
+            spare = []  # nobody takes this meter's readings: they stay until a sink does or a restart drops them
+        else:
+            spare = [seq for (seq,) in self._conn.execute(
+                "SELECT seq FROM readings WHERE meter_id=? AND ts_ms<=? ORDER BY ts_ms LIMIT ?",
+                (mid, self._floor(mid), len(chunks)))]
         for rows in chunks:
             if not spare:
                 self._insert_chunk(mid, rows)
@@ -605,7 +608,7 @@ class QueueStore:
         """Readings of ``meter`` after ``after_ts`` that a sink still needs, oldest first; in a transaction, its own
         appends included. (Chunks delivered everywhere may stay a while, to be rewritten: they are not shown.)"""
         mid = self.meter_ids.get(meter) or self._pending.new_meters.get(meter)
-        if mid is not None:
+        if mid is not None and any(mid in ids for ids in self.wanted.values()):
             after_ts = max(after_ts, self._floor(mid))
         out = self._read(self._conn, meter, after_ts, limit)
         pending = self._pending.rows.get(mid, []) if mid is not None else []
