@@ -199,3 +199,86 @@ def test_sqlite_full_is_raised_by_a_capped_file(tmp_path: Path) -> None:
     finally:
         s.rollback()
         s.close()
+
+
+# ---------------------------------------------------------------- schema 2: chunks, compact values, upgrade
+
+
+def test_values_keep_their_digits_in_four_bytes_and_anything_else_exactly() -> None:
+    from gateway.quantities import ALL
+    from gateway.reading import decode_values, encode_values
+
+    meter = {q: 230.1 + i for i, q in enumerate(ALL[:35])}  # what a float32 register gives, as the meter's digits
+    assert decode_values(encode_values(meter)) == meter
+    assert len(encode_values(meter)) == 16 + 35 * 4
+    odd = {**meter, ALL[3]: 997508060.0, ALL[4]: 0.1 + 0.2, ALL[5]: 1e300, ALL[6]: float("inf")}
+    assert decode_values(encode_values(odd)) == odd, "what a float32 cannot hold exactly stays a float64"
+    assert len(encode_values(odd)) == 16 + 32 * 4 + 3 * 8
+
+
+def test_an_energy_total_that_does_not_fit_a_float32_does_not_split_a_chunk(store: QueueStore) -> None:
+    from gateway.quantities import Quantity as Q
+
+    txn(store, lambda: store.configure({"a": ["m"]}))
+    # A total that fits a float32 exactly, then one that does not, alternately: one chunk all the same.
+    got = [Reading("m", 1000 * i, {Q.VOLTAGE_L1: 230.1, Q.ENERGY_IMPORT_TOTAL: 997508060.0 + 4 * (i % 2)})
+           for i in range(1, 6)]
+    txn(store, lambda: store.append(got))
+    assert store._conn.execute("SELECT count(*), sum(n) FROM readings").fetchone() == (1, 5)
+    assert store.read("m", -1, 10) == got
+
+
+def test_a_delivered_chunk_is_rewritten_in_place_by_the_next(store: QueueStore) -> None:
+    txn(store, lambda: store.configure({"a": ["m1", "m2"]}))
+    for t in range(1, 8):
+        txn(store, lambda t=t: (store.append([reading("m1", t), reading("m2", t)]),
+                                store.ack("a", "m1", t - 1), store.ack("a", "m2", t - 1)))
+    rows = store._conn.execute("SELECT meter_id, count(*) FROM readings GROUP BY meter_id").fetchall()
+    assert all(n <= 3 for _, n in rows), "the newest chunk and two delivered ones kept to be written into"
+    seqs = {s for (s,) in store._conn.execute("SELECT seq FROM readings")}
+    assert max(seqs) <= 6, "rows were reused, not appended"
+    assert [r.ts_ms for r in store.read("m1", -1, 10)] == [7], "delivered chunks are not read"
+    assert store.sink_status("a", [("a", "m1"), ("a", "m2")])["depth"] == 2
+
+
+def test_a_schema_1_file_is_upgraded_with_its_readings_and_cursors(tmp_path: Path) -> None:
+    import struct
+
+    from gateway.queue.store import SCHEMA_VERSION
+
+    path = tmp_path / "queue.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        PRAGMA journal_mode=WAL;
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        CREATE TABLE meters (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, last_ts INTEGER NOT NULL DEFAULT -1);
+        CREATE TABLE readings (meter_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL, flags INTEGER NOT NULL,
+            data BLOB NOT NULL, PRIMARY KEY (meter_id, ts_ms)) WITHOUT ROWID;
+        CREATE TABLE sinks (name TEXT PRIMARY KEY, added_ms INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE cursors (sink TEXT NOT NULL, meter_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
+            updated_ms INTEGER NOT NULL, PRIMARY KEY (sink, meter_id)) WITHOUT ROWID;
+        INSERT INTO meta VALUES ('schema', '1');
+        INSERT INTO meters VALUES (1, 'm1', 50000);
+        INSERT INTO sinks VALUES ('a', 0);
+        INSERT INTO cursors VALUES ('a', 1, 2000, 0);
+    """)
+    # Schema 1 values: the mask, then float64s (here power_active_total alone, bit of its code).
+    from gateway.quantities import CODE, Quantity
+
+    blob = struct.pack("<Q", 1 << CODE[Quantity.POWER_ACTIVE_TOTAL])
+    db.executemany("INSERT INTO readings VALUES (1, ?, 1, ?)",
+                   [(t * 1000, blob + struct.pack("<d", t + 0.1)) for t in range(1, 51)])
+    db.commit()
+    db.close()
+    s = QueueStore(path)
+    s.open()
+    txn(s, lambda: s.configure({"a": ["m1"]}))
+    got = s.read("m1", s.cursor("a", "m1"), 100)
+    assert [r.ts_ms for r in got] == [t * 1000 for t in range(3, 51)], "after the cursor, in order, none lost"
+    assert got[0].values == {Quantity.POWER_ACTIVE_TOTAL: 3.1}
+    assert s.last_ts[s.meter_ids["m1"]] == 50000
+    assert s._conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(SCHEMA_VERSION)
+    assert [c[1] for c in s._conn.execute("PRAGMA table_info(cursors)")] == ["sink", "meter_id", "ts_ms"]
+    txn(s, lambda: s.append([reading("m1", 51000)]))
+    assert s.read("m1", 50000, 10)[0].ts_ms == 51000
+    s.close()
