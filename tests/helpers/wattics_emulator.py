@@ -49,6 +49,7 @@ class Fault:
     retry_after: str | None = None
     body: str = ""
     seconds: float = 0.0
+    until: float = float("inf")  # time.monotonic() past which the fault is over, however many times are left
 
 
 class WatticsEmulator:
@@ -100,6 +101,11 @@ class WatticsEmulator:
         with self.lock:
             self.faults.append(Fault("answer", times, status, retry_after, body))
 
+    def answer_for(self, status: int, seconds: float) -> None:
+        """Answer ``status`` to every request for ``seconds``: a platform down for a while."""
+        with self.lock:
+            self.faults.append(Fault("answer", 2**62, status, until=time.monotonic() + seconds))
+
     def stall(self, seconds: float, times: int = 1) -> None:
         with self.lock:
             self.faults.append(Fault("stall", times, seconds=seconds))
@@ -119,6 +125,8 @@ class WatticsEmulator:
 
     def _next_fault(self) -> Fault | None:
         with self.lock:
+            while self.faults and self.faults[0].until < time.monotonic():
+                self.faults.popleft()
             if not self.faults:
                 return None
             fault = self.faults[0]

@@ -5,7 +5,8 @@ standing in for Voltaware with a subscriber, and ``meter-gateway run`` at a 1 s 
 For ``--duration`` seconds, one fault every few seconds, at random (``--seed``): SIGKILL of the gateway and restart,
 SIGTERM and restart, Wattics answering 500/503/401 for a while, Wattics stalling, the broker stopped and restarted, a
 meter going silent and coming back, the queue's file system full then freed (a real SQLITE_FULL: the queue file's
-page cap is lowered to its current size while the gateway runs), and a SIGHUP with a changed configuration.
+page cap is lowered to its current size while the gateway runs, and Wattics is down meanwhile, so that the backlog
+needs room), and a SIGHUP with a changed configuration.
 
 Then the faults are healed, the gateway drains its queue and is stopped, and the harness counts, from what the
 platforms received and what the gateway confirmed (a ``file`` sink, the ledger, receives every reading the queue
@@ -62,6 +63,8 @@ class Soak:
         self.spawns: list[tuple[float, bool]] = []
         #: until when a platform fault (or a stopped broker) may delay deliveries: restarts then are not timed
         self.platform_trouble_until = 0.0
+        #: (when, fault) of every fault injected, to explain a slow restart
+        self.timeline: list[tuple[float, str]] = []
         self.variant = 0
         self.timers: list[threading.Timer] = []
 
@@ -82,6 +85,7 @@ class Soak:
         d = site.gateway
         assert d is not None
         self.faults[fault] += 1
+        self.timeline.append((time.time(), fault))
         if fault == "sigkill":
             d.kill()
             self.start_gateway()
@@ -90,14 +94,14 @@ class Soak:
             self.start_gateway()
         elif fault == "wattics_errors":
             site.wattics.answer(rng.choice((500, 503, 401)), times=rng.randint(5, 60))
-            self.platform_trouble_until = time.time() + 15
+            self.platform_trouble_until = max(self.platform_trouble_until, time.time() + 15)
         elif fault == "wattics_stall":
             site.wattics.stall(rng.uniform(1.0, 4.0), times=rng.randint(1, 4))
-            self.platform_trouble_until = time.time() + 20
+            self.platform_trouble_until = max(self.platform_trouble_until, time.time() + 20)
         elif fault == "broker_restart":
             site.broker.stop(signal.SIGTERM)
             down = rng.uniform(1.0, 4.0)
-            self.platform_trouble_until = time.time() + down + 15
+            self.platform_trouble_until = max(self.platform_trouble_until, time.time() + down + 15)
             time.sleep(down)
             site.broker.start()
         elif fault == "meter_silent":
@@ -111,7 +115,12 @@ class Soak:
             pages = db.execute("PRAGMA page_count").fetchone()[0]
             db.close()
             self.cap_file.write_text(str(pages + 1))
-            self.later(rng.uniform(5.0, 15.0), lambda: self.cap_file.unlink(missing_ok=True))
+            spell = rng.uniform(5.0, 15.0)
+            self.later(spell, lambda: self.cap_file.unlink(missing_ok=True))
+            # A queue that keeps up rewrites its delivered pages in place and needs no new room: a full disk
+            # refuses nothing. It bites when a backlog must grow, so Wattics is down for the same spell.
+            site.wattics.answer_for(503, spell)
+            self.platform_trouble_until = max(self.platform_trouble_until, time.time() + spell + 15)
         elif fault == "sighup":
             self.variant += 1
             site.write_config(self.variant)
@@ -237,6 +246,7 @@ class Soak:
             if name.startswith("sink.") and name.count(".") == 3 and ".evicted." in name:
                 dropped[f"evicted ({name.rsplit('.', 1)[1]}, {name.split('.')[1]})"] += value
         first_delivery = []
+        slowest: dict[str, Any] | None = None
         all_arrivals = sorted(at for arrivals in platforms.values() for at, _, _ in arrivals)
         for spawn, troubled in self.spawns[1:]:
             if troubled:
@@ -244,13 +254,17 @@ class Soak:
             after = next((at for at in all_arrivals if at > spawn), None)
             if after is not None:
                 first_delivery.append(after - spawn)
+                if slowest is None or after - spawn > slowest["s"]:
+                    # What happened around it: the faults from 20 s before the restart to its first delivery.
+                    slowest = {"s": round(after - spawn, 2), "faults_around": [
+                        f"{fault} at {at - spawn:+.1f} s" for at, fault in self.timeline if spawn - 20 <= at <= after]}
         restarts = self.faults["sigkill"] + self.faults["sigterm"]
         result = {
             "bench": "soak", "seed": self.seed, "duration_s": round(healed - started), "meters": len(site.meters()),
             "faults": dict(self.faults), "restarts": restarts, "exit_code_last_stop": rc, "drained": drained,
             "confirmed": len(confirmed), "platforms": per_platform, "wrong_meter": wrong_meter,
             "energy_backwards": energy_backwards, "dropped_on_purpose": dict(dropped),
-            "restart_to_first_delivery_s": _percentiles(first_delivery),
+            "restart_to_first_delivery_s": _percentiles(first_delivery), "slowest_restart": slowest,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         }
         return result
@@ -296,6 +310,8 @@ def render(r: dict[str, Any]) -> str:
               f"readings with another meter's values: {r['wrong_meter']}; energy totals going backwards:"
               f" {r['energy_backwards']}",
               f"restart to first delivery: p50 {fd['p50']} s, p99 {fd['p99']} s ({fd['n']} restarts)"]
+    if (slow := r.get("slowest_restart")) is not None:
+        lines.append(f"slowest restart: {slow['s']} s; faults around it: {', '.join(slow['faults_around'])}")
     return "\n".join(lines)
 
 
