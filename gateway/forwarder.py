@@ -248,8 +248,12 @@ class Forwarder:
         # recorded: it is counted as re-sent (an upper bound of the duplicates a restart can cause).
         sent_key = f"stream.{cursor}.{meter}.sent_ts"
         # The mark may be ahead of the clock (see below): only what was taken before this start can be re-sent.
-        sent_before = min(await self.queue.run(lambda st: st.counters.get(sent_key, -1)), int(self.clock() * 1000))
-        mark = sent_before
+        stored = await self.queue.run(lambda st: st.counters.get(sent_key, -1))
+        sent_before = min(stored, int(self.clock() * 1000))
+        # What the record on disk covers (``on_disk``), what it will cover once the renewal in ``renewing`` is
+        # committed (``mark``): a batch goes out only once the record on disk covers it.
+        mark = on_disk = stored
+        renewing: asyncio.Future[None] | None = None
         resent = 0
         buffer: deque[Reading] = deque()
         ahead: deque[tuple[list[Reading], asyncio.Task[list[Outcome]]]] = deque()
@@ -277,13 +281,21 @@ class Forwarder:
                     # committed) before sending on.
                     live = exhausted
                     if batch[-1].ts_ms > (mark - SENT_MARK_HORIZON_MS // 2 if live else mark):
+                        if renewing is not None:
+                            on_disk = await self._settled(renewing, mark)
                         mark = buffer[min(len(buffer), sent + SENT_MARK_AHEAD * self.sink.max_batch) - 1].ts_ms
                         if live:
                             mark = max(mark, buffer[-1].ts_ms, int(self.clock() * 1000) + SENT_MARK_HORIZON_MS)
-                        # Best effort: on a full disk, delivery (which frees space) goes on without the mark.
-                        with contextlib.suppress(QueueError):
-                            await self.queue.run(functools.partial(QueueStore.gauge, name=sent_key, value=mark),
-                                                 lazy=live)
+                        # Lazily only while the record on disk still covers the batch: one awaited waits no longer
+                        # than the commit it needs.
+                        renewing = self.queue.submit(functools.partial(QueueStore.gauge, name=sent_key, value=mark),
+                                                     lazy=live and batch[-1].ts_ms <= on_disk)
+                        # Not retrieved if the stream ends first: a failure is already logged by the queue.
+                        renewing.add_done_callback(lambda f: f.cancelled() or f.exception())
+                    if renewing is not None and (batch[-1].ts_ms > on_disk or renewing.done()):
+                        # Live, the renewal rides the next commit while the record on disk still covers what goes
+                        # out; only a batch beyond it (after a restart, or in a backlog) waits for the commit.
+                        on_disk, renewing = await self._settled(renewing, mark), None
                     if batch[0].ts_ms <= sent_before:
                         n = sum(1 for r in batch if r.ts_ms <= sent_before)
                         if not resent:
@@ -331,6 +343,14 @@ class Forwarder:
             for _, task in ahead:
                 task.cancel()
             await self._drain(ahead)
+
+    @staticmethod
+    async def _settled(renewal: asyncio.Future[None], mark: int) -> int:
+        """Wait for a renewal of a stream's sent mark to be committed; what the record on disk then covers. Best
+        effort: on a full disk, delivery (which frees space) goes on without the mark."""
+        with contextlib.suppress(QueueError):
+            await renewal
+        return mark
 
     async def _send_in_slot(self, stream: Stream, batch: list[Reading], log: structlog.typing.FilteringBoundLogger
                             ) -> list[Outcome]:

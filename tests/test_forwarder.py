@@ -213,6 +213,34 @@ async def test_the_cursor_survives_a_restart_and_nothing_is_sent_twice(tmp_path:
     assert [r.ts_ms for r in sink2.delivered] == [11]
 
 
+async def test_a_live_stream_never_waits_for_a_lazy_commit_to_send(tmp_path: Path) -> None:
+    """The record of how far a stream sent is renewed lazily, with the next commit (up to ``commit_interval``
+    later), but a batch waits for it only when the record on disk does not cover it yet: the first send of a new
+    stream commits its record at once, and after a restart the record written before still covers what comes."""
+    path = tmp_path / "q.db"
+    now = int(time.time() * 1000)
+    for run in range(2):
+        q = DiskQueue(QueueStore(path), lazy_commit=5.0)
+        await q.start()
+        sink = ScriptedSink()
+        fwd = await run_forwarder(q, sink, ["m1"])
+        for t in range(3):
+            ts = now + 1000 * (10 * run + t)
+            t0 = time.monotonic()
+            await q.append([reading("m1", ts)])
+            await until(lambda ts=ts: bool(sink.delivered) and sink.delivered[-1].ts_ms == ts, within=4.0)
+            assert time.monotonic() - t0 < 1.0, f"run {run}, reading {t}: waited for the lazy commit"
+        await fwd.stop(1)
+        await q.stop()
+    # What was sent is covered by the record on disk: a crash could not make an undercount of what is re-sent.
+    store = QueueStore(path)
+    store.open()
+    try:
+        assert store.counters.get("stream.s.m1.sent_ts", -1) >= now + 12_000
+    finally:
+        store.close()
+
+
 async def test_stop_returns_within_the_grace_period_even_with_a_hung_send(queue: DiskQueue) -> None:
     class Hung(ScriptedSink):
         async def send(self, stream: Stream, readings: Sequence[Reading]) -> list[Outcome]:
