@@ -100,21 +100,42 @@ _MIXED = 1 << 63
 _F32 = struct.Struct("<f")
 
 
+_SPECS = tuple(f".{digits}g" for digits in range(6, 10))
+#: Memos of the two checks below (a meter's values repeat: voltages, power factors, idle powers), emptied when full.
+#: ``_short`` is keyed by the float32's bytes, as 0.0 and -0.0 are equal keys with different answers.
+_short: dict[bytes, float] = {}
+_fits: dict[float, bool] = {}
+_MEMO_MAX = 1 << 16
+
+
 def shortest_f32(x: float) -> float:
     """The shortest decimal that is the same float32 as ``x`` (``x`` itself when that takes more than 9 digits)."""
     raw = _F32.pack(x)
-    for digits in range(6, 10):
-        short = float(f"{x:.{digits}g}")
-        if _F32.pack(short) == raw:
-            return short
-    return x
+    short = _short.get(raw)
+    if short is None:
+        short = x
+        for spec in _SPECS:
+            candidate = float(format(x, spec))
+            if _F32.pack(candidate) == raw:
+                short = candidate
+                break
+        if len(_short) >= _MEMO_MAX:
+            _short.clear()
+        _short[raw] = short
+    return short
 
 
 def _fits_f32(x: float) -> bool:
-    try:
-        return shortest_f32(_F32.unpack(_F32.pack(x))[0]) == x  # NaN never compares equal: float64 keeps it
-    except OverflowError:
-        return False
+    fits = _fits.get(x)  # NaN is never found (nor equal to itself): float64 keeps it
+    if fits is None:
+        try:
+            fits = shortest_f32(_F32.unpack(_F32.pack(x))[0]) == x
+        except OverflowError:
+            fits = False
+        if len(_fits) >= _MEMO_MAX:
+            _fits.clear()
+        _fits[x] = fits
+    return fits
 
 
 @functools.lru_cache(maxsize=1024)

@@ -214,6 +214,13 @@ def test_values_keep_their_digits_in_four_bytes_and_anything_else_exactly() -> N
     odd = {**meter, ALL[3]: 997508060.0, ALL[4]: 0.1 + 0.2, ALL[5]: 1e300, ALL[6]: float("inf")}
     assert decode_values(encode_values(odd)) == odd, "what a float32 cannot hold exactly stays a float64"
     assert len(encode_values(odd)) == 16 + 32 * 4 + 3 * 8
+    # The checks are remembered per value: 0.0 and -0.0 (equal, not the same) are told apart either way round.
+    import math
+
+    for first, second in ((0.0, -0.0), (-0.0, 0.0)):
+        for z in (first, second):
+            back = decode_values(encode_values({ALL[0]: z, ALL[1]: float("nan")}))
+            assert math.copysign(1.0, back[ALL[0]]) == math.copysign(1.0, z) and math.isnan(back[ALL[1]])
 
 
 def test_an_energy_total_that_does_not_fit_a_float32_does_not_split_a_chunk(store: QueueStore) -> None:

@@ -20,7 +20,9 @@ import asyncio
 import json
 import os
 import platform
+import random
 import sqlite3
+import struct
 import sys
 import tempfile
 import time
@@ -29,11 +31,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gateway.logs import configure
+from gateway.quantities import Quantity
 from gateway.queue import DiskQueue, QueueStore
-from gateway.reading import Reading, encode_values
+from gateway.reading import Reading, encode_values, shortest_f32
 from gateway.sources.simulated import three_phase
 
 VALUES = three_phase(1_800_000_000.0)
+_F32 = struct.Struct("<f")
+
+
+def meter_values(rng: random.Random) -> dict[Quantity, float]:
+    """VALUES as a meter sends them from one reading to the next: each within 1 % of it, to 2 decimals, through
+    a float32 register (read back as its shortest decimal, as the Modbus decoder does). Values that vary keep the
+    per-value work honest: constant ones would be remembered."""
+    return {q: shortest_f32(_F32.unpack(_F32.pack(round(v * rng.uniform(0.99, 1.01), 2)))[0])
+            for q, v in VALUES.items()}
 READ_BATCH = 100
 
 
@@ -56,11 +68,12 @@ def bench_gateway(d: Path, durability: str, n: int, meters: int, batch: int) -> 
         await q.run(lambda st: st.configure({"sink": names}))
         per_meter = n // meters
         base = 1_800_000_000_000
+        rng = random.Random(1)
 
         # Readings are made before the clock starts: making them is the sources' work, not the queue's.
         batches = {
             m: [
-                [Reading(m, base + i * 1000, VALUES) for i in range(start, min(start + batch, per_meter))]
+                [Reading(m, base + i * 1000, meter_values(rng)) for i in range(start, min(start + batch, per_meter))]
                 for start in range(0, per_meter, batch)
             ]
             for m in names
