@@ -260,7 +260,7 @@ class Gateway:
 
     async def _stop_forwarders(self) -> None:
         await asyncio.gather(*(f.stop(SEND_GRACE) for f in self.forwarders))
-        self._last_sent = {f.name: dict(f.last_sent) for f in self.forwarders}
+        self._last_sent = self._sent_by_sink()
         self.forwarders = []
 
     async def _emit(self, readings: Sequence[Reading], prompt: bool = False) -> AppendResult:
@@ -340,6 +340,9 @@ class Gateway:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), HEARTBEAT_INTERVAL)
 
+    def _sent_by_sink(self) -> dict[str, Any]:
+        return {f.name: dict(f.last_sent) for f in self.forwarders}
+
     def _sink_health(self) -> dict[str, object]:
         return {f.name: {"failing": f.last_error is not None, "last_error": f.last_error} for f in self.forwarders}
 
@@ -349,7 +352,7 @@ class Gateway:
         if not running or time.monotonic() - self._last_sent_written >= LAST_SENT_INTERVAL:
             self._last_sent_written = time.monotonic()
             # At a stop the forwarders are gone: what they sent last was kept when they stopped.
-            sent = {f.name: dict(f.last_sent) for f in self.forwarders} if self.forwarders else self._last_sent
+            sent = self._sent_by_sink() if self.forwarders else self._last_sent
 
         kept = persisted(info)
 

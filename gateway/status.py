@@ -13,7 +13,6 @@ from gateway.reading import iso_utc
 
 #: A heartbeat older than this means the daemon is not running (it writes one every 10 s).
 STALE_HEARTBEAT_MS = 30_000
-#: Poll counters that are not read errors.
 #: Counts of a meter that are not read errors (``status`` leaves them out; the heartbeat does not keep them).
 NOT_ERRORS = frozenset({"polls", "readings", "retries", "skipped_ticks"})
 

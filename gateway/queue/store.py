@@ -4,11 +4,11 @@ Layout (see README "How the queue works"):
 
 - ``readings(seq, meter_id, ts_ms, first_ts, n, data)``: a meter's readings of one transaction are one row, a
   *chunk* (``ts_ms`` its last timestamp, ``first_ts`` its first, ``n`` how many, ``data`` the readings one after the
-  other, at most CHUNK_MAX_BYTES). Rows are stored in the order they were written (``seq``): a commit appends at the
-  end of the table and delivered chunks are deleted from its start, so a commit rewrites few pages whatever the
-  backlog. ``readings_meter (meter_id, ts_ms)`` finds a meter's chunks in timestamp order. A reading whose
-  timestamp is not newer than the last one queued for its meter is refused, so per meter, timestamp order *is*
-  arrival order. A chunk is deleted once all its readings are delivered (README "Footprint of a site" has the
+  other, at most CHUNK_MAX_BYTES). A chunk every sink wanting its meter has received is rewritten in place by the
+  meter's next chunk (SPARE_CHUNKS are kept per meter for that, the rest deleted); otherwise a chunk is appended
+  (``seq``). A commit then writes about one page per meter whatever the backlog. ``readings_meter (meter_id, ts_ms)``
+  finds a meter's chunks in timestamp order. A reading whose timestamp is not newer than the last one queued for
+  its meter is refused, so per meter, timestamp order *is* arrival order (README "Footprint of a site" has the
   measurements behind this layout).
 - ``cursors(sink, meter_id, ts_ms)``: per sink and meter, the timestamp of the last reading the platform
   acknowledged. A row is deleted once every sink that wants its meter is past it.
@@ -43,9 +43,7 @@ from gateway.reading import (
     encode_values,
     iso_utc,
     layout_size,
-    masks_size,
     value_masks,
-    values_size,
     with_wide,
 )
 from gateway.stream import sink_of
@@ -68,6 +66,10 @@ _READINGS = """CREATE TABLE IF NOT EXISTS readings (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS readings_meter ON readings (meter_id, ts_ms)"""
 
+_CURSORS = """CREATE TABLE IF NOT EXISTS cursors (
+    sink TEXT NOT NULL, meter_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL, PRIMARY KEY (sink, meter_id)
+) WITHOUT ROWID"""
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meters (
@@ -75,9 +77,7 @@ CREATE TABLE IF NOT EXISTS meters (
 );
 {_READINGS};
 CREATE TABLE IF NOT EXISTS sinks (name TEXT PRIMARY KEY, added_ms INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS cursors (
-    sink TEXT NOT NULL, meter_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL, PRIMARY KEY (sink, meter_id)
-) WITHOUT ROWID;
+{_CURSORS};
 CREATE TABLE IF NOT EXISTS deadletters (
     id INTEGER PRIMARY KEY, sink TEXT NOT NULL, meter TEXT NOT NULL, ts_ms INTEGER NOT NULL,
     flags INTEGER NOT NULL, data BLOB NOT NULL, reason TEXT NOT NULL, at_ms INTEGER NOT NULL,
@@ -186,20 +186,24 @@ def _widened(rows: Sequence[tuple[int, int, bytes]], wide: int) -> Sequence[tupl
 
 def encode_chunk(rows: Sequence[tuple[int, int, bytes]]) -> bytes:
     """One chunk of readings made by :func:`_split`, as (ts_ms, flags, encoded values)."""
-    first, head = rows[0][0], masks_size(rows[0][2])
+    first, head = rows[0][0], layout_size(*value_masks(rows[0][2]))[0]
     return rows[0][2][:head] + b"".join(_RECORD.pack(ts - first, flags) + v[head:] for ts, flags, v in rows)
 
 
 def decode_chunk(data: bytes, first_ts: int) -> Iterator[tuple[int, int, bytes]]:
     """(ts_ms, flags, encoded values) of each reading of a chunk, in order."""
-    head = masks_size(data)
-    masks, size = data[:head], values_size(data) - head
+    head, size = layout_size(*value_masks(data))
+    masks = data[:head]
     pos, end = head, len(data)
     while pos < end:
         delta, flags = _RECORD.unpack_from(data, pos)
         pos += _RECORD.size
         yield first_ts + delta, flags, masks + data[pos:pos + size]
         pos += size
+
+
+def _reading(meter: str, ts_ms: int, flags: int, values: bytes) -> Reading:
+    return Reading.trusted(meter, ts_ms, decode_values(values), bool(flags & FLAG_CLOCK_SYNCED))
 
 
 class QueueStore:
@@ -277,8 +281,8 @@ class QueueStore:
         self._db = db
         db.execute("PRAGMA busy_timeout=10000")
         # A new file gets 1 KB pages (an existing one keeps its own): a commit writes whole pages, and most of a
-        # commit is a few small changes (cursors, counters, the newest chunks). Measured with 32 meters at 1 s:
-        # 0.76 GB a day instead of 1.2 with 4 KB pages (README "Footprint of a site").
+        # commit is a few small changes (cursors, counters, the newest chunks), and five readings of a meter fill
+        # a 1 KB page (README "Footprint of a site").
         db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -326,7 +330,7 @@ class QueueStore:
             db.execute("DROP TABLE readings_v1")
             # Schema 1's cursors had an updated_ms column nothing read (a few bytes more to write at every commit).
             db.execute("ALTER TABLE cursors RENAME TO cursors_v1")
-            db.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS cursors"):].split(";")[0])
+            db.execute(_CURSORS)
             db.execute("INSERT INTO cursors SELECT sink, meter_id, ts_ms FROM cursors_v1")
             db.execute("DROP TABLE cursors_v1")
             db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
@@ -345,7 +349,7 @@ class QueueStore:
         """Write a meter's new chunks, each into the row of a chunk of that meter already delivered everywhere if
         there is one (the common case: the platforms keep up). Rewriting a row in place writes its one page; deleting
         it and inserting another wrote both, the freed one included (measured: a third of a commit's pages)."""
-        if not any(mid in ids for ids in self.wanted.values()):
+        if not self._wanted(mid):
             spare = []  # nobody takes this meter's readings: they stay until a sink does or a restart drops them
         else:
             spare = [seq for (seq,) in self._conn.execute(
@@ -507,6 +511,10 @@ class QueueStore:
     def _last_ts(self, mid: int) -> int:
         return self._pending.last_ts.get(mid, self.last_ts.get(mid, -1))
 
+    def _wanted(self, mid: int) -> bool:
+        """Some sink takes this meter's readings."""
+        return any(mid in ids for ids in self.wanted.values())
+
     def _floor(self, mid: int) -> int:
         """Every reading of this meter at or before the returned timestamp is delivered to every sink wanting it."""
         interested = [self.cursors[s].get(mid, -1) for s, ids in self.wanted.items() if mid in ids]
@@ -515,7 +523,7 @@ class QueueStore:
     def _delete_delivered(self, meter_ids: Iterable[int]) -> None:
         for mid in meter_ids:
             floor = self._floor(mid)
-            if not any(mid in ids for ids in self.wanted.values()):
+            if not self._wanted(mid):
                 self._pending.store_last_ts.add(mid)  # no cursor will remember it
             if floor > self._deleted_upto.get(mid, -2):
                 # The newest SPARE_CHUNKS delivered chunks stay, for the next chunks of the meter to be written
@@ -608,12 +616,11 @@ class QueueStore:
         """Readings of ``meter`` after ``after_ts`` that a sink still needs, oldest first; in a transaction, its own
         appends included. (Chunks delivered everywhere may stay a while, to be rewritten: they are not shown.)"""
         mid = self.meter_ids.get(meter) or self._pending.new_meters.get(meter)
-        if mid is not None and any(mid in ids for ids in self.wanted.values()):
+        if mid is not None and self._wanted(mid):
             after_ts = max(after_ts, self._floor(mid))
         out = self._read(self._conn, meter, after_ts, limit)
         pending = self._pending.rows.get(mid, []) if mid is not None else []
-        out += [Reading.trusted(meter, ts, decode_values(v), bool(flags & FLAG_CLOCK_SYNCED))
-                for ts, flags, v in pending if ts > after_ts][:limit - len(out)]
+        out += [_reading(meter, ts, flags, v) for ts, flags, v in pending if ts > after_ts][:limit - len(out)]
         return out
 
     def read_committed(self, meter: str, after_ts: int, limit: int) -> list[Reading]:
@@ -635,7 +642,7 @@ class QueueStore:
                                       (mid, after_ts)):
             for ts, flags, v in decode_chunk(data, first):
                 if ts > after_ts:
-                    out.append(Reading.trusted(meter, ts, decode_values(v), bool(flags & FLAG_CLOCK_SYNCED)))
+                    out.append(_reading(meter, ts, flags, v))
                     if len(out) >= limit:
                         return out
         return out

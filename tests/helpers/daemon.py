@@ -105,7 +105,7 @@ def still_queued(state: Path, sink: str) -> dict[str, set[int]]:
     """Per stream cursor of ``sink``, the readings the queue still holds for it: taken in the instant before a stop,
     they go at the next start and are not lost."""
     out: dict[str, set[int]] = {}
-    for (cursor, _), ts in _queued(state, sink).items():
+    for (cursor, _), ts in queued(state, sink).items():
         out.setdefault(cursor, set()).update(ts)
     return out
 
@@ -113,21 +113,23 @@ def still_queued(state: Path, sink: str) -> dict[str, set[int]]:
 def queued_by_meter(state: Path, sink: str) -> dict[str, set[int]]:
     """Like :func:`still_queued`, per meter."""
     out: dict[str, set[int]] = {}
-    for (_, meter), ts in _queued(state, sink).items():
+    for (_, meter), ts in queued(state, sink).items():
         out.setdefault(meter, set()).update(ts)
     return out
 
 
-def _queued(state: Path, sink: str) -> dict[tuple[str, str], set[int]]:
+def queued(state: Path, sink: str | None = None) -> dict[tuple[str, str], set[int]]:
+    """Per (stream cursor, meter) of ``sink`` (of every sink by default), the timestamps of the readings the queue
+    still holds for it, read from the file as another process would."""
     import sqlite3
 
     from gateway.queue.store import decode_chunk
 
-    db = sqlite3.connect(state / "queue.db")
+    db = sqlite3.connect(state / "queue.db", timeout=10)
     try:
         names = dict(db.execute("SELECT id, name FROM meters"))
-        cursors = db.execute("SELECT sink, meter_id, ts_ms FROM cursors WHERE sink = ? OR sink LIKE ? || '#%'",
-                             (sink, sink)).fetchall()
+        cursors = db.execute("SELECT sink, meter_id, ts_ms FROM cursors WHERE ? IS NULL OR sink = ?"
+                             " OR sink LIKE ? || '#%'", (sink, sink, sink)).fetchall()
         chunks = db.execute("SELECT meter_id, data, first_ts FROM readings").fetchall()
     finally:
         db.close()
@@ -144,7 +146,7 @@ def last_queued(state: Path) -> dict[str, int]:
     worked out as the queue does when it opens, from the newest chunk, the cursors and the stored last_ts."""
     import sqlite3
 
-    db = sqlite3.connect(state / "queue.db")
+    db = sqlite3.connect(state / "queue.db", timeout=10)
     try:
         return dict(db.execute(
             "SELECT name, max(last_ts, coalesce((SELECT max(ts_ms) FROM readings r WHERE r.meter_id = m.id), -1),"

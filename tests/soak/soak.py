@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.helpers.daemon import read_jsonl
+from tests.helpers.daemon import queued, read_jsonl
 from tests.soak.site import Site, voltage, wait
 
 FAULTS = ("sigkill", "sigterm", "wattics_errors", "wattics_stall", "broker_restart", "meter_silent", "disk_full",
@@ -176,16 +176,9 @@ class Soak:
 
     def waiting(self) -> dict[str, set[tuple[str, int]]]:
         """Per sink, the (meter, ts) the queue still holds for it."""
-        db = sqlite3.connect(f"file:{self.site.dir}/state/queue.db?mode=ro", uri=True, timeout=10)
-        try:
-            rows = db.execute(
-                "SELECT c.sink, m.name, r.ts_ms FROM cursors c JOIN meters m ON m.id = c.meter_id"
-                " JOIN readings r ON r.meter_id = c.meter_id AND r.ts_ms > c.ts_ms").fetchall()
-        finally:
-            db.close()
         out: dict[str, set[tuple[str, int]]] = defaultdict(set)
-        for cursor, meter, ts in rows:
-            out[cursor.split("#", 1)[0]].add((meter, ts))
+        for (cursor, meter), stamps in queued(self.site.dir / "state").items():
+            out[cursor.split("#", 1)[0]].update((meter, ts) for ts in stamps)
         return out
 
     # ------------------------------------------------------------ counting
