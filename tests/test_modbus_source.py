@@ -106,13 +106,25 @@ def test_a_refused_block_is_split_at_its_gaps_then_register_by_register_then_lef
     points = (pt(Q.VOLTAGE_L1, 0), pt(Q.VOLTAGE_L2, 2), pt(Q.VOLTAGE_L3, 6))
     planner = Planner(points, max_gap=10)
     (block,) = planner.blocks
-    what, blocks = planner.split(block)
+    what, blocks, gap = planner.parts(block)
     assert "gap" in what and [(b.address, b.count) for b in blocks] == [(0, 4), (6, 2)]
-    what, blocks = planner.split(blocks[0])
+    what, blocks, between = planner.parts(blocks[0])
     assert "register by register" in what and [(b.address, b.count) for b in blocks] == [(0, 2), (2, 2)]
-    what, blocks = planner.split(blocks[1])
-    assert "left out" in what and blocks == []
-    assert [(b.address, b.count) for b in planner.blocks] == [(0, 2), (6, 2)]
+    what, blocks, missing = planner.parts(blocks[1])
+    assert "refused" in what and blocks == []
+    # Splitting is for the poll at hand: the plan changes only with evidence, polls in a row over a minute.
+    assert [(b.address, b.count) for b in planner.blocks] == [(0, 8)]
+    evidence = gap + between + missing
+    assert planner.observe(evidence, 0.0) == [] and planner.observe(evidence, 30.0) == []
+    assert planner.observe(gap, 31.0) == []  # those registers answered this time: their evidence starts again
+    assert planner.observe(evidence, 60.0) == ["reads split before input 0x0006"]  # four polls over 60 s
+    assert [(b.address, b.count) for b in planner.blocks] == [(0, 4), (6, 2)]
+    assert planner.observe(evidence, 90.0) == []
+    assert planner.observe(evidence, 120.0) == ["reads split before input 0x0002", "input 0x0002 left out (voltage_l2)"]
+    assert [(b.address, b.count) for b in planner.blocks] == [(0, 2), (6, 2)] and planner.left_out == ["voltage_l2"]
+    # An hour after it learned, it asks again; refused once more, the register is left out again at once.
+    assert planner.observe([], 60.0 + 3600) == [] and planner.left_out == []
+    assert planner.observe(missing, 3700.0) and planner.left_out == ["voltage_l2"]
 
 
 # ---------------------------------------------------------------- values and faults
@@ -217,24 +229,30 @@ async def test_a_lost_connection_is_reopened_with_backoff_and_logged_once_each_w
     assert readings[-1].ts_ms > (time.time() - 2) * 1000, "reading again after the server came back"
 
 
-async def test_a_meter_that_refuses_reads_across_gaps_gets_split_reads_remembered(queue: DiskQueue) -> None:
-    # A meter whose gaps answer "illegal data address": the first poll splits, later polls use the split.
+async def test_a_meter_that_refuses_reads_across_gaps_gets_split_reads_remembered(
+        queue: DiskQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A meter whose gaps answer "illegal data address": every poll splits and reads everything; after three polls
+    # in a row (the evidence; its minimum time is waived here) later polls use the split.
+    import gateway.modbus.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "LEARN_AFTER_S", 0.0)
     async with serving(sim(1, holes=True)) as server:
         m = meter("m", 1)
         bus = Bus(tcp(server))
         poller = MeterPoller(m, bus)
         with structlog.testing.capture_logs() as logs:
-            first = await poller.poll()
-            asked_first = bus.stats.requests
-            second = await poller.poll()
-            asked_second = bus.stats.requests - asked_first
+            readings = []
+            asked = []
+            for _ in range(4):
+                before = bus.stats.requests
+                readings.append(await poller.poll())
+                asked.append(bus.stats.requests - before)
         bus.close()
-    assert first is not None and second is not None
-    assert set(first.values) == set(second.values) == {p.quantity for p in m.points}
-    splits = [e for e in logs if e["event"] == "meter refused a read: split and remembered"]
-    assert splits and all(e["log_level"] == "info" for e in splits)
-    assert asked_second == len(poller.planner.blocks) < asked_first
-    assert len(splits) == len([e for e in logs if e["event"].startswith("meter refused")])  # only in the first poll
+    assert all(r is not None and set(r.values) == {p.quantity for p in m.points} for r in readings)
+    learned = [e for e in logs if e["event"].startswith("meter keeps refusing")]
+    assert len(learned) == 1 and learned[0]["log_level"] == "info" and learned[0]["left_out"] is None
+    assert asked[0] == asked[1] == asked[2] > asked[3] == len(poller.planner.blocks)
+    assert poller.last_problems == [] and poller.health()["failing"] is False
 
 
 async def test_a_register_the_meter_lacks_is_left_out_and_the_rest_is_read() -> None:

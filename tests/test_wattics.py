@@ -16,7 +16,7 @@ from gateway.config import load_config_text
 from gateway.errors import ConfigError
 from gateway.quantities import Quantity as Q
 from gateway.reading import Reading
-from gateway.sinks.wattics import electrical_packet, local_iso, retry_after
+from gateway.sinks.wattics import electrical_keys, electrical_packet, local_iso, retry_after
 from gateway.sources.simulated import three_phase
 from tests.helpers.rig import Rig, RigFactory, until
 from tests.helpers.wattics_emulator import WatticsEmulator
@@ -74,7 +74,7 @@ def gas(ts_ms: int, value: float) -> Reading:
 
 def test_electrical_packet_keys_and_units() -> None:
     values = three_phase(1_800_000_000.0)
-    p = electrical_packet("dp", "ts", values)
+    p = electrical_packet("dp", "ts", values, electrical_keys(frozenset(values)))
     assert p["aP_1"] == values[Q.POWER_ACTIVE_L1] and p["aP_3"] == values[Q.POWER_ACTIVE_L3]
     assert p["rP_2"] == values[Q.POWER_REACTIVE_L2] and p["apP_2"] == values[Q.POWER_APPARENT_L2]
     assert p["v_1"] == values[Q.VOLTAGE_L1] and p["c_3"] == values[Q.CURRENT_L3]
@@ -87,8 +87,23 @@ def test_electrical_packet_keys_and_units() -> None:
 
 
 def test_a_meter_with_totals_only_uses_the_phase_1_keys_and_lacking_quantities_are_left_out() -> None:
-    p = electrical_packet("dp", "ts", {Q.POWER_ACTIVE_TOTAL: 1200.0, Q.ENERGY_IMPORT_TOTAL: 5e6})
+    values = {Q.POWER_ACTIVE_TOTAL: 1200.0, Q.ENERGY_IMPORT_TOTAL: 5e6}
+    p = electrical_packet("dp", "ts", values, electrical_keys(frozenset(values)))
     assert p == {"id": "dp", "tsISO8601": "ts", "aP_1": 1200.0, "pC_1": 5e6}
+
+
+def test_the_keys_follow_the_meter_not_the_reading() -> None:
+    """A three-phase meter's reading that lacks its per-phase energies (a partial poll) sends no pC key at all: the
+    total never goes under pC_1, where it would read as three times phase 1's energy."""
+    offered = frozenset(three_phase(0.0))
+    partial = {Q.POWER_ACTIVE_L1: 100.0, Q.ENERGY_IMPORT_TOTAL: 9e6}
+    p = electrical_packet("dp", "ts", partial, electrical_keys(offered))
+    assert p == {"id": "dp", "tsISO8601": "ts", "aP_1": 100.0}
+    # Unknown meter shape (Tasmota): per-phase keys unless the data point says the meter gives totals.
+    assert electrical_packet("dp", "ts", partial, electrical_keys(None, "per_phase")) == p
+    assert electrical_packet("dp", "ts", partial, electrical_keys(None, "totals"))["pC_1"] == 9e6
+    # A per-phase meter whose data point says totals: totals only, never a phase under another's key.
+    assert "aP_1" not in electrical_packet("dp", "ts", partial, electrical_keys(offered, "totals"))
 
 
 @pytest.mark.parametrize(
@@ -353,3 +368,22 @@ async def test_a_connection_the_server_dropped_while_idle_is_replaced_without_a_
     await rig.queue.flush()
     assert await rig.queue.run(lambda st: st.counters.get("sink.wattics.retried", 0)) == 0
     assert emu.stats()["connections"] == 2
+
+
+def test_a_meter_whose_phases_the_file_cannot_tell_needs_phases(tmp_path: Path) -> None:
+    """A Tasmota device sends one total or one value per phase as it is built: the data point must say which, so
+    that a key always carries the same quantity."""
+    text = f"""\
+brokers: [{{name: site, host: 127.0.0.1}}]
+subscriptions: [{{name: pow, broker: site, topic: tele/pow/SENSOR, meter: pow, format: tasmota}}]
+meters: [{{name: pow, type: mqtt}}]
+sinks:
+  - {{name: w, type: wattics, username: u, password: p, data_points: [{{id: e, meter: pow{{}}}}]}}
+"""
+    with pytest.raises(ConfigError) as e:
+        load_config_text(text.replace("{}", ""), "test.yaml")
+    assert e.value.problems == ["test.yaml:5: sinks[w].data_points[0].phases: meter 'pow' may send totals or one"
+                                " value per phase (Tasmota devices differ): set phases: per_phase (a three-phase"
+                                " device) or totals (single-phase)"]
+    config = load_config_text(text.replace("{}", ", phases: totals"), "test.yaml")
+    assert config.sinks[0].data_points[0].phases == "totals"  # type: ignore[union-attr]

@@ -30,6 +30,7 @@ from gateway.config.modbus import BusBase, BusConfig, ModbusMeter, SerialLine, m
 from gateway.config.mqtt import Broker, MqttMeter, Subscription
 from gateway.config.voltaware import VoltawareSink
 from gateway.config.wattics import WatticsSink
+from gateway.quantities import Quantity
 from gateway.stream import Stream
 
 __all__ = [
@@ -192,7 +193,34 @@ class GatewayConfig(Strict):
                 problems += [(("buses", i, *path), msg) for path, msg in bus.timing_problems()]
         for i, sink in enumerate(self.sinks):
             problems += [(("sinks", i, *path), msg) for path, msg in sink.cross_check(self.meters)]
+            if isinstance(sink, WatticsSink):
+                problems += [(("sinks", i, *path), msg) for path, msg in sink.phase_problems(self.quantities_of)]
         return problems
+
+    def quantities_of(self, meter: str) -> frozenset[Quantity] | None:
+        """Every quantity ``meter`` can give, from its configuration alone (its profile's registers, its
+        subscriptions' mappings, its model); None when the configuration cannot tell (a Tasmota device sends
+        totals or per-phase values as it is built). What a sink sends under a key follows from this, never from
+        which values one reading happens to hold."""
+        m = next((m for m in self.meters if m.name == meter), None)
+        if isinstance(m, ModbusMeter):
+            return frozenset(p.quantity for p in m.points)
+        if isinstance(m, SimulatedMeter):
+            from gateway.sources.simulated import values_at
+
+            return frozenset(values_at(m, 0.0))
+        if isinstance(m, MqttMeter):
+            from gateway.mqtt.formats import quantities_of
+
+            out: set[Quantity] = set()
+            for sub in self.subscriptions:
+                if sub.meter == meter or sub.meter_level is not None:
+                    got = quantities_of(sub)
+                    if got is None:
+                        return None
+                    out |= got
+            return frozenset(out)
+        return frozenset()  # no such meter (reported on its own)
 
     def secrets(self) -> list[str]:
         out: list[str] = [b.password.get_secret_value() for b in self.brokers if b.password]

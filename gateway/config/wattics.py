@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -30,6 +30,11 @@ class WatticsDataPoint(Strict):
     interval: PositiveDuration | None = None
     #: For ``format: value`` with an interval: ``last`` for counters, ``mean`` for levels; ``auto`` decides by unit.
     aggregate: Literal["auto", "mean", "last"] = "auto"
+    #: For ``format: electrical``: which values go under ``aP_1`` .. ``pC_3``. ``per_phase``: each phase's own value,
+    #: totals never; ``totals``: a total in the ``_1`` key where the meter has one (a single-phase or totals-only
+    #: meter); ``auto``: per quantity, from what the meter's configuration says it gives (a total in ``_1`` only
+    #: when the meter has no per-phase values of that quantity at all). Never from what one reading holds.
+    phases: Literal["auto", "per_phase", "totals"] = "auto"
 
 
 class WatticsSink(SinkBase):
@@ -95,4 +100,15 @@ class WatticsSink(SinkBase):
                 problems.append(((*path, "quantity"), "only for format: value (electrical sends every quantity)"))
             if dp.format == "electrical" and dp.aggregate != "auto":
                 problems.append(((*path, "aggregate"), "only for format: value"))
+            if dp.format == "value" and dp.phases != "auto":
+                problems.append(((*path, "phases"), "only for format: electrical"))
         return problems
+
+    def phase_problems(
+        self, quantities_of: Callable[[str], frozenset[Quantity] | None]
+    ) -> list[tuple[tuple[str | int, ...], str]]:
+        """Electrical data points whose meter may send totals or per-phase values: the file must say which."""
+        return [(("data_points", i, "phases"), f"meter '{dp.meter}' may send totals or one value per phase"
+                 " (Tasmota devices differ): set phases: per_phase (a three-phase device) or totals (single-phase)")
+                for i, dp in enumerate(self.data_points)
+                if dp.format == "electrical" and dp.phases == "auto" and quantities_of(dp.meter) is None]

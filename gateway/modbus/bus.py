@@ -15,8 +15,10 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -69,6 +71,7 @@ class _Connection:
     async def ensure(self) -> Client:
         if self.client is not None and self.client.connected:
             return self.client
+        _quiet_undecodable_frames(asyncio.get_running_loop())
         self.close()
         bus = self.bus
         wait = bus.next_connect - time.monotonic()
@@ -109,6 +112,10 @@ class _Connection:
             else:
                 rr = await client.read_holding_registers(block.address, count=block.count, device_id=unit)
         except ModbusIOException as e:
+            garbled = _garbled.pop(client.ctx, None)
+            if garbled is not None:  # the answer could not be decoded (pymodbus dropped the connection)
+                self.close()
+                raise ModbusBadAnswer(f"{what}: an answer that cannot be decoded ({garbled})") from None
             if "No response" in str(e) or "CLOSING CONNECTION" in str(e):
                 raise ModbusTimeout(f"{what}: no answer within {bus.config.timeout:g}s") from None
             raise ModbusBadAnswer(f"{what}: {_short(e)}") from None
@@ -127,6 +134,12 @@ class _Connection:
             raise ModbusExceptionReply(int(getattr(rr, "exception_code", 0)), what)
         regs = list(rr.registers)
         bus.stats.bytes_in += header + 2 * len(regs)
+        # pymodbus matches an answer to its request by transaction id (TCP) and unit, not by function code nor
+        # length: a reply for another function, or with another byte count, would otherwise become values.
+        if rr.function_code != block.code:
+            raise ModbusBadAnswer(f"{what}: answered function {rr.function_code} to a function {block.code} request")
+        if rr.dev_id != unit and not (unit == 0 and not bus.rtu):
+            raise ModbusBadAnswer(f"{what}: answered as unit {rr.dev_id}")
         if len(regs) != block.count:
             raise ModbusBadAnswer(f"{what}: answered {len(regs)} registers")
         return regs
@@ -198,6 +211,33 @@ class Bus:
     def close(self) -> None:
         for c in self._all:
             c.close()
+
+
+#: Connections (pymodbus' protocol objects) that received a frame pymodbus could not decode, and why.
+_garbled: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+
+
+def _quiet_undecodable_frames(loop: asyncio.AbstractEventLoop) -> None:
+    """A frame pymodbus cannot decode (a byte count beyond the data) raises inside the transport's
+    ``data_received``: asyncio would log it with a traceback at every poll. It is a meter's mistake, not the
+    gateway's: remembered for the read waiting on that connection, which reports it as a bad answer (counted, and
+    logged on change like every meter problem). Every other exception goes to the handler there was."""
+    previous = loop.get_exception_handler()
+    if getattr(previous, "modbus_frames", False):
+        return
+
+    def handler(lp: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc, protocol = context.get("exception"), context.get("protocol")
+        if isinstance(exc, ModbusException) and protocol is not None:
+            _garbled[protocol] = _short(exc)
+            return
+        if previous is not None:
+            previous(lp, context)
+        else:
+            lp.default_exception_handler(context)
+
+    handler.modbus_frames = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
 
 
 def _short(e: BaseException) -> str:

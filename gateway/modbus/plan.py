@@ -7,8 +7,8 @@ plan is the cheapest there is (dynamic programming over the registers sorted by 
 per request, one function code per request).
 
 Meters are not all alike: some answer "illegal data address" to a read that spans registers they do not have.
-:class:`Planner` then splits that block (first at its gaps, then register by register), remembers the split for
-as long as the process runs, and leaves out a single register the meter refuses.
+:class:`Planner` then splits that block (first at its gaps, then register by register) for the poll at hand, and
+changes the plan only on evidence (see :class:`Planner`).
 """
 
 from __future__ import annotations
@@ -128,9 +128,29 @@ def wire_bytes(blocks: Sequence[Block], framing: str = "rtu") -> int:
     return sum(req + resp + 2 * b.count for b in blocks)
 
 
+#: Polls in a row a meter must refuse the same read (while answering others) before the plan changes for it ...
+LEARN_STRIKES = 3
+#: ... spread over at least this many seconds: a meter (or a gateway in front of it) busy for a few seconds
+#: refuses reads it will answer again, and must not lose registers for it.
+LEARN_AFTER_S = 60.0
+#: What was learned is forgotten after this long and asked again (a meter's firmware updated, a refusal that was a
+#: long hiccup); what refuses again is learned again at once.
+RECHECK_S = 3600.0
+
+#: Evidence about a meter's map: ("barrier", function, address) or ("unsupported", function, address).
+Key = tuple[str, str, int]
+
+
 @dataclass
 class Planner:
-    """A meter's plan, and what its answers taught: splits made and registers the meter does not have."""
+    """A meter's plan, and what its answers taught: reads it refuses across record boundaries (split there) and
+    registers it does not have (left out).
+
+    A refused read is split and asked again at once, so no value waits; but the plan itself changes only with
+    evidence: the same read refused in :data:`LEARN_STRIKES` polls in a row over at least :data:`LEARN_AFTER_S`
+    seconds, while the meter answered its other reads. A meter that refuses everything teaches nothing (it is
+    failing, and reported so). What was learned is asked again every :data:`RECHECK_S` seconds.
+    """
 
     points: tuple[Point, ...]
     max_gap: int
@@ -139,35 +159,77 @@ class Planner:
 
     def __post_init__(self) -> None:
         self._blocks: list[Block] | None = None
+        #: Evidence not yet acted on: key -> (polls in a row it was seen, monotonic time it was first seen).
+        self._evidence: dict[Key, tuple[int, float]] = {}
+        #: Keys learned once (after a recheck, one refusal learns them again).
+        self._confirmed: set[Key] = set()
+        self._learned_at: float | None = None
 
     @property
     def blocks(self) -> list[Block]:
         if self._blocks is None:
-            self._blocks = self._plan(self.points)
+            self._blocks = self._plan(self.points, frozenset(self.barriers))
         return self._blocks
 
-    def _plan(self, points: Iterable[Point]) -> list[Block]:
-        return plan([p for p in points if p not in self.unsupported], self.max_gap, frozenset(self.barriers))
+    def _plan(self, points: Iterable[Point], barriers: frozenset[tuple[str, int]]) -> list[Block]:
+        return plan([p for p in points if p not in self.unsupported], self.max_gap, barriers)
 
-    def split(self, block: Block) -> tuple[str, list[Block]]:
-        """After the meter refused ``block``: what was done (for the log) and the blocks that now read its points."""
-        what = self._refuse(block)
-        return what, self._plan(block.points)
-
-    def _refuse(self, block: Block) -> str:
-        """The meter answered "illegal data address" (or "illegal value") to ``block``: split it, or drop its point.
-
-        Returns what was done, for the log.
-        """
-        self._blocks = None
+    def parts(self, block: Block) -> tuple[str, list[Block], list[Key]]:
+        """After the meter refused ``block`` ("illegal data address" or "illegal value"): what to ask instead now
+        (split at its gaps, else register by register; nothing for a single register), what was done (for the
+        log) and the evidence the refusal is."""
         pts = sorted(block.points, key=lambda p: p.address)
         if len({p.address for p in pts}) == 1:
-            self.unsupported.update(pts)
-            return "register left out: the meter does not have it"
+            return "register refused", [], [("unsupported", p.function, p.address) for p in pts]
         gaps = [b for a, b in itertools.pairwise(pts) if b.address > a.end]
-        if gaps:
-            self.barriers.update((b.function, b.address) for b in gaps)
-            return f"read split at its {len(gaps)} gap(s)"
         # Contiguous, yet refused: some meters refuse reads that cut across their own record boundaries.
-        self.barriers.update((p.function, p.address) for p in pts[1:])
-        return "read split register by register"
+        cut = gaps or pts[1:]
+        what = f"read split at its {len(gaps)} gap(s)" if gaps else "read split register by register"
+        barriers = {(p.function, p.address) for p in cut}
+        return what, self._plan(block.points, frozenset(self.barriers | barriers)), [
+            ("barrier", f, a) for f, a in sorted(barriers)]
+
+    def observe(self, refused: Iterable[Key], now: float) -> list[str]:
+        """After a poll in which the meter answered (some of) its reads: ``refused`` is the evidence of its
+        refusals; what was not refused again is no evidence any more. Returns what the plan learned, for the
+        log."""
+        if self._learned_at is not None and now - self._learned_at >= RECHECK_S:
+            self.barriers.clear()
+            self.unsupported.clear()
+            self._blocks, self._learned_at = None, None
+        seen = {k for k in refused if not self._applied(k)}
+        self._evidence = {k: v for k, v in self._evidence.items() if k in seen}
+        learned: list[str] = []
+        for key in sorted(seen):
+            strikes, since = self._evidence.get(key, (0, now))
+            strikes += 1
+            if key in self._confirmed or (strikes >= LEARN_STRIKES and now - since >= LEARN_AFTER_S):
+                learned.append(self._learn(key, now))
+                self._evidence.pop(key, None)
+            else:
+                self._evidence[key] = (strikes, since)
+        return learned
+
+    def _applied(self, key: Key) -> bool:
+        kind, function, address = key
+        if kind == "barrier":
+            return (function, address) in self.barriers
+        return any(p.function == function and p.address == address for p in self.unsupported)
+
+    def _learn(self, key: Key, now: float) -> str:
+        kind, function, address = key
+        self._confirmed.add(key)
+        self._blocks = None
+        if self._learned_at is None:
+            self._learned_at = now
+        if kind == "barrier":
+            self.barriers.add((function, address))
+            return f"reads split before {function} 0x{address:04X}"
+        gone = [p for p in self.points if p.function == function and p.address == address]
+        self.unsupported.update(gone)
+        return f"{function} 0x{address:04X} left out ({', '.join(p.quantity.value for p in gone)})"
+
+    @property
+    def left_out(self) -> list[str]:
+        """Quantities of the profile this meter does not give (registers it refuses), for ``status``."""
+        return sorted({p.quantity.value for p in self.unsupported})

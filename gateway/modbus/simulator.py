@@ -6,8 +6,10 @@ one implementation against another. Gaps between registers answer zeros (as most
 ``holes=True``, "illegal data address" (as some do).
 
 :class:`MeterServer` serves meters on Modbus TCP, RTU over TCP, or a serial port (one end of a pseudo-terminal pair in
-tests), and injects the faults a real bus has: a unit that does not answer, exception replies, answers with too few
-registers, RTU answers with a broken CRC.
+tests), and injects the faults a real bus has: a unit that does not answer (at all, or from one register on),
+exception replies (for the whole unit, or for reads covering one register), answers with too few registers, RTU
+answers with a broken CRC, and the lies of a bad device or gateway: an answer for the other function code, a byte
+count beyond the data.
 """
 
 from __future__ import annotations
@@ -128,6 +130,12 @@ class _FaultyContext:
         if device_id in s.exceptions:
             s.exception_replies[device_id] += 1
             return ExcCodes(s.exceptions[device_id])
+        for (unit, at), fault in s.faults_at.items():
+            if unit == device_id and address <= at < address + count:
+                if fault == "silent":
+                    raise NoSuchIdException(f"unit {device_id} stops answering at {at}")
+                s.exception_replies[device_id] += 1
+                return ExcCodes(fault)
         return await self.inner.async_getValues(device_id, func_code, address, count)
 
     def __getattr__(self, name: str) -> Any:
@@ -147,12 +155,20 @@ class MeterServer:
         self.short: set[int] = set()
         #: Units whose RTU answers go out with a broken CRC (line noise).
         self.corrupt: set[int] = set()
+        #: (unit, address): a request covering that register gets this exception code, or no answer ("silent").
+        self.faults_at: dict[tuple[int, int], int | Literal["silent"]] = {}
+        #: Units that answer a read of input registers as if it were of holding registers, and the other way round.
+        self.wrong_function: set[int] = set()
+        #: Units whose Modbus TCP answers claim more bytes than they carry.
+        self.overlong: set[int] = set()
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self.port = 0
 
     def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         if sending and pdu.dev_id in self.short and getattr(pdu, "registers", None):
             pdu.registers = pdu.registers[:-1]
+        if sending and pdu.dev_id in self.wrong_function and pdu.function_code in (3, 4):
+            pdu.function_code = 7 - pdu.function_code
         return pdu
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
@@ -160,11 +176,18 @@ class MeterServer:
             return data[:-1] + bytes([data[-1] ^ 0xFF])
         return data
 
+    def _trace_tcp(self, sending: bool, data: bytes) -> bytes:
+        # MBAP header (7 bytes: transaction, protocol, length, unit), then function and byte count.
+        if sending and len(data) > 8 and data[6] in self.overlong and data[7] in (3, 4):
+            return data[:8] + bytes([data[8] + 4]) + data[9:]
+        return data
+
     async def start_tcp(self, host: str = "127.0.0.1", port: int = 0,
                         framer: Literal["socket", "rtu"] = "socket") -> MeterServer:
         ft = FramerType.SOCKET if framer == "socket" else FramerType.RTU
         server = ModbusTcpServer([m.device() for m in self.meters.values()], framer=ft, address=(host, port),
-                                 ignore_missing_devices=True, trace_pdu=self._trace_pdu)
+                                 ignore_missing_devices=True, trace_pdu=self._trace_pdu,
+                                 trace_packet=self._trace_tcp if framer == "socket" else self._trace_packet)
         await self._serve(server)
         transport: Any = server.transport
         self.port = transport.sockets[0].getsockname()[1] if port == 0 else port

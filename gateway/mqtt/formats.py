@@ -232,6 +232,18 @@ class Decoder:
         return [(ts, values)] if values else []
 
 
+def quantities_of(sub: Subscription) -> frozenset[Q] | None:
+    """Every quantity messages of ``sub`` can give; None for Tasmota, whose devices send one total or one value
+    per phase as they are built."""
+    if sub.format == "json":
+        return frozenset(sub.values or ())
+    if sub.format == "value":
+        return frozenset({sub.quantity or Q.VALUE})
+    if sub.format == "shelly_gen2":
+        return frozenset(_SHELLY_EM.values()) | frozenset(_SHELLY_EMDATA.values())
+    return None
+
+
 def _spread(raw: object, where: str, total: Q | None, phases: tuple[Q, ...], scale: float, out: Values) -> None:
     """A Tasmota value: one number (the total, or phase 1 for voltage and current) or one per phase."""
     if isinstance(raw, list):

@@ -53,17 +53,31 @@ ELECTRICAL_KEYS = frozenset(
 )
 VALUE_KEYS = frozenset({"id", "tsISO8601", "value"})
 
+#: For each key of an electrical packet, the one quantity sent under it.
+KeyMap = tuple[tuple[str, Q], ...]
 
-def electrical_packet(point_id: str, ts: str, values: Mapping[Q, float]) -> dict[str, object]:
+
+def electrical_keys(offered: frozenset[Q] | None, phases: str = "auto") -> KeyMap:
+    """The key -> quantity map of a data point, decided once from what its meter gives (``offered``, from the
+    configuration) and the data point's ``phases``: a total goes in the ``_1`` key only for a meter that gives no
+    per-phase value of that quantity (or with ``phases: totals``), so a reading that lacks its per-phase values
+    (a partial poll) leaves those keys out instead of sending the total under a phase's key."""
+    out: list[tuple[str, Q]] = []
+    for prefix, per_phase, total in _PHASED:
+        has_phases = offered is None or any(q in offered for q in per_phase)
+        use_total = total is not None and (
+            phases == "totals" or (phases == "auto" and not has_phases)) and (offered is None or total in offered)
+        if use_total and total is not None:
+            out.append((f"{prefix}_1", total))
+        else:
+            out += [(f"{prefix}_{i}", q) for i, q in enumerate(per_phase, 1)]
+    out += _LINE_VOLTAGES
+    return tuple(out)
+
+
+def electrical_packet(point_id: str, ts: str, values: Mapping[Q, float], keys: KeyMap) -> dict[str, object]:
     packet: dict[str, object] = {"id": point_id, "tsISO8601": ts}
-    for prefix, phases, total in _PHASED:
-        if any(q in values for q in phases):
-            for i, q in enumerate(phases, 1):
-                if q in values:
-                    packet[f"{prefix}_{i}"] = values[q]
-        elif total is not None and total in values:
-            packet[f"{prefix}_1"] = values[total]
-    for key, q in _LINE_VOLTAGES:
+    for key, q in keys:
         if q in values:
             packet[key] = values[q]
     return packet
@@ -101,6 +115,7 @@ class WatticsSink:
         self.name = config.name
         self.tz = ZoneInfo(gateway.site.timezone)
         self.points = {dp.id: dp for dp in config.data_points}
+        self.keys = {dp.id: electrical_keys(gateway.quantities_of(dp.meter), dp.phases) for dp in config.data_points}
         # One kept-alive connection per data point: data points go in parallel, each one's packets in order.
         self._clients: dict[str, Http11Client] = {}
         self._cookies = httpx.Cookies()
@@ -144,7 +159,7 @@ class WatticsSink:
         if dp.format == "value":
             q = dp.quantity or Q.VALUE
             return {"id": dp.id, "tsISO8601": ts, "value": reading.values[q]} if q in reading.values else None
-        packet = electrical_packet(dp.id, ts, reading.values)
+        packet = electrical_packet(dp.id, ts, reading.values, self.keys[dp.id])
         return packet if len(packet) > 2 else None
 
     async def send(self, stream: Stream, readings: Sequence[Reading]) -> list[Outcome]:

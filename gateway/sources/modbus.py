@@ -2,9 +2,9 @@
 
 A poll reads the meter's planned blocks one after the other while holding the bus (a serial line carries one
 request at a time), then releases the bus before the reading is committed to the queue. The reading is stamped
-when the last answer arrived. Values that are NaN, infinite or "not available" are left out; a block answered
-with an exception, a bad answer or nothing puts no value in the reading; a poll that yields no value yields no
-reading.
+when the first answer arrived (when the values were taken). Values that are NaN, infinite or "not available" are
+left out; a block answered with an exception, a bad answer or nothing puts no value in the reading, and no other
+value takes its place; a poll that yields no value yields no reading.
 
 A meter that does not answer (timeouts) is backed off: tried at its next tick, then at one tick in 2,
 4, ... up to the bus's ``retry_cap``, so a dead meter costs its bus one timeout now and then, never its own timeout
@@ -24,17 +24,19 @@ import structlog
 from gateway.config.modbus import BusBase, ModbusMeter
 from gateway.errors import ModbusBusError, ModbusError, ModbusExceptionReply, ModbusTimeout
 from gateway.modbus.bus import Bus
-from gateway.modbus.plan import Block, Planner
+from gateway.modbus.plan import Block, Key, Planner
 from gateway.quantities import Quantity
 from gateway.reading import Reading
 from gateway.schedule import next_tick, sleep_until
 from gateway.sources import Committer, Emit
-from gateway.timekeeper import TimeKeeper
+from gateway.timekeeper import Stamp, TimeKeeper
 
 log = structlog.get_logger("gateway.sources.modbus")
 
 #: Exception codes that mean "not this block": split it and ask again.
 SPLIT_CODES = frozenset({2, 3})
+#: Refusals in a poll before any answer after which the meter is taken as refusing everything (the poll ends).
+BLIND_REFUSALS = 3
 
 
 class MeterPoller:
@@ -108,11 +110,18 @@ class MeterPoller:
             first_skipped_ms=round(first_tick * 1000), interval_s=self.meter.interval)
 
     async def poll(self) -> Reading | None:
-        """Read every block once; the reading (or None), with health and counters updated."""
+        """Read every block once; the reading (or None), with health and counters updated.
+
+        A reading is stamped when the meter's first answer arrived: when its values were taken, not when its last
+        request ended (which may be a timeout seconds later). A poll some of whose requests failed yields the values
+        that did answer, each under its own quantity; the missing ones stay missing (never filled from another)."""
         self.counts["polls"] += 1
         values: dict[Quantity, float] = {}
         problems: list[ModbusError] = []
+        refused: list[ModbusExceptionReply] = []  # before the first answer
+        evidence: list[Key] = []
         silent = False
+        stamp: Stamp | None = None
         async with self.bus.session() as conn:
             pending: deque[Block] = deque(self.planner.blocks)
             while pending:
@@ -120,13 +129,17 @@ class MeterPoller:
                 try:
                     words = await conn.read(self.meter.unit, block)
                 except ModbusExceptionReply as e:
-                    if e.code in SPLIT_CODES:
-                        what, blocks = self.planner.split(block)
-                        (self.log.info if self.report_health else self.log.debug)(
-                            "meter refused a read: split and remembered", refused=str(e), action=what)
-                        pending.extendleft(reversed(blocks))
+                    if e.code not in SPLIT_CODES:
+                        problems.append(e)
                         continue
-                    problems.append(e)
+                    if stamp is None:
+                        refused.append(e)
+                        if len(refused) > BLIND_REFUSALS:
+                            break  # it refuses everything: the meter is failing, its map is not to blame
+                    what, parts, keys = self.planner.parts(block)
+                    evidence += keys
+                    self.log.debug("meter refused a read: asked in parts", refused=str(e), action=what)
+                    pending.extendleft(reversed(parts))
                     continue
                 except ModbusTimeout as e:
                     problems.append(e)
@@ -138,17 +151,35 @@ class MeterPoller:
                 except ModbusError as e:
                     problems.append(e)
                     continue
+                if stamp is None:
+                    stamp = self.keeper.stamp()
                 values |= block.decode(words)
-            stamp = self.keeper.stamp()
+        if stamp is None:
+            problems += refused[-1:]  # refusals of a meter that answered nothing else: the meter refuses
+        if stamp is not None and not silent and not any(isinstance(p, ModbusBusError) for p in problems):
+            self._learn(evidence)
         for p in problems:
             self.counts[p.kind] += 1
         self.last_problems = problems
         if self.report_health:
-            self._update_health(problems, silent)
-        if not values:
+            self._update_health(problems, silent, bool(values))
+        if not values or stamp is None:
             return None
         self.counts["readings"] += 1
         return Reading(self.meter.name, stamp.ts_ms, values, stamp.synced, stamp.mono_ms)
+
+    def _learn(self, evidence: list[Key]) -> None:
+        before = set(self.planner.left_out)
+        learned = self.planner.observe(evidence, time.monotonic())
+        if not learned:
+            return
+        left_out = set(self.planner.left_out)
+        level = self.log.warning if left_out - before else self.log.info
+        (level if self.report_health else self.log.debug)(
+            "meter keeps refusing these reads while answering the others: plan changed (asked again hourly)",
+            changes=learned, left_out=sorted(left_out) or None)
+        if left_out != before:
+            self.on_change()
 
     def health(self) -> dict[str, object]:
         """For ``status``: failing or not, since when, the last problem, and the counters."""
@@ -158,9 +189,10 @@ class MeterPoller:
             "down_s": round(time.monotonic() - self.down_since, 1) if self.down_since is not None else None,
             "last_problem": str(self.last_problems[0]) if down and self.last_problems else None,
             "counts": dict(self.counts),
+            "left_out": self.planner.left_out,
         }
 
-    def _update_health(self, problems: list[ModbusError], silent: bool) -> None:
+    def _update_health(self, problems: list[ModbusError], silent: bool, partly: bool = False) -> None:
         if not problems:
             if self.down_since is not None:
                 self.log.info("meter answering again", down_s=round(time.monotonic() - self.down_since, 1),
@@ -180,7 +212,8 @@ class MeterPoller:
                 return
         if self.down_since is None:
             self.down_since = self.missed_at or time.monotonic()
-            self.log.warning("meter read failed: no value from it is queued until it answers",
+            self.log.warning("meter read partly failed: its other values are queued, these are missing" if partly
+                             else "meter read failed: no value from it is queued until it answers",
                              kind=first.kind, detail=str(first), failed_reads=len(problems))
             self.on_change()
         elif kind != self._last_kind:
