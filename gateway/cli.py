@@ -16,6 +16,7 @@ from gateway import __version__
 from gateway.config import GatewayConfig, load_config, load_config_text
 from gateway.config.units import format_duration, format_size
 from gateway.errors import ConfigError, GatewayError
+from gateway.logs import REDACTOR
 from gateway.queue import QueueStore
 from gateway.reading import iso_utc
 from gateway.settings import ProcessSettings
@@ -112,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(args: argparse.Namespace) -> GatewayConfig:
-    return load_config(Path(args.config))
+    config = load_config(Path(args.config))
+    REDACTOR.set(config.secrets())  # what a command prints of a peer's answer is scrubbed like a log line
+    return config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -258,7 +261,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         else:
             ok, lines = asyncio.run(voltaware_api.verify(sink, sent))
         all_ok = all_ok and ok
-        print("\n".join(lines))
+        print(REDACTOR.scrub("\n".join(lines)))
     return EXIT_OK if all_ok else EXIT_RUNTIME
 
 

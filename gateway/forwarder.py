@@ -19,12 +19,14 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import structlog
 
 from gateway.aggregate import aggregate, bucket_end
 from gateway.config.common import SinkBase
 from gateway.errors import QueueError
+from gateway.logs import REDACTOR
 from gateway.outcome import Delivered, Outcome, Reject, Retry, Skip
 from gateway.queue import DiskQueue, QueueStore
 from gateway.reading import Reading, iso_utc
@@ -100,7 +102,7 @@ class Forwarder:
                 attempt += 1
                 if attempt == 1:
                     self.log.error("sink cannot start; retrying", error=str(e) or type(e).__name__)
-                self.last_error = f"cannot start: {e}"
+                self.last_error = REDACTOR.scrub(f"cannot start: {e}")
                 delay = backoff_delay(attempt, self.config.backoff_base, self.config.backoff_cap, None, self.rng)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
@@ -379,7 +381,9 @@ class Forwarder:
         if len(outcomes) != len(batch):
             log.error("sink returned the wrong number of outcomes", sent=len(batch), got=len(outcomes))
             return [Retry("sink returned the wrong number of outcomes")] * len(batch)
-        return outcomes
+        # A reason may quote the platform's answer, which may quote the request (credentials included): what is
+        # logged, shown by status and stored with a dead letter is scrubbed here, for every sink.
+        return [o if isinstance(o, Delivered) else replace(o, reason=REDACTOR.scrub(o.reason)) for o in outcomes]
 
     async def _reject(self, stream: Stream, reading: Reading, outcome: Reject,
                       log: structlog.typing.FilteringBoundLogger, upto: int | None = None) -> None:

@@ -6,14 +6,30 @@ by ``***``, so a secret that slips into an exception message from a library stil
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import structlog
 
 LEVELS = ("debug", "info", "warning", "error")
+
+
+#: Credentials in HTTP headers a peer may echo back (an error page listing the request's headers), whatever they
+#: decode to: ``Authorization: Basic dXNlcjpwYXNz`` becomes ``Authorization: Basic ***``.
+_AUTH_HEADER = re.compile(r"(?i)\b(basic|bearer|digest|token)(\s+|%20)[A-Za-z0-9+/=._~%-]{6,}")
+
+
+def encoded_forms(secret: str) -> set[str]:
+    """A secret as it may travel: plain, URL-encoded, JSON-escaped and in base64 (alone; a Basic-auth pair is
+    given to the redactor whole, see :meth:`~gateway.config.common.SinkBase.secrets`)."""
+    return {secret, quote(secret, safe=""), json.dumps(secret)[1:-1], base64.b64encode(secret.encode()).decode(),
+            base64.b64encode(secret.encode()).decode().rstrip("=")}
 
 
 class Redactor:
@@ -22,17 +38,18 @@ class Redactor:
 
     def set(self, secrets: Iterable[str]) -> None:
         # Longest first, so a secret containing another is replaced whole; very short ones would hide ordinary text.
-        self.secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+        forms = {form for s in secrets for form in encoded_forms(s)}
+        self.secrets = tuple(sorted({s for s in forms if len(s) >= 4}, key=len, reverse=True))
 
     def scrub(self, text: str) -> str:
+        """``text`` (from a peer, or an error that may quote one) with every known secret and every credential
+        header replaced by ``***``: for what is logged and what is stored (``status``, dead letters)."""
         for s in self.secrets:
             if s in text:
                 text = text.replace(s, "***")
-        return text
+        return _AUTH_HEADER.sub(r"\1\2***", text)
 
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        if not self.secrets:
-            return event
         for key, value in event.items():
             if isinstance(value, str):
                 event[key] = self.scrub(value)

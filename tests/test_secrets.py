@@ -85,3 +85,39 @@ sinks:
         assert secret not in everything
     wattics.stop()
     api.stop()
+
+
+def test_credentials_a_platform_echoes_back_are_scrubbed_everywhere(tmp_path: Path) -> None:
+    """Wattics answering 400 with the request's headers in its body (an error page that lists them): the
+    Basic-auth header (base64 of user:password) and the password never reach a log line, status, a dead letter
+    or verify's output."""
+    import base64
+
+    password = "Echo-Me-pw-2207"
+    header = base64.b64encode(f"gateway:{password}".encode()).decode()
+    wattics = WatticsEmulator(tmp_path / "w", users={"gateway": password}).start()
+    wattics.answer(400, times=10**6, body="bad packet; request headers were: {headers}")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""\
+state_dir: {tmp_path}
+meters: [{{name: a, type: simulated, interval: 200ms}}]
+sinks:
+  - {{name: wattics, type: wattics, url: "{wattics.url}", username: gateway, password: {password},
+     ca_file: {wattics.ca_file}, backoff_base: 20ms, backoff_cap: 50ms, data_points: [{{id: e, meter: a}}]}}
+""")
+    config.chmod(0o600)
+    try:
+        with Daemon(config).start() as d:
+            d.wait_log(lambda e: e.get("event") == "reading rejected: moved to dead letters")
+            shown = subprocess.run([sys.executable, "-m", "gateway", "status", "--json", "-c", str(config)],
+                                   capture_output=True, text=True).stdout
+            d.stop()
+        shown += subprocess.run([sys.executable, "-m", "gateway", "deadletter", "-c", str(config), "list"],
+                                capture_output=True, text=True).stdout
+        shown += subprocess.run([sys.executable, "-m", "gateway", "verify", "-c", str(config)],
+                                capture_output=True, text=True, timeout=60).stdout
+    finally:
+        wattics.stop()
+    everything = "".join(d.raw) + shown
+    assert "request headers were" in everything and "Authorization: Basic ***" in everything  # echoed, scrubbed
+    assert password not in everything and header not in everything and header.rstrip("=") not in everything

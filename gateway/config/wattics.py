@@ -104,6 +104,10 @@ class WatticsSink(SinkBase):
                 problems.append(((*path, "phases"), "only for format: electrical"))
         return problems
 
+    def secrets(self) -> list[str]:
+        pair = f"{self.username}:{self.password.get_secret_value()}"
+        return [*super().secrets(), pair]  # the Basic-auth header carries the pair in base64
+
     def phase_problems(
         self, quantities_of: Callable[[str], frozenset[Quantity] | None]
     ) -> list[tuple[tuple[str | int, ...], str]]:

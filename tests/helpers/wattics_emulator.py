@@ -282,7 +282,9 @@ def _handler(emu: WatticsEmulator) -> type[BaseHTTPRequestHandler]:
                 with emu.lock:
                     emu.refused.append((fault.status, ""))
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-                self._reply(fault.status, fault.body or f"emulated {fault.status}", headers)
+                # "{headers}" in a body echoes the request's headers, as some servers' error pages do.
+                body_text = (fault.body or f"emulated {fault.status}").replace("{headers}", str(self.headers))
+                self._reply(fault.status, body_text, headers)
                 return
             code, why, packet = emu.check(self.headers, body)
             if packet is None:
