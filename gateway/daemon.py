@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -35,6 +36,7 @@ from gateway.sdnotify import SdNotify
 from gateway.sinks import create_sink
 from gateway.sources import ReportsHealth, Source, create_sources
 from gateway.sources.mqtt import MqttSource
+from gateway.supervisor import Supervisor
 from gateway.timekeeper import TimeKeeper
 
 log = structlog.get_logger("gateway.daemon")
@@ -79,11 +81,12 @@ class Gateway:
         self.keeper = keeper or TimeKeeper(config.time_sync)
         self._keeper_stop = asyncio.Event()
         self._helpers_stop = asyncio.Event()
+        #: The heartbeat, the clock and the watchdog; the sources have one of their own, each forwarder too.
+        self._helpers = Supervisor(self._helpers_stop)
+        self._sources_sup = Supervisor(asyncio.Event())
         self.queue = DiskQueue(open_store(config), lazy_commit=config.queue.commit_interval)
         self.forwarders: list[Forwarder] = []
         self.sources: list[Source] = []
-        self._source_tasks: list[asyncio.Task[None]] = []
-        self._source_stop = asyncio.Event()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._beat_now = asyncio.Event()
@@ -117,10 +120,11 @@ class Gateway:
         await self._start_forwarders()
         await self._start_clock()
         self._start_sources()
-        helpers = [asyncio.create_task(self._heartbeat(), name="heartbeat"),
-                   asyncio.create_task(self.keeper.run(self._keeper_stop), name="clock")]
+        self._helpers.spawn("heartbeat", self._heartbeat)
+        self._helpers.spawn("clock", lambda: self.keeper.run(self._keeper_stop))
         if self.notify.watchdog_interval:
-            helpers.append(asyncio.create_task(self._watchdog(self.notify.watchdog_interval), name="watchdog"))
+            interval = self.notify.watchdog_interval
+            self._helpers.spawn("watchdog", lambda: self._watchdog(interval))
         self.notify.send("READY=1", f"STATUS=running: {len(self.config.meters)} meters, {len(self.forwarders)} sinks")
         log.info("gateway running", version=__version__, meters=len(self.config.meters),
                  sinks=[f.name for f in self.forwarders], queue=str(self.queue.store.path))
@@ -142,9 +146,7 @@ class Gateway:
         self._keeper_stop.set()
         self._helpers_stop.set()
         self._beat_now.set()
-        for h in helpers:
-            h.cancel()
-        await asyncio.gather(*helpers, return_exceptions=True)
+        await self._helpers.wait(0)
         await self._write_heartbeat(running=False)
         await self.queue.stop()
         log.info("stopped")
@@ -223,24 +225,14 @@ class Gateway:
             self.forwarders.append(fwd)
 
     def _start_sources(self) -> None:
-        self._source_stop = asyncio.Event()
+        stop = asyncio.Event()
+        self._sources_sup = Supervisor(stop)
+        self._sources_sup.on_change = self._beat_now.set
         self.sources = create_sources(self.config, self.keeper)
         for s in self.sources:
             if isinstance(s, ReportsHealth):
                 s.on_change = self._beat_now.set
-        self._source_tasks = [
-            asyncio.create_task(self._run_source(s), name=f"source:{s.name}") for s in self.sources
-        ]
-
-    async def _run_source(self, source: Source) -> None:
-        while not self._source_stop.is_set():
-            try:
-                await source.run(self._emit, self._source_stop)
-                return
-            except Exception:
-                log.exception("source failed; restarting it in 5 s", source=source.name)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._source_stop.wait(), 5.0)
+            self._sources_sup.spawn(f"source:{s.name}", functools.partial(s.run, self._emit, stop))
 
     async def _stop_pipeline(self) -> None:
         await self._stop_sources()
@@ -249,14 +241,9 @@ class Gateway:
 
     async def _stop_sources(self) -> None:
         """Sources stop after emitting what they hold, so every reading already read is committed."""
-        self._source_stop.set()
+        self._sources_sup.stop.set()
         self.queue.commit_now()  # their last readings may be waiting for company: the swap is between two ticks
-        if self._source_tasks:
-            _, pending = await asyncio.wait(self._source_tasks, timeout=SEND_GRACE)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*self._source_tasks, return_exceptions=True)
-        self._source_tasks = []
+        await self._sources_sup.wait(SEND_GRACE)
 
     async def _stop_forwarders(self) -> None:
         await asyncio.gather(*(f.stop(SEND_GRACE) for f in self.forwarders))
@@ -377,7 +364,15 @@ class Gateway:
                               for name, c in s.subscriptions().items()},
             "clock": self.keeper.health(),
             "accepted": dict(self._accepted),
+            "tasks": self._task_health(),
         }
+
+    def _task_health(self) -> dict[str, dict[str, object]]:
+        """Background tasks that failed since the start (restarted by their supervisor), by task name."""
+        out = {**self._helpers.health(), **self._sources_sup.health()}
+        for f in self.forwarders:
+            out.update(f.supervisor.health())
+        return out
 
 
 async def run_daemon(config: GatewayConfig, config_path: Path | None, notify: SdNotify | None = None) -> int:
@@ -391,7 +386,7 @@ def persisted(info: dict[str, Any]) -> dict[str, Any]:
     meters = {}
     for name, h in (info.get("meters") or {}).items():
         counts = {k: v for k, v in (h.get("counts") or {}).items() if k not in status.NOT_ERRORS}
-        if h.get("failing") or h.get("last_problem") or counts:
+        if h.get("failing") or h.get("last_problem") or h.get("left_out") or counts:
             meters[name] = {**h, "counts": counts}
     return {**info, "meters": meters}
 

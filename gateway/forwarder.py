@@ -32,6 +32,7 @@ from gateway.queue import DiskQueue, QueueStore
 from gateway.reading import Reading, iso_utc
 from gateway.sinks import Sink
 from gateway.stream import Stream
+from gateway.supervisor import Supervisor
 
 #: Longest wait a server's Retry-After can impose; beyond it the header is taken as a mistake.
 MAX_RETRY_AFTER = 3600.0
@@ -77,6 +78,8 @@ class Forwarder:
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        #: Streams and dead-letter retries: a failure is reported and the task started again from its cursor.
+        self.supervisor = Supervisor(self._stopping)
         self._failing: set[str] = set()
         self._skipping: set[str] = set()
         self._failing_since: float | None = None
@@ -112,27 +115,9 @@ class Forwarder:
             self.log.info("sink started", attempts=attempt + 1)
             self.last_error = None
         for stream in self.streams:
-            self._tasks.append(asyncio.create_task(self._supervise(stream), name=f"fwd:{stream.cursor}:{stream.meter}"))
-        self._tasks.append(asyncio.create_task(self._dead_letter_retries(), name=f"fwd:{self.name}:deadletters"))
-
-    async def _supervise(self, stream: Stream) -> None:
-        # A bug in a stream must not silently stall it: log it and start the stream again from its cursor.
-        run = self._stream_intervals if stream.interval else self._stream_plain
-        while not self._stopping.is_set():
-            try:
-                await run(stream)
-            except asyncio.CancelledError:
-                raise
-            except QueueError as e:  # the disk is full or failing: the queue logs it; try again shortly
-                self.log.warning("stream paused: the queue cannot be written; restarting it in 5 s",
-                                 stream=stream.label, error=str(e))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), 5.0)
-                continue
-            except Exception:
-                self.log.exception("forwarder stream failed; restarting it in 5 s", stream=stream.label)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), 5.0)
+            run = self._stream_intervals if stream.interval else self._stream_plain
+            self.supervisor.spawn(f"fwd:{stream.cursor}:{stream.meter}", functools.partial(run, stream))
+        self.supervisor.spawn(f"fwd:{self.name}:deadletters", self._dead_letter_retries)
 
     async def stop(self, grace: float) -> None:
         """Stop taking readings; let sends in flight finish for up to ``grace`` seconds, then cancel them."""
@@ -141,12 +126,13 @@ class Forwarder:
             self.queue.event(stream.cursor, stream.meter).set()
         with contextlib.suppress(QueueError):  # what a stream awaits lazily (a sent mark, a poll) goes at once
             self.queue.commit_now()
+        deadline = time.monotonic() + grace  # one grace for the whole stop, not one per step
         if self._tasks:
-            await asyncio.wait(self._tasks[:1], timeout=grace)  # the start task may still add streams
-            _, pending = await asyncio.wait(self._tasks, timeout=grace)
-            for t in pending:
+            await asyncio.wait(self._tasks, timeout=grace)  # the start task may still add streams
+            for t in self._tasks:
                 t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.wait(max(0.0, deadline - time.monotonic()))
         self._tasks.clear()
         await self.sink.close()
 

@@ -65,6 +65,11 @@ def evaluate(report: dict[str, Any], config: MonitoringConfig, now: float | None
         if all(report["meters"][m]["failing"] for m in meters):
             problems.append({"check": "bus_down", "bus": bus, "meters": meters,
                              "detail": f"none of the {len(meters)} meters on bus {bus} answers"})
+    for name, t in (report.get("tasks") or {}).items():
+        if t.get("failing"):
+            problems.append({"check": "task_failing", "task": name, "restarts": t.get("restarts"),
+                             "detail": f"background task {name} keeps failing (restarted {t.get('restarts')} times):"
+                                       f" {t.get('last_error')}"})
     q = report["queue"]
     if q["bytes"] > config.queue_full_ratio * q["max_bytes"]:
         problems.append({"check": "queue_near_full", "bytes": q["bytes"], "max_bytes": q["max_bytes"],

@@ -68,8 +68,11 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None,
             "failing": bool(health.get("failing")) if isinstance(health, dict) else False,
             "last_problem": health.get("last_problem") if isinstance(health, dict) else None,
             "read_errors": {k: v for k, v in counts.items() if k not in NOT_ERRORS},
+            # Quantities of its profile the meter refuses for good (learned from its answers, asked again hourly).
+            "left_out": health.get("left_out") or [] if isinstance(health, dict) else [],
         }
     subscriptions = daemon.get("subscriptions") if running else {}
+    tasks = daemon.get("tasks") if running else {}
     clock = daemon.get("clock") if running else None
     if isinstance(clock, dict) and not clock.get("trusted") and isinstance(beat, int):
         # As of now, not as of the heartbeat (written every 10 s).
@@ -78,6 +81,8 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None,
         "clock": clock if isinstance(clock, dict) else None,
         "held": store.held_status()[0],
         "subscriptions": subscriptions if isinstance(subscriptions, dict) else {},
+        # Background tasks that failed and were restarted since the daemon started (a source, a stream...).
+        "tasks": tasks if isinstance(tasks, dict) else {},
         "daemon": {"running": running, **{k: daemon.get(k) for k in ("pid", "version", "started_ms", "heartbeat_ms")}},
         "queue": {"path": str(store.path), "bytes": store.used_bytes(), "max_bytes": config.queue.max_size},
         "sinks": sinks,
@@ -134,6 +139,8 @@ def render(report: dict[str, Any], now: float | None = None) -> str:
                      f"  {ago(m['last_reading_ms'])}")
         if m["failing"]:
             lines.append(f"{'':<20} not answering: {m['last_problem']}")
+        if m["left_out"]:
+            lines.append(f"{'':<20} left out (the meter refuses them): {', '.join(m['left_out'])}")
     subs = report.get("subscriptions") or {}
     if subs:
         lines += ["", f"{'SUBSCRIPTION':<20} {'MESSAGES':>9} {'READINGS':>9} {'IGNORED':>8} {'REFUSED':>8}"
@@ -142,4 +149,10 @@ def render(report: dict[str, Any], now: float | None = None) -> str:
             why = refusal_reasons(c)
             lines.append(f"{name:<20} {c.get('messages', 0):>9} {c.get('readings', 0):>9} {c.get('ignored', 0):>8}"
                          f" {c.get('bad', 0):>8}  {why}")
+    tasks = report.get("tasks") or {}
+    if tasks:
+        lines += ["", f"{'BACKGROUND TASK':<40} {'RESTARTS':>8}  STATE"]
+        for name, t in tasks.items():
+            state = f"FAILING: {t.get('last_error')}" if t.get("failing") else f"running (last: {t.get('last_error')})"
+            lines.append(f"{name:<40} {t.get('restarts', 0):>8}  {state}")
     return "\n".join(lines)

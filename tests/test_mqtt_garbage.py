@@ -46,6 +46,12 @@ garbage = st.one_of(
                     max_size=4).map(lambda d: json.dumps(d, allow_nan=True).encode()),
     st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n),
     st.sampled_from([b"NaN", b"inf", b"-Infinity", b"", b"   ", b"1e999", b'{"P": 1e308, "E": {"imp": 1e308}}']),
+    # Integers too big for a float (OverflowError), or for Python's int parser (over 4,300 digits: ValueError), in
+    # every place a format reads a number or a time.
+    st.integers(300, 6000).map(lambda n: (
+        '{"P": 1%s, "E": {"imp": 1%s}, "ts": 1%s, "ENERGY": {"Power": 1%s, "Total": [1%s]}, "Time": 1%s,'
+        ' "method": "NotifyStatus", "params": {"ts": 1%s, "em:0": {"a_current": 1%s}}}' % (("0" * n,) * 8)).encode()),
+    st.integers(300, 6000).map(lambda n: b"1" + b"0" * n),
 )
 
 
@@ -60,7 +66,7 @@ def test_a_decoder_turns_any_payload_into_finite_readings_or_a_counted_reason(pa
     except (BadMessage, Ignored) as e:
         if isinstance(e, BadMessage):
             assert e.reason in {"not_json", "too_deep", "wrong_type", "not_finite", "missing_fields",
-                                "bad_timestamp", "not_a_number", "unknown_meter"}
+                                "bad_timestamp", "not_a_number", "unknown_meter"}, e
             if len(payload) > 10:  # the reason never echoes a payload (a short one may equal a word such as 'inf')
                 assert payload.decode("utf-8", "replace")[:40] not in str(e)
         return
@@ -117,3 +123,34 @@ async def _through_broker(broker: Mosquitto, junk: list[bytes]) -> None:
     assert counts["messages"] == 2 * len(junk)
     assert counts["readings"] + counts.get("bad", 0) + counts.get("ignored", 0) == 2 * len(junk)
     assert peak < 20 * 1024 * 1024, f"peak {peak} bytes while decoding {len(junk)} garbage messages"
+
+
+async def test_a_retained_number_no_float_can_hold_refuses_that_message_never_the_source(
+        broker: Mosquitto, queue: DiskQueue) -> None:
+    """A retained message with a 400-digit integer (and one of 5,000 digits) on one subscription: each is refused
+    and counted; the source keeps running, and the other subscription on the same broker delivers every reading."""
+    pub = Publisher(broker, "poison")
+    for digits in (400, 5000):
+        info = pub.client.publish("plc/plc1/data", b'{"P": 1' + b"0" * digits + b', "ts": 1782907200}', qos=1,
+                                  retain=True)
+        info.wait_for_publish(5)
+    cfg = config(broker, """\
+  - {name: plc, broker: site, topic: plc/+/data, meter_level: 2, values: {power_active_total: P},
+     timestamp: {path: ts}}
+  - {name: heat, broker: site, topic: heat/value, meter: heat, format: value}
+""", ["plc1", "heat"])
+    src = source(cfg)
+    task, stop = await running(src, queue)
+    try:
+        for i in range(5):
+            pub.publish("heat/value", str(100 + i))
+        readings = await wait_readings(queue, "heat", 5)
+        await until(lambda: src.subscriptions()["plc"].get("bad", 0) >= 1)
+        assert not task.done()
+    finally:
+        pub.client.publish("plc/plc1/data", b"", qos=1, retain=True).wait_for_publish(5)  # clear the retained one
+        pub.close()
+        await stop_source(task, stop)
+    assert [r.values[Q.VALUE] for r in readings] == [100.0, 101.0, 102.0, 103.0, 104.0]
+    assert await queue.read("plc1", -1, 10) == []
+    assert src.subscriptions()["plc"]["not_a_number"] + src.subscriptions()["plc"].get("not_finite", 0) >= 1

@@ -65,7 +65,10 @@ def number(value: object, where: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadMessage("wrong_type", f"{where} is {type(value).__name__}, not a number")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise BadMessage("not_finite", f"{where} is a number too large for any meter") from None
     if not math.isfinite(v):
         raise BadMessage("not_finite", f"{where} is {v}")
     return v
@@ -100,6 +103,8 @@ def parse_json(payload: bytes) -> Any:
         raise BadMessage("not_json", f"{e.msg} at position {e.pos}") from None
     except RecursionError:
         raise BadMessage("too_deep", "nested deeper than a meter's message is") from None
+    except ValueError:  # an integer of more than 4,300 digits (Python's limit on int parsing)
+        raise BadMessage("not_a_number", "a number with more digits than any meter has") from None
 
 
 def parse_time(value: object, fmt: str, tz: ZoneInfo, where: str) -> int:
@@ -113,7 +118,10 @@ def parse_time(value: object, fmt: str, tz: ZoneInfo, where: str) -> int:
             dt = dt.replace(tzinfo=tz)
         seconds = dt.timestamp()
     elif isinstance(value, int | float) and not isinstance(value, bool) and fmt != "iso":
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise BadMessage("bad_timestamp", f"{where} is not a plausible time") from None
         if fmt == "epoch_ms" or (fmt == "auto" and seconds > 1e11):
             seconds /= 1000
     else:

@@ -208,6 +208,9 @@ class MqttSource:
             except BadMessage as e:
                 state.bad(topic, e)
                 return []
+            except Exception as e:  # a case the decoder did not foresee: that message is refused, never the source
+                state.bad(topic, BadMessage("undecodable", type(e).__name__))
+                return []
             state.counts["readings"] += len(out)
             return out
         return []
