@@ -312,6 +312,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.daemon import Gateway
     from gateway.modbus.simulator import MeterServer, SimMeter
     from gateway.sources.simulated import single_value, three_phase
+    from gateway.statelock import StateLock
 
     with tempfile.TemporaryDirectory(prefix="meter-gateway-demo-") as tmp:
         state_dir = Path(args.state_dir or tmp)
@@ -341,10 +342,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print(f"meter-gateway demo: simulated SDM630 on 127.0.0.1:{servers[0].port} and gas meter on"
                       f" 127.0.0.1:{servers[1].port} (Modbus TCP), read every {args.interval}; config {path};"
                       " Ctrl-C stops", file=sys.stderr)
-                gw = Gateway(config, path)
-                if args.duration:
-                    asyncio.get_running_loop().call_later(args.duration, gw.stop)
-                return await gw.run()
+                with StateLock(config.state_dir):
+                    gw = Gateway(config, path)
+                    if args.duration:
+                        asyncio.get_running_loop().call_later(args.duration, gw.stop)
+                    return await gw.run()
             finally:
                 for srv in servers:
                     await srv.stop()

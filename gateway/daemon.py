@@ -36,6 +36,7 @@ from gateway.sdnotify import SdNotify
 from gateway.sinks import create_sink
 from gateway.sources import ReportsHealth, Source, create_sources
 from gateway.sources.mqtt import MqttSource
+from gateway.statelock import StateLock
 from gateway.supervisor import Supervisor
 from gateway.timekeeper import TimeKeeper
 
@@ -376,7 +377,8 @@ class Gateway:
 
 
 async def run_daemon(config: GatewayConfig, config_path: Path | None, notify: SdNotify | None = None) -> int:
-    return await Gateway(config, config_path, notify).run()
+    with StateLock(config.state_dir):  # one daemon per queue (see gateway/statelock.py)
+        return await Gateway(config, config_path, notify).run()
 
 
 def persisted(info: dict[str, Any]) -> dict[str, Any]:

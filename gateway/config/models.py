@@ -168,6 +168,8 @@ class GatewayConfig(Strict):
                          " (names must be unique)")
                     )
                 seen.setdefault(item.name, i)
+        if self.state_dir.exists() and not self.state_dir.is_dir():
+            problems.append((("state_dir",), f"{self.state_dir} is a file, not a directory"))
         buses = {b.name: b for b in self.buses}
         units: dict[tuple[str, int], str] = {}
         for i, m in enumerate(self.meters):
