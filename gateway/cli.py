@@ -52,6 +52,11 @@ def build_parser(settings: ProcessSettings) -> argparse.ArgumentParser:
     dl.add_argument("--sink", help="only this sink's dead letters")
     dl.add_argument("--id", type=int, nargs="+", dest="ids", help="only these dead letters")
     dl.add_argument("--all", action="store_true", help="with purge: every dead letter (of --sink, if given)")
+    fu = sub.add_parser("future", help="queued readings stamped in the future (a device clock that was wrong): list"
+                                       " them, or move them to the dead letters so the meter's readings go again")
+    with_config(fu)
+    fu.add_argument("--move", action="store_true",
+                    help="move them to the dead letters (the daemon must be stopped: 'systemctl stop meter-gateway')")
     with_config(sub.add_parser("verify", help="ask each platform what it received last, beside what was sent"))
     rd = sub.add_parser("read", help="read Modbus meters once now and print their values (works beside the daemon"
                                      " on TCP buses)")
@@ -95,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_level, args.log_format)
     try:
         handler = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "deadletter": cmd_deadletter,
+                   "future": cmd_future,
                    "demo": cmd_demo, "verify": cmd_verify, "read": cmd_read, "scan": cmd_scan,
                    "profiles": cmd_profiles}[args.command]
         return handler(args)
@@ -233,6 +239,52 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         store.close()
+
+
+def cmd_future(args: argparse.Namespace) -> int:
+    """A reading stamped in 2099 that was queued (before the gateway refused such readings, or while its clock was
+    not yet trusted) makes every later reading of its meter "not newer": this finds them and moves them aside."""
+    import time
+
+    from gateway.statelock import StateLock
+
+    config = _load(args)
+    cutoff = int((time.time() + config.future_tolerance) * 1000)
+    lock = StateLock(config.state_dir)
+    if args.move:
+        lock.acquire()  # the daemon keeps the meters' last timestamps in memory: it must not run meanwhile
+    try:
+        store = _open_store(config)
+        if store is None:
+            print("no queue yet: nothing stamped in the future")
+            return EXIT_OK
+        try:
+            ahead = store.ahead_of(cutoff)
+            if not ahead:
+                print(f"no queued reading is stamped after {iso_utc(cutoff)} (now + future_tolerance)")
+                return EXIT_OK
+            for meter, stamps in ahead.items():
+                shown = ", ".join(iso_utc(ts) for ts in stamps[:3]) + (" ..." if len(stamps) > 3 else "")
+                print(f"{meter}: {len(stamps)} queued reading(s) stamped in the future: {shown}")
+            if not args.move:
+                print("stop the daemon and run this again with --move to move them to the dead letters"
+                      " ('meter-gateway deadletter list' shows them then)")
+                return EXIT_OK
+            store.begin()
+            cursors: dict[str, list[str]] = {}
+            for stream in (st for sl in config.sink_streams().values() for st in sl):
+                cursors.setdefault(stream.cursor, []).append(stream.meter)
+            store.configure(cursors)
+            moved = store.quarantine_after(cutoff, f"stamped in the future (after {iso_utc(cutoff)}): the"
+                                                   " device's clock was wrong")
+            store.commit()
+        finally:
+            store.close()
+    finally:
+        lock.release()
+    for meter, n in moved.items():
+        print(f"{meter}: {n} reading(s) moved to the dead letters; its readings are accepted again")
+    return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

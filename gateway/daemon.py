@@ -31,7 +31,7 @@ from gateway.logs import REDACTOR
 from gateway.monitor import Monitor
 from gateway.queue import AppendResult, DiskQueue, QueueStore
 from gateway.queue.store import Released
-from gateway.reading import Reading
+from gateway.reading import Reading, iso_utc
 from gateway.sdnotify import SdNotify
 from gateway.sinks import create_sink
 from gateway.sources import ReportsHealth, Source, create_sources
@@ -93,6 +93,9 @@ class Gateway:
         self._beat_now = asyncio.Event()
         self._started = time.time()
         self._refusing: dict[str, int] = {}
+        #: Readings refused as stamped in the future, per meter, and when the last one came (ms).
+        self._future: dict[str, int] = {}
+        self._future_at: dict[str, int] = {}
         #: Readings confirmed into the queue per meter since start (for /metrics and status).
         self._accepted: Counter[str] = Counter()
         self.monitor: Monitor | None = None
@@ -252,7 +255,11 @@ class Gateway:
         self.forwarders = []
 
     async def _emit(self, readings: Sequence[Reading], prompt: bool = False) -> AppendResult:
-        result = await self.queue.append(readings, prompt=prompt)
+        ahead = self._ahead_of_clock(readings)
+        if ahead:
+            refused = {id(r) for r, _ in ahead}
+            readings = [r for r in readings if id(r) not in refused]
+        result = await self.queue.append(readings, prompt=prompt) if readings else AppendResult()
         if not result.dropped:
             self._accepted.update(r.meter for r in readings)
             self._accepted.subtract(r.meter for r, _ in result.refused)
@@ -266,11 +273,40 @@ class Gateway:
                 "reading refused: not newer than the last one queued for this meter", meter=reading.meter, reason=why
             )
         for meter in {r.meter for r in readings} - refused_meters:
+            if meter in self._future:
+                log.info("readings of this meter are no longer ahead of the clock", meter=meter,
+                         refused=self._future.pop(meter))
             if meter in self._refusing:
                 log.info("readings accepted again", meter=meter, refused=self._refusing.pop(meter))
         if result.dropped:
             log.debug("readings dropped: queue cannot write", count=result.dropped)
+        result.refused += ahead
         return result
+
+    def _ahead_of_clock(self, readings: Sequence[Reading]) -> list[tuple[Reading, str]]:
+        """Readings stamped further ahead of the synchronised clock than ``future_tolerance`` (a device's clock in
+        2099): refused, counted per meter (``future``) and logged on change. Queued, such a reading would make
+        every later reading of its meter "not newer". Judged only while the clock is trusted."""
+        if not self.keeper.trusted:
+            return []
+        limit = int((time.time() + self.config.future_tolerance) * 1000)
+        out = [(r, f"stamped {iso_utc(r.ts_ms)}, ahead of the clock by more than future_tolerance")
+               for r in readings if r.ts_ms > limit]
+        counts = Counter(r.meter for r, _ in out)
+        for reading, why in out:
+            meter = reading.meter
+            (log.warning if meter not in self._future else log.debug)(
+                "reading refused: stamped in the future (the device's clock is wrong?)", meter=meter, reason=why)
+            self._future[meter] = self._future.get(meter, 0) + 1
+            self._future_at[meter] = int(time.time() * 1000)
+
+        def count(st: QueueStore) -> None:
+            for meter, n in counts.items():
+                st.count(f"meter.{meter}.future", n)
+
+        if counts:
+            self.queue.post(count)
+        return out
 
     # ------------------------------------------------------------ reload
 
@@ -366,6 +402,7 @@ class Gateway:
             "clock": self.keeper.health(),
             "accepted": dict(self._accepted),
             "tasks": self._task_health(),
+            "future_at": dict(self._future_at),
         }
 
     def _task_health(self) -> dict[str, dict[str, object]]:

@@ -42,6 +42,10 @@ def base_url(config: MonitoringConfig) -> str:
 # ---------------------------------------------------------------- health
 
 
+#: A meter whose last reading stamped in the future came this recently needs a person (its clock is wrong).
+FUTURE_RECENT_S = 900.0
+
+
 def evaluate(report: dict[str, Any], config: MonitoringConfig, now: float | None = None) -> list[dict[str, Any]]:
     """What needs a person, one entry per problem (empty: healthy)."""
     now = time.time() if now is None else now
@@ -65,6 +69,12 @@ def evaluate(report: dict[str, Any], config: MonitoringConfig, now: float | None
         if all(report["meters"][m]["failing"] for m in meters):
             problems.append({"check": "bus_down", "bus": bus, "meters": meters,
                              "detail": f"none of the {len(meters)} meters on bus {bus} answers"})
+    for name, m in report["meters"].items():
+        last = m.get("future_last_ms")
+        if isinstance(last, int) and now - last / 1000 < FUTURE_RECENT_S:
+            problems.append({"check": "meter_clock_ahead", "meter": name, "refused": m.get("future"),
+                             "detail": f"meter {name} sends readings stamped in the future (its clock is wrong):"
+                                       " they are refused"})
     for name, t in (report.get("tasks") or {}).items():
         if t.get("failing"):
             problems.append({"check": "task_failing", "task": name, "restarts": t.get("restarts"),

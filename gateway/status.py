@@ -47,6 +47,7 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None,
     meter_rows: dict[str, dict[str, Any]] = {}
     meter_health = daemon.get("meters") if running else {}
     accepted = daemon.get("accepted") if running else {}
+    future_at = daemon.get("future_at") if running else {}
     for meter in config.meters:
         name = meter.name
         mid = store.meter_ids.get(name)
@@ -63,6 +64,9 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None,
             "unstampable": store.counters.get(f"meter.{name}.unstampable", 0),
             "held_evicted": store.counters.get(f"meter.{name}.held_evicted", 0),
             "refused": store.counters.get(f"meter.{name}.refused", 0),
+            # Refused as stamped further ahead of the clock than future_tolerance (a device clock that is wrong).
+            "future": store.counters.get(f"meter.{name}.future", 0),
+            "future_last_ms": future_at.get(name) if isinstance(future_at, dict) else None,
             "dropped_write_failed": store.counters.get(f"meter.{name}.dropped_write_failed", 0),
             # Read health, as the running daemon saw it (Modbus meters): failed reads per kind since it started.
             "failing": bool(health.get("failing")) if isinstance(health, dict) else False,
@@ -139,6 +143,9 @@ def render(report: dict[str, Any], now: float | None = None) -> str:
                      f"  {ago(m['last_reading_ms'])}")
         if m["failing"]:
             lines.append(f"{'':<20} not answering: {m['last_problem']}")
+        if m["future"]:
+            lines.append(f"{'':<20} {m['future']} readings refused: stamped in the future (last"
+                         f" {ago(m['future_last_ms'])}); see 'meter-gateway future'")
         if m["left_out"]:
             lines.append(f"{'':<20} left out (the meter refuses them): {', '.join(m['left_out'])}")
     subs = report.get("subscriptions") or {}

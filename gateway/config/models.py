@@ -130,6 +130,9 @@ class GatewayConfig(Strict):
     state_dir: Path = Path("/var/lib/meter-gateway")
     #: When the system clock is trusted (see gateway/timekeeper.py and README "Time").
     time_sync: Literal["auto", "require", "ignore"] = "auto"
+    #: A reading stamped further ahead of the gateway's synchronised clock than this (a device whose own clock is
+    #: wrong) is refused: queued, it would block every later reading of its meter as "not newer".
+    future_tolerance: PositiveDuration = 300.0
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     #: Where the technician's own meter profiles are (YAML files, one per model), besides the built-in ones.

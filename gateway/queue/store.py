@@ -768,6 +768,60 @@ class QueueStore:
             self._conn.execute("UPDATE readings SET first_ts=?, n=?, data=? WHERE meter_id=? AND ts_ms=?",
                                (kept[0][0], len(kept), encode_chunk(kept), mid, row[0]))
 
+    def ahead_of(self, cutoff_ms: int) -> dict[str, list[int]]:
+        """Per meter, the timestamps of the queued readings stamped after ``cutoff_ms`` (a device clock in the
+        future), oldest first."""
+        out: dict[str, list[int]] = {}
+        for mid, meter in self.meter_names.items():
+            if self._last_ts(mid) > cutoff_ms:
+                stamps = [ts for data, first in self._conn.execute(
+                    "SELECT data, first_ts FROM readings WHERE meter_id=? AND ts_ms>? ORDER BY ts_ms",
+                    (mid, cutoff_ms)) for ts, _, _ in decode_chunk(data, first) if ts > cutoff_ms]
+                out[meter] = stamps
+        return out
+
+    def quarantine_after(self, cutoff_ms: int, reason: str) -> dict[str, int]:
+        """Move every queued reading stamped after ``cutoff_ms`` to the dead letters of each sink that had not
+        delivered it, and bring the meter's last timestamp and cursors back to the cutoff, so that its readings
+        stamped by a right clock are accepted again (inside a transaction, with the daemon stopped). Returns how
+        many readings moved per meter."""
+        db = self._conn
+        now_ms = int(self.clock() * 1000)
+        moved: dict[str, int] = {}
+        for mid, meter in list(self.meter_names.items()):
+            if self._last_ts(mid) <= cutoff_ms:
+                continue
+            n = 0
+            for data, first in db.execute("SELECT data, first_ts FROM readings WHERE meter_id=? AND ts_ms>?"
+                                          " ORDER BY ts_ms", (mid, cutoff_ms)).fetchall():
+                for ts, flags, values in decode_chunk(data, first):
+                    if ts <= cutoff_ms:
+                        continue
+                    n += 1
+                    for sink, ids in self.wanted.items():
+                        if mid in ids and self.cursors.get(sink, {}).get(mid, -1) < ts:
+                            db.execute("INSERT INTO deadletters (sink, meter, ts_ms, flags, data, reason, at_ms)"
+                                       " VALUES (?,?,?,?,?,?,?)", (sink, meter, ts, flags, values, reason, now_ms))
+            db.execute("DELETE FROM readings WHERE meter_id=? AND first_ts>?", (mid, cutoff_ms))
+            row = db.execute("SELECT ts_ms, data, first_ts FROM readings WHERE meter_id=? AND ts_ms>?",
+                             (mid, cutoff_ms)).fetchone()
+            if row is not None:  # the chunk that straddles the cutoff keeps its readings up to it
+                kept = [r for r in decode_chunk(row[1], row[2]) if r[0] <= cutoff_ms]
+                db.execute("UPDATE readings SET ts_ms=?, n=?, data=? WHERE meter_id=? AND ts_ms=?",
+                           (kept[-1][0], len(kept), encode_chunk(kept), mid, row[0]))
+            db.execute("UPDATE cursors SET ts_ms=? WHERE meter_id=? AND ts_ms>?", (cutoff_ms, mid, cutoff_ms))
+            for sink_cursors in self.cursors.values():
+                if sink_cursors.get(mid, -1) > cutoff_ms:
+                    sink_cursors[mid] = cutoff_ms
+            newest = db.execute("SELECT max(ts_ms) FROM readings WHERE meter_id=?", (mid,)).fetchone()[0]
+            self.last_ts[mid] = min(cutoff_ms, max([newest if newest is not None else -1,
+                                                    *(c.get(mid, -1) for c in self.cursors.values())]))
+            self._pending.last_ts.pop(mid, None)
+            db.execute("UPDATE meters SET last_ts=? WHERE id=?", (self.last_ts[mid], mid))
+            self.count(f"meter.{meter}.future", n)
+            moved[meter] = n
+        return moved
+
     # ------------------------------------------------------------ dead letters
 
     def dead_letter(self, sink: str, reading: Reading, reason: str) -> None:
