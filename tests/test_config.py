@@ -232,7 +232,7 @@ def test_secret_file_problems(tmp_path: Path) -> None:
     (tmp_path / "empty").write_text("")
     origins = {("sinks", 0, "password_file"): "cfg.yaml:7"}
     cases = [
-        ({"name": "w", "password_file": "missing"}, "cfg.yaml:7: sinks[0].password_file: cannot read"),
+        ({"name": "w", "password_file": "missing"}, "cfg.yaml:7: sinks[w].password_file: cannot read"),
         ({"name": "w", "password_file": "empty"}, "is empty"),
         ({"name": "w", "password_file": "empty", "password": "x"}, "give either password or password_file"),
     ]
@@ -248,3 +248,73 @@ def test_check_never_prints_a_traceback_for_any_bad_file(tmp_path: Path) -> None
     assert p.returncode == 2
     assert p.stderr.startswith(f"{path}:1: meters[m1].interval: expected a duration")
     assert "Traceback" not in p.stderr
+
+
+def test_five_mistakes_at_different_stages_are_reported_at_once_in_file_order(tmp_path: Path) -> None:
+    """An unreadable password_file (read before validation), a bare number for a duration and a missing ca_file
+    (validation), an unknown meter in data_points (a check across sections): one run, every problem, file order."""
+    path = tmp_path / "config.yaml"
+    path.write_text("""\
+meters:
+  - {name: main, type: simulated, interval: 1}
+  - {name: gas, type: simulated, interval: 1ms}
+sinks:
+  - name: w
+    type: wattics
+    username: u
+    password_file: /nonexistent/wattics.pw
+    ca_file: /nonexistent/ca.pem
+    data_points: [{id: e, meter: main}, {id: g, meter: nope}]
+""")
+    p = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", str(path)], capture_output=True, text=True)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert [line.split(": ", 2)[:2] for line in lines[:-1]] == [
+        [f"{path}:2", "meters[main].interval"],
+        [f"{path}:3", "meters[gas].interval"],
+        [f"{path}:8", "sinks[w].password_file"],
+        [f"{path}:9", "sinks[w].ca_file"],
+        [f"{path}:10", "sinks[w].data_points[1].meter"],
+    ], lines
+    assert "did you mean minutes (1m)" in lines[1] and "no meter named 'nope'" in lines[4]
+    assert lines[-1] == "meter-gateway: 5 problems in the configuration; nothing was changed"
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly_and_a_reload_keeps_the_running_configuration(tmp_path: Path) -> None:
+    bomb = "".join(f"{a}: &{a} [{', '.join([f'*{b}'] * 9)}]\n" for b, a in zip("abcdefgh", "bcdefghi", strict=True))
+    path = tmp_path / "config.yaml"
+    path.write_text('a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + bomb
+                    + "meters: [{name: m, type: simulated}]\nsinks: [{name: s, type: stdout}]\n")
+    assert len(path.read_bytes()) < 700
+    p = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", str(path)], capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 2 and "stands for more than 200,000 values" in p.stderr
+
+
+@pytest.mark.parametrize(("value", "var"), [
+    ('"${WATTICS_PASSWORD}"', "METER_GATEWAY_SINKS__W__PASSWORD"),
+    ("$WATTICS_PASSWORD", "METER_GATEWAY_SINKS__W__PASSWORD"),
+])
+def test_a_shell_variable_is_refused_with_the_gateways_own_way(tmp_path: Path, value: str, var: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("meters: [{name: m, type: simulated}]\nsinks:\n  - {name: w, type: wattics, username: u,"
+                    f" password: {value}, data_points: [{{id: e, meter: m}}]}}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert len(e.value.problems) == 1 and f"set the environment variable {var} instead" in e.value.problems[0]
+
+
+def test_a_password_file_others_can_read_is_warned_about(tmp_path: Path) -> None:
+    secret = tmp_path / "w.pw"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    path = tmp_path / "config.yaml"
+    path.write_text(f"meters: [{{name: m, type: simulated}}]\nsinks:\n  - {{name: w, type: wattics, username: u,"
+                    f" password_file: {secret}, data_points: [{{id: e, meter: m}}]}}\n")
+    path.chmod(0o600)
+    p = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", str(path)], capture_output=True, text=True)
+    assert p.returncode == 0 and f"warning: {secret} holds a secret and every user of this machine can read it" \
+        in p.stdout
+    secret.chmod(0o640)
+    p = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", str(path)], capture_output=True, text=True)
+    assert "warning" not in p.stdout

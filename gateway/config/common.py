@@ -20,7 +20,7 @@ from pydantic import (
     SecretStr,
 )
 
-from gateway.config.units import parse_duration, parse_size
+from gateway.config.units import format_duration, parse_duration, parse_size
 from gateway.quantities import VALUE_UNITS
 from gateway.stream import Stream
 
@@ -112,9 +112,21 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: No meter is read more often than this: a shorter interval is a typo (``1ms`` for ``1m``).
+MIN_INTERVAL = 0.1
+
+
+def _meter_interval(v: float) -> float:
+    if v < MIN_INTERVAL:
+        raise ValueError(f"{format_duration(v)} is shorter than any meter can be read or answer (at least 100ms);"
+                         " did you mean minutes (1m) or seconds (1s)?")
+    return v
+
+
 class MeterBase(Strict):
     name: Name
-    interval: PositiveDuration = 60.0
+    interval: Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive),
+                        AfterValidator(_meter_interval)] = 60.0
 
 
 

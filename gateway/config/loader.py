@@ -15,8 +15,11 @@ newline, becomes ``password``.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import difflib
 import os
+import re
 import stat
 import types
 import typing
@@ -40,7 +43,14 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> G
 
 
 def secrets_readable_by_others(path: Path, config: GatewayConfig) -> str | None:
-    """A one-line warning when the file holds a secret in clear and every user of the machine can read it."""
+    """A one-line warning when the file holds a secret in clear, or names a secret file, that every user of the
+    machine can read."""
+    for secret_file in config.secret_files:
+        with contextlib.suppress(OSError):
+            if secret_file.stat().st_mode & stat.S_IROTH:
+                return (f"{secret_file} holds a secret and every user of this machine can read it; fix: chmod o-rwx"
+                        f" {secret_file} (as installed: chown root:meter-gateway {secret_file} && chmod 640"
+                        f" {secret_file})")
     try:
         if not path.stat().st_mode & stat.S_IROTH:
             return None
@@ -64,20 +74,82 @@ def load_config_text(
     origins: dict[KeyPath, str] = {p: f"{filename}:{n}" for p, n in lines.items()}
     env = os.environ if environ is None else environ
     problems = _apply_env(data, origins, env, filename)
-    problems += _resolve_secret_files(data, origins, base_dir or Path("."), env, filename)
-    if problems:
-        raise ConfigError(problems)
+    problems += _shell_variables(data, origins, filename)
+    secret_files: list[Path] = []
+    problems += _resolve_secret_files(data, origins, base_dir or Path("."), env, filename, files=secret_files)
     from gateway.modbus.profiles import resolve_modbus_meters
 
-    config = validate(GatewayConfig, data, origins, filename, cross_check=False)
-    problems = [problem_line(origins, path, filename, data, msg) for path, msg in config.cross_check()]
-    try:
-        config = resolve_modbus_meters(config, data, origins, filename, base_dir or Path("."))
-    except ConfigError as e:
-        problems += e.problems
-    if problems:
+    # Every problem at once, in file order: a key whose value is wrong is reported, then left out (its default
+    # stands in) so that the rest of the file is checked too, across sections (a wrong duration and a data point
+    # naming an unknown meter come out together). Only a missing required key stops the checks that need it.
+    work = copy.deepcopy(data)
+    config = None
+    dropped: set[KeyPath] = set()
+    for _ in range(4):
+        try:
+            config = GatewayConfig.model_validate(work)
+            break
+        except ValidationError as e:
+            problems += _pydantic_problems(e, data, origins, filename, GatewayConfig, skip=dropped)
+            if not _drop_wrong_keys(e, work, dropped):
+                break
+    if config is not None:
+        problems += [problem_line(origins, path, filename, data, msg) for path, msg in config.cross_check()]
+        try:
+            config = resolve_modbus_meters(config, work, origins, filename, base_dir or Path("."))
+        except ConfigError as e:
+            problems += e.problems
+    if problems or config is None:
         raise ConfigError(sorted(dict.fromkeys(problems), key=_sort_key))
+    config._secret_files = tuple(secret_files)
     return config
+
+
+_SHELL_VARIABLE = re.compile(r"\$\{[^}]*\}|^\$[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _shell_variables(data: Any, origins: dict[KeyPath, str], filename: str) -> list[str]:
+    """``password: "${WATTICS_PASSWORD}"`` is taken as written by YAML: refused, with the gateway's own way to take
+    a value from the environment (or a file), rather than sent to a platform as the password."""
+    out: list[str] = []
+
+    def walk(node: Any, path: KeyPath, env: tuple[str, ...]) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, (*path, k), (*env, str(k).upper()))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                name = v.get("name") if isinstance(v, dict) else None
+                walk(v, (*path, i), (*env, str(name).upper() if isinstance(name, str) else str(i)))
+        elif isinstance(node, str) and _SHELL_VARIABLE.search(node):
+            var = ENV_PREFIX + "__".join(env)
+            out.append(problem_line(origins, path, filename, data, f"'{node}' is not expanded (the file is taken"
+                                    f" as written): set the environment variable {var} instead, or use a *_file"
+                                    " key for a secret"))
+
+    walk(data, (), ())
+    return out
+
+def _drop_wrong_keys(e: ValidationError, data: dict[str, Any], dropped: set[KeyPath]) -> bool:
+    """Remove from ``data`` every key a validation error is about, where the key is there and optional to the
+    model (so the next try checks the rest); False when nothing could be removed (a required key is missing)."""
+    removed = False
+    for err in e.errors(include_url=False):
+        path, _ = _strip_tags(err["loc"], data, GatewayConfig)
+        if err["type"] == "missing" or not path or not isinstance(path[-1], str):
+            continue
+        parent: Any = data
+        for part in path[:-1]:
+            try:
+                parent = parent[part]
+            except (KeyError, IndexError, TypeError):
+                parent = None
+                break
+        if isinstance(parent, dict) and path[-1] in parent:
+            del parent[path[-1]]
+            dropped.add(path)
+            removed = True
+    return removed
 
 
 @runtime_checkable
@@ -114,11 +186,15 @@ def problem_line(origins: dict[KeyPath, str], path: KeyPath, filename: str, data
 
 
 def _pydantic_problems(
-    e: ValidationError, data: Any, origins: dict[KeyPath, str], filename: str, root: type[BaseModel]
+    e: ValidationError, data: Any, origins: dict[KeyPath, str], filename: str, root: type[BaseModel],
+    skip: set[KeyPath] | None = None,
 ) -> list[str]:
+    """One line per error; none for the keys of ``skip`` (already reported, then left out to check the rest)."""
     out: list[str] = []
     for err in e.errors(include_url=False):
         path, model = _strip_tags(err["loc"], data, root)
+        if skip and path in skip:
+            continue
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             path = (*path, str((err.get("ctx") or {}).get("discriminator", "type")).strip("'"))
         out.append(problem_line(origins, path, filename, data, _message(err, path, model)))
@@ -309,12 +385,15 @@ def _apply_env(data: dict[str, Any], origins: dict[KeyPath, str], env: Mapping[s
 
 def _resolve_secret_files(
     node: Any, origins: dict[KeyPath, str], base_dir: Path, env: Mapping[str, str], filename: str,
-    path: KeyPath = (),
+    path: KeyPath = (), files: list[Path] | None = None, root: Any = None,
 ) -> list[str]:
+    """Each ``*_file`` key of a secret replaced by the file's content; the files read are added to ``files``."""
     problems: list[str] = []
+    files = [] if files is None else files
+    root = node if root is None else root
     if isinstance(node, list):
         for i, item in enumerate(node):
-            problems += _resolve_secret_files(item, origins, base_dir, env, filename, (*path, i))
+            problems += _resolve_secret_files(item, origins, base_dir, env, filename, (*path, i), files, root)
         return problems
     if not isinstance(node, dict):
         return problems
@@ -323,28 +402,33 @@ def _resolve_secret_files(
         stem = key[:-5] if key.endswith("_file") else None
         if stem in SECRET_FIELDS:
             where = origins.get((*path, key), f"{filename}:1")
-            label = format_path((*path, key))
+            label = format_path((*path, key), root)
+            problem = None
+            secret = ""
             if stem in node:
-                problems.append(f"{where}: {label}: give either {stem} or {key}, not both")
-                continue
-            if not isinstance(value, str) or not value:
-                problems.append(f"{where}: {label}: expected the path of a file holding the {stem}")
-                continue
-            secret_path = _expand(value, base_dir, env)
-            try:
-                secret = secret_path.read_text(encoding="utf-8").rstrip("\r\n")
-            except (OSError, UnicodeDecodeError) as e:
-                reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-                problems.append(f"{where}: {label}: cannot read '{secret_path}' ({reason})")
-                continue
-            if not secret:
-                problems.append(f"{where}: {label}: '{secret_path}' is empty")
-                continue
+                problem = f"give either {stem} or {key}, not both"
+            elif not isinstance(value, str) or not value:
+                problem = f"expected the path of a file holding the {stem}"
+            else:
+                secret_path = _expand(value, base_dir, env)
+                try:
+                    secret = secret_path.read_text(encoding="utf-8").rstrip("\r\n")
+                except (OSError, UnicodeDecodeError) as e:
+                    why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+                    problem = f"cannot read '{secret_path}' ({why})"
+                else:
+                    files.append(secret_path)
+                    if not secret:
+                        problem = f"'{secret_path}' is empty"
+            if problem is not None:
+                problems.append(f"{where}: {label}: {problem}")
+                # A stand-in, so that the rest of the file is still checked (every problem reported at once).
+                secret = node.get(stem) or "unreadable"
             del node[key]
             node[stem] = secret
             origins[(*path, stem)] = where
         elif isinstance(value, dict | list):
-            problems += _resolve_secret_files(value, origins, base_dir, env, filename, (*path, key))
+            problems += _resolve_secret_files(value, origins, base_dir, env, filename, (*path, key), files, root)
     return problems
 
 

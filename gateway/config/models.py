@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, model_validator
 
 from gateway.config.common import (
     Duration,
@@ -143,6 +143,13 @@ class GatewayConfig(Strict):
     subscriptions: list[Subscription] = Field(default_factory=list)
     meters: Annotated[list[MeterConfig], Field(min_length=1)]
     sinks: Annotated[list[SinkConfig], Field(min_length=1)]
+
+    #: The files secrets were read from (``password_file``...): set when the file is loaded, for the mode check.
+    _secret_files: tuple[Path, ...] = PrivateAttr(default=())
+
+    @property
+    def secret_files(self) -> tuple[Path, ...]:
+        return self._secret_files
 
     @property
     def meter_names(self) -> list[str]:
