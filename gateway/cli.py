@@ -195,6 +195,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = _load(args)
     store = _open_store(config)
     if store is None:
+        from gateway.queue.watch import peek_marker
+
+        lost = peek_marker(config.state_dir)
+        if lost is not None:
+            print(f"queue:  LOST: {lost.get('path')} was {lost.get('what', 'removed')} while the gateway (pid"
+                  f" {lost.get('pid')}) ran; no reading is accepted; restart the service (and find out why the file"
+                  " went)")
+            return EXIT_RUNTIME
         print(f"daemon: not running; no queue yet at {config.state_dir / 'queue.db'}")
         return EXIT_RUNTIME if args.check else EXIT_OK
     try:

@@ -289,7 +289,7 @@ class Gateway:
         every later reading of its meter "not newer". Judged only while the clock is trusted."""
         if not self.keeper.trusted:
             return []
-        limit = int((time.time() + self.config.future_tolerance) * 1000)
+        limit = int((self.keeper.wall() + self.config.future_tolerance) * 1000)
         out = [(r, f"stamped {iso_utc(r.ts_ms)}, ahead of the clock by more than future_tolerance")
                for r in readings if r.ts_ms > limit]
         counts = Counter(r.meter for r, _ in out)

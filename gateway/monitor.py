@@ -81,6 +81,10 @@ def evaluate(report: dict[str, Any], config: MonitoringConfig, now: float | None
                              "detail": f"background task {name} keeps failing (restarted {t.get('restarts')} times):"
                                        f" {t.get('last_error')}"})
     q = report["queue"]
+    if q.get("gone"):
+        problems.append({"check": "queue_lost", "detail": f"the queue file was {q['gone'].get('what', 'removed')}"
+                                                          " while the gateway ran: no reading is accepted; restart"
+                                                          " the service (and see why the file went)"})
     if q["bytes"] > config.queue_full_ratio * q["max_bytes"]:
         problems.append({"check": "queue_near_full", "bytes": q["bytes"], "max_bytes": q["max_bytes"],
                          "detail": f"the queue uses {q['bytes'] / q['max_bytes']:.0%} of queue.max_size; at the"

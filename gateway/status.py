@@ -9,6 +9,7 @@ from gateway.config import GatewayConfig
 from gateway.config.units import format_duration
 from gateway.mqtt.formats import refusal_reasons
 from gateway.queue import QueueStore
+from gateway.queue.watch import peek_marker
 from gateway.reading import iso_utc
 
 #: A heartbeat older than this means the daemon is not running (it writes one every 10 s).
@@ -88,7 +89,11 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None,
         # Background tasks that failed and were restarted since the daemon started (a source, a stream...).
         "tasks": tasks if isinstance(tasks, dict) else {},
         "daemon": {"running": running, **{k: daemon.get(k) for k in ("pid", "version", "started_ms", "heartbeat_ms")}},
-        "queue": {"path": str(store.path), "bytes": store.used_bytes(), "max_bytes": config.queue.max_size},
+        "queue": {"path": str(store.path), "bytes": store.used_bytes(), "max_bytes": config.queue.max_size,
+                  # The file was removed (or replaced) under the running daemon: no reading is accepted.
+                  "gone": store.file.gone or peek_marker(store.path.parent),
+                  # What happened to the file in earlier runs (removed under a run, WAL lost after a crash).
+                  "incidents": (store.get_meta("queue_incidents") or {}).get("items") or []},
         "sinks": sinks,
         "meters": meter_rows,
     }
@@ -110,6 +115,21 @@ def _clock(report: dict[str, Any]) -> str:
     return text + held_text
 
 
+def _queue_trouble(report: dict[str, Any]) -> str:
+    q = report["queue"]
+    out = ""
+    gone = q.get("gone")
+    if gone:
+        n = gone.get("abandoned")
+        out += (f"\n        LOST: the queue file was {gone.get('what', 'removed')} while the gateway ran; no reading is"
+                f" accepted until it restarts{f'; {n} undelivered readings in it are abandoned then' if n else ''}")
+    for incident in q.get("incidents") or []:
+        n = incident.get("abandoned")
+        out += (f"\n        earlier: {incident.get('what')}"
+                f"{f' ({n} readings abandoned)' if isinstance(n, int) else ''}")
+    return out
+
+
 def render(report: dict[str, Any], now: float | None = None) -> str:
     now_ms = int((time.time() if now is None else now) * 1000)
 
@@ -122,7 +142,7 @@ def render(report: dict[str, Any], now: float | None = None) -> str:
     lines = [
         f"daemon: running, pid {d['pid']}, version {d['version']}, last heartbeat {ago(d['heartbeat_ms'])}"
         if d["running"] else "daemon: not running (no recent heartbeat)",
-        f"queue:  {report['queue']['path']} ({report['queue']['bytes'] / 1e6:.1f} MB used)",
+        f"queue:  {report['queue']['path']} ({report['queue']['bytes'] / 1e6:.1f} MB used)" + _queue_trouble(report),
         f"clock:  {_clock(report)}",
         "",
         f"{'SINK':<20} {'DEPTH':>8} {'OLDEST':>10} {'DELIVERED':>10} {'RETRIED':>8} {'RESENT':>7} {'DEAD':>6}"

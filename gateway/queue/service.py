@@ -201,6 +201,14 @@ class DiskQueue:
                 self._hand_back()
 
     def _process(self, jobs: list[_Job]) -> None:
+        if self.store.file.is_gone(self.store.undelivered):
+            # Readings written now would vanish at the next restart: refused (counted as dropped). Acknowledgements
+            # and the rest go on, so the backlog the open file holds is still delivered.
+            for job in [j for j in jobs if j.readings is not None]:
+                self._drop(job)
+            jobs = [j for j in jobs if j.readings is None]
+            if not jobs:
+                return
         try:
             self.store.begin()
             results = self._run_jobs(jobs)

@@ -37,6 +37,7 @@ from pathlib import Path
 import structlog
 
 from gateway.errors import QueueError
+from gateway.queue import watch
 from gateway.reading import (
     Reading,
     decode_values,
@@ -250,6 +251,9 @@ class QueueStore:
         self.moved_aside: Path | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
+        #: Is the file at ``path`` still the one open? (see gateway/queue/watch.py)
+        self.file = watch.FileWatch(path)
+        self._owner = False
 
     # ------------------------------------------------------------ opening
 
@@ -260,6 +264,7 @@ class QueueStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise QueueError(f"cannot create the state directory {self.path.parent}: {e.strerror}") from None
+        wal_was_missing = watch.wal_missing(self.path)
         try:
             self._open_checked(repair)
         except sqlite3.DatabaseError as e:
@@ -275,6 +280,47 @@ class QueueStore:
                 self._open_checked()
             except sqlite3.DatabaseError as e2:
                 raise QueueError(f"cannot create a fresh queue {self.path}: {e2}") from None
+        self.file.opened()
+        if repair:  # the daemon (not a command looking beside it) reports what happened to the file before
+            self._report_incidents(wal_was_missing and self.file.running_flag.exists())
+            with contextlib.suppress(OSError):
+                self.file.running_flag.touch()
+            self._owner = True
+
+    def _report_incidents(self, wal_lost: bool) -> None:
+        """A queue file removed under the last run (its marker), or a write-ahead log lost after a crash: logged,
+        counted and kept (meta ``queue_incidents``) for ``status``."""
+        incidents: list[dict[str, object]] = []
+        lost = watch.take_marker(self.path.parent)
+        if lost is not None:
+            abandoned = lost.get("abandoned")
+            log.error("the previous run's queue file was removed while it ran: the readings it held and had not"
+                      " delivered were abandoned", abandoned=abandoned, removed_at=lost.get("at_ms"))
+            self.count("queue.files_lost")
+            if isinstance(abandoned, int):
+                self.count("queue.abandoned", abandoned)
+            incidents.append({"what": f"queue file {lost.get('what', 'removed')} while the gateway ran",
+                              "at_ms": lost.get("at_ms"), "abandoned": abandoned})
+        if wal_lost:
+            log.error("the queue's write-ahead log (queue.db-wal) was missing after a run that did not stop cleanly:"
+                      " what was committed since the last checkpoint is lost (how many readings is unknown)",
+                      path=str(self.path))
+            self.count("queue.wal_lost")
+            incidents.append({"what": "write-ahead log missing after an unclean stop: readings committed since the"
+                                      " last checkpoint lost (number unknown)",
+                              "at_ms": int(self.clock() * 1000), "abandoned": None})
+        if incidents:
+            kept = list((self.get_meta("queue_incidents") or {}).get("items") or [])  # type: ignore[call-overload]
+            self.set_meta("queue_incidents", {"items": (kept + incidents)[-10:]})
+            for name in self._dirty_counters:
+                self._conn.execute("INSERT INTO counters VALUES (?,?) ON CONFLICT (name) DO UPDATE SET"
+                                   " value=excluded.value", (name, self.counters[name]))
+            self._dirty_counters.clear()
+
+    def undelivered(self) -> int:
+        """Readings some sink still waits for (and readings held for the clock)."""
+        n = sum(self._count(mid, self._floor(mid))[0] for mid in self.meter_names if self._wanted(mid))
+        return n + int(self._conn.execute("SELECT count(*) FROM held").fetchone()[0])
 
     def _open_checked(self, check: bool = True) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
@@ -407,6 +453,10 @@ class QueueStore:
                 self.rollback()
             self._db.close()
             self._db = None
+            if self._owner:  # closed cleanly: SQLite checkpointed and removed the write-ahead log itself
+                with contextlib.suppress(OSError):
+                    self.file.running_flag.unlink()
+                self._owner = False
 
     @property
     def _conn(self) -> sqlite3.Connection:
