@@ -247,6 +247,7 @@ class Forwarder:
         ahead: deque[tuple[list[Reading], asyncio.Task[list[Outcome]]]] = deque()
         exhausted = False
         attempt = 0
+        in_doubt = False
         read_size = max(2 * self.sink.max_batch * depth, 64)
         try:
             while not self._stopping.is_set():
@@ -320,6 +321,7 @@ class Forwarder:
                     buffer.popleft()
                 if delivered or skipped:
                     self.queue.ack(cursor, meter, position, delivered)
+                in_doubt = retry is not None  # a send without an answer may still have reached the platform
                 if retry is None:
                     attempt = self._succeeded(stream, attempt)
                     continue
@@ -328,9 +330,15 @@ class Forwarder:
                 await self._drain(ahead)
                 attempt = await self._retry_later(stream, retry, attempt, log)
         finally:
+            answered = not ahead and not in_doubt
             for _, task in ahead:
                 task.cancel()
             await self._drain(ahead)
+            if answered and self._stopping.is_set():
+                # A clean stop with nothing in flight: everything sent was acknowledged, so the mark comes back to
+                # the last acknowledged reading, and the next start sends nothing "again" (nor says it does).
+                with contextlib.suppress(QueueError):
+                    self.queue.post(functools.partial(QueueStore.gauge, name=sent_key, value=position))
 
     @staticmethod
     async def _settled(renewal: asyncio.Future[None], mark: int) -> int:

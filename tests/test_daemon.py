@@ -196,3 +196,37 @@ def test_an_unusable_state_dir_is_a_one_line_runtime_error(tmp_path: Path) -> No
     assert p.returncode == 1
     assert "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("meter-gateway: ")
+
+
+def test_a_clean_restart_sends_nothing_again_and_does_not_say_it_does(tmp_path: Path) -> None:
+    """After a SIGTERM everything sent was acknowledged: what the next start sends (the backlog a slow platform
+    left) goes for the first time, and the log must not claim it is sent again (whoever reads it after a planned
+    restart would look for a problem), nor count it as re-sent."""
+    from tests.helpers.daemon import Daemon
+    from tests.helpers.wattics_emulator import WatticsEmulator
+
+    emu = WatticsEmulator(tmp_path / "certs", latency=0.15).start()  # slower than the meter: a backlog builds
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""\
+state_dir: {tmp_path / 'state'}
+meters: [{{name: a, type: simulated, interval: 100ms}}]
+sinks:
+  - {{name: wattics, type: wattics, url: "{emu.url}", username: gateway, password: s3cret-pass,
+     ca_file: {emu.ca_file}, data_points: [{{id: e, meter: a}}]}}
+""")
+    path.chmod(0o600)
+    try:
+        runs = []
+        for _ in range(2):
+            with Daemon(path).start() as d:
+                time.sleep(2.0)
+                rc, _ = d.stop()
+                assert rc == 0
+                runs.append(d.events())
+    finally:
+        emu.stop()
+    assert not [e for e in runs[1] if "sending again" in str(e.get("event"))]
+    assert emu.stats()["duplicates"] == 0
+    status = subprocess.run([sys.executable, "-m", "gateway", "status", "--json", "-c", str(path)],
+                            capture_output=True, text=True)
+    assert json.loads(status.stdout)["sinks"]["wattics"]["resent"] == 0
