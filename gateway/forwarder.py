@@ -82,6 +82,8 @@ class Forwarder:
         self.supervisor = Supervisor(self._stopping)
         self._failing: set[str] = set()
         self._skipping: set[str] = set()
+        #: Readings rejected in a row per stream (for logging on change).
+        self._rejecting: dict[str, int] = {}
         self._failing_since: float | None = None
         self.last_error: str | None = None
         #: per stream cursor: what was last delivered (for status and the technicians' check)
@@ -205,7 +207,8 @@ class Forwarder:
             for _ in range(n):
                 buffer.popleft()
             position, last_end = upto, end
-            attempt = self._succeeded(stream, attempt)
+            # Refused for good is not "delivered again": the stream stays failing until a packet is delivered.
+            attempt = attempt if isinstance(outcome, Reject) else self._succeeded(stream, attempt)
 
     async def _retry_later(self, stream: Stream, retry: Retry, attempt: int,
                            log: structlog.typing.FilteringBoundLogger) -> int:
@@ -323,7 +326,8 @@ class Forwarder:
                     self.queue.ack(cursor, meter, position, delivered)
                 in_doubt = retry is not None  # a send without an answer may still have reached the platform
                 if retry is None:
-                    attempt = self._succeeded(stream, attempt)
+                    if delivered or skipped:  # a batch refused for good is no recovery
+                        attempt = self._succeeded(stream, attempt)
                     continue
                 # What was sent ahead is answered before trying again (an MQTT sink keeps it in flight and will
                 # not publish it twice); its readings stay in the buffer and go again, in order.
@@ -382,9 +386,19 @@ class Forwarder:
     async def _reject(self, stream: Stream, reading: Reading, outcome: Reject,
                       log: structlog.typing.FilteringBoundLogger, upto: int | None = None) -> None:
         await self.queue.dead_letter(stream.cursor, reading, outcome.reason, upto)
-        log.warning("reading rejected: moved to dead letters", ts=iso_utc(reading.ts_ms), reason=outcome.reason)
+        # Logged on change: the first rejection of a stream at warning, the rest at debug until one is delivered
+        # (a platform refusing every packet must not log a line per reading; the counter and status have them).
+        key = stream.cursor + "\0" + stream.meter
+        n = self._rejecting.get(key, 0)
+        self._rejecting[key] = n + 1
+        (log.warning if n == 0 else log.debug)("reading rejected: moved to dead letters", ts=iso_utc(reading.ts_ms),
+                                               reason=outcome.reason)
 
     def _sent(self, stream: Stream, reading: Reading, outcome: Outcome) -> None:
+        if self._rejecting:
+            rejected = self._rejecting.pop(stream.cursor + "\0" + stream.meter, 0)
+            if rejected > 1:
+                self.log.info("readings delivered again after rejections", stream=stream.label, rejected=rejected)
         self.last_sent[stream.cursor] = {
             "ts_ms": reading.ts_ms,
             "at_ms": int(self.clock() * 1000),

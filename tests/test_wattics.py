@@ -276,6 +276,28 @@ async def test_a_bad_request_goes_to_the_dead_letters_after_three_tries(emu: Wat
     assert emu.packets["e"][-1]["tsISO8601"] == local_iso(BASE_MS + 20_000, ZoneInfo("UTC"))
 
 
+async def test_a_platform_refusing_every_packet_logs_on_change_not_per_reading(emu: WatticsEmulator,
+                                                                               rig_factory: Any) -> None:
+    import structlog
+
+    emu.answer(400, times=10**6, body="bad packet")
+    rig = await rig_factory(config_text(emu.url, emu.ca_file, points="      - {id: e, meter: main}\n"))
+    with structlog.testing.capture_logs() as logs:
+        await rig.queue.append([elec(BASE_MS + i * 10_000) for i in range(20)])
+        await until(lambda: len(emu.refused) >= 60, within=30)
+        await until(lambda: rig.fwd is not None and rig.fwd.last_error is not None)
+        emu.clear_faults()
+        await rig.queue.append([elec(BASE_MS + 300_000)])
+        await until(lambda: emu.count() == 1)
+    loud = [(e["event"], e["log_level"]) for e in logs if e["log_level"] in ("info", "warning", "error")]
+    assert loud == [("delivery failing: readings are kept and retried", "warning"),
+                    ("reading rejected: moved to dead letters", "warning"),
+                    ("readings delivered again after rejections", "info"),
+                    ("delivery recovered", "info")], loud
+    letters = await rig.queue.run(lambda st: st.dead_letters("wattics"))
+    assert len(letters) == 20
+
+
 async def test_a_stalled_answer_or_a_dropped_connection_is_retried(emu: WatticsEmulator, rig_factory: Any) -> None:
     emu.stall(1.5)  # past the 1 s request timeout; processed late, so the retry is a duplicate
     emu.drop(2)
