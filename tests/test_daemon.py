@@ -230,3 +230,33 @@ sinks:
     status = subprocess.run([sys.executable, "-m", "gateway", "status", "--json", "-c", str(path)],
                             capture_output=True, text=True)
     assert json.loads(status.stdout)["sinks"]["wattics"]["resent"] == 0
+
+
+def test_a_stop_while_the_platform_holds_every_request_takes_one_grace(tmp_path: Path) -> None:
+    """SIGTERM with Wattics answering nothing: sends in flight get one grace (5 s) in all, then the daemon exits 0;
+    what was in flight is sent again at the next start."""
+    from gateway.daemon import SEND_GRACE
+    from tests.helpers.daemon import Daemon
+    from tests.helpers.wattics_emulator import WatticsEmulator
+
+    emu = WatticsEmulator(tmp_path / "certs").start()
+    emu.stall(60, times=1000)
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""\
+state_dir: {tmp_path / 'state'}
+queue: {{commit_interval: 200ms}}
+meters: [{{name: a, type: simulated, interval: 200ms}}, {{name: b, type: simulated, interval: 200ms}}]
+sinks:
+  - {{name: wattics, type: wattics, url: "{emu.url}", username: gateway, password: s3cret-pass,
+     ca_file: {emu.ca_file}, data_points: [{{id: e, meter: a}}, {{id: f, meter: b}}]}}
+""")
+    path.chmod(0o600)
+    try:
+        with Daemon(path).start() as d:
+            time.sleep(1.5)
+            assert emu.requests >= 2, d.events()  # both data points have a request held by the platform
+            rc, took = d.stop()
+    finally:
+        emu.stop()
+    assert rc == 0
+    assert SEND_GRACE <= took < SEND_GRACE + 3.0, took
