@@ -295,20 +295,60 @@ def cmd_future(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _last_sent_now(config: GatewayConfig) -> tuple[dict[str, Any], str]:
+    """What each stream delivered last, and how fresh that is: asked of the running daemon (SIGUSR1 makes it write
+    its live record at once), else its record from its last run."""
+    import os
+    import signal
+    import time
+
+    from gateway.daemon import last_sent
+    from gateway.status import STALE_HEARTBEAT_MS
+
+    store = _open_store(config)
+    if store is None:
+        return {}, "nothing yet (no queue)"
+    try:
+        daemon = store.get_meta("daemon") or {}
+        beat, pid = daemon.get("heartbeat_ms"), daemon.get("pid")
+        running = bool(daemon.get("running")) and isinstance(beat, int) and isinstance(pid, int) \
+            and time.time() * 1000 - beat < STALE_HEARTBEAT_MS
+        asked_ms = int(time.time() * 1000)
+        answered = False
+        if running:
+            assert isinstance(pid, int)
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except OSError:
+                running = False
+            deadline = time.monotonic() + 5.0
+            while running and time.monotonic() < deadline:
+                at = (store.get_meta("last_sent_at") or {}).get("ms")
+                if isinstance(at, int) and at >= asked_ms:
+                    answered = True
+                    break
+                time.sleep(0.1)
+        at = (store.get_meta("last_sent_at") or {}).get("ms")
+        sent = last_sent(store)
+    finally:
+        store.close()
+    when = iso_utc(at) if isinstance(at, int) else "unknown time"
+    age = f"{max(0, round(time.time() - at / 1000))} s old" if isinstance(at, int) else "age unknown"
+    if answered:
+        return sent, f"as of {when}, from the running daemon (live)"
+    if running:
+        return sent, f"as of {when} ({age}): the running daemon did not answer within 5 s (not this user's?)"
+    return sent, f"as of {when} ({age}): the daemon is not running; its record from when it last ran"
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from gateway.config.voltaware import VoltawareSink
     from gateway.config.wattics import WatticsSink
-    from gateway.daemon import last_sent
     from gateway.sinks import voltaware_api, wattics
 
     config = _load(args)
-    store = _open_store(config)
-    sent_by_sink: dict[str, Any] = {}
-    if store is not None:
-        try:
-            sent_by_sink = last_sent(store)
-        finally:
-            store.close()
+    sent_by_sink, how = _last_sent_now(config)
+    print(f"gateway's record of what it delivered last: {how}")
     checks = [s for s in config.sinks if isinstance(s, WatticsSink | VoltawareSink)]
     if not checks:
         print("no platform sink to verify in this configuration")

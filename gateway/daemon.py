@@ -91,6 +91,7 @@ class Gateway:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._beat_now = asyncio.Event()
+        self._sent_asked = _Flag(self._beat_now)
         self._started = time.time()
         self._refusing: dict[str, int] = {}
         #: Readings refused as stamped in the future, per meter, and when the last one came (ms).
@@ -110,6 +111,8 @@ class Gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        # 'verify' asks for what each stream delivered last, as of now (the record is otherwise written every 5 min).
+        loop.add_signal_handler(signal.SIGUSR1, self._sent_asked.set)
         exposed = secrets_readable_by_others(self.config_path, self.config) if self.config_path else None
         if exposed:
             log.warning("configuration file readable by everyone", problem=exposed)
@@ -380,12 +383,20 @@ class Gateway:
 
         kept = persisted(info)
 
+        asked = self._sent_asked.is_set()
+        if asked:
+            self._sent_asked.clear()
+            sent = self._sent_by_sink() if self.forwarders else self._last_sent
+        written_ms = int(time.time() * 1000)
+
         def write(st: QueueStore) -> None:
             st.set_meta("daemon", kept)
             if sent is not None:
                 st.set_meta("last_sent", sent)
+                st.set_meta("last_sent_at", {"ms": written_ms})
 
-        await self.queue.run(write, lazy=running)  # with the next commit; the last one (a stop) at once
+        # With the next commit; a stop's, and an answer to 'verify', at once.
+        await self.queue.run(write, lazy=running and not asked)
 
     def _info(self, running: bool) -> dict[str, Any]:
         return {
@@ -411,6 +422,24 @@ class Gateway:
         for f in self.forwarders:
             out.update(f.supervisor.health())
         return out
+
+
+class _Flag:
+    """Set by a signal handler; wakes the heartbeat, which writes what was asked."""
+
+    def __init__(self, wake: asyncio.Event) -> None:
+        self._set = False
+        self._wake = wake
+
+    def set(self) -> None:
+        self._set = True
+        self._wake.set()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def clear(self) -> None:
+        self._set = False
 
 
 async def run_daemon(config: GatewayConfig, config_path: Path | None, notify: SdNotify | None = None) -> int:

@@ -128,12 +128,20 @@ def test_verify_shows_what_wattics_processed_beside_what_was_sent(tmp_path: Path
             deadline = time.monotonic() + 20
             while (len(emu.packets["elec-a"]) < 3 or len(emu.packets["gas-b"]) < 3) and time.monotonic() < deadline:
                 time.sleep(0.1)
+            # While it runs: the running daemon is asked for its record as of now (written every 5 min otherwise).
+            before = emu.packets["elec-a"][-1]["tsISO8601"]
+            live = subprocess.run([sys.executable, "-m", "gateway", "verify", "-c", str(cfg)], capture_output=True,
+                                  text=True, timeout=60)
+            assert "from the running daemon (live)" in live.stdout, live.stdout
+            shown = live.stdout.split("gateway:  ", 1)[1]
+            assert shown.startswith('{"id":"elec-a"') and shown.split('"tsISO8601":"')[1][:23] >= before[:23]
             assert d.stop()[0] == 0
         requests_before = emu.stats()["requests"]
         p = subprocess.run([sys.executable, "-m", "gateway", "verify", "-c", str(cfg)], capture_output=True,
                            text=True, timeout=60)
         assert p.returncode == 0, p.stderr
         out = p.stdout
+        assert "the daemon is not running; its record from when it last ran" in out
         last = emu.packets["elec-a"][-1]["tsISO8601"]
         assert "wattics / elec-a (meter a, electrical)" in out
         assert f'Wattics:  HTTP 200 {{"stream":"elec-a","lastPacket":{{"id":"elec-a","tsISO8601":"{last}"' in out
