@@ -16,13 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gateway.modbus.plan as plan_module
+from gateway.config.modbus import TcpBus
 from gateway.modbus.bus import Bus
 from gateway.quantities import Quantity as Q
 from gateway.queue import DiskQueue
 from gateway.sources.modbus import MeterPoller, ModbusSource
 from gateway.sources.simulated import three_phase
+from tests.helpers.lying_modbus import Lie, LyingDevice
 from tests.helpers.modbus import profiles
 from tests.helpers.rig import RigFactory, until
 from tests.helpers.wattics_emulator import WatticsEmulator
@@ -35,6 +39,10 @@ PER_PHASE_ENERGY = {Q.ENERGY_IMPORT_L1, Q.ENERGY_IMPORT_L2, Q.ENERGY_IMPORT_L3}
 
 def _offered() -> set[Q]:
     return {p.quantity for p in profiles()[SDM630].points}
+
+
+def _offered_values() -> set[Q]:
+    return _offered()
 
 
 async def test_a_poll_whose_per_phase_energy_fails_never_sends_the_total_under_a_phase_key(
@@ -161,3 +169,77 @@ async def test_an_answer_that_does_not_match_its_request_is_never_a_value(
     assert health["failing"] is True and str(health["last_problem"]).find(
         "answered function 3 to a function 4 request" if lie == "wrong_function" else "cannot be decoded") > 0
     assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+
+
+# ---------------------------------------------------------------- generated lies
+
+
+def _held() -> tuple[dict[Q, float], dict[tuple[int, int], int]]:
+    """Values an SDM630 holds (constant, so every answer can be checked exactly) and its registers, word by word."""
+    from gateway.modbus.simulator import encode
+
+    values = three_phase(1_795_000_000.0, 3)
+    points = profiles()[SDM630].points
+    for i, p in enumerate(points):
+        values.setdefault(p.quantity, 1000.5 + i)  # quantities the simulation has no curve for
+    words: dict[tuple[int, int], int] = {}
+    for p in points:
+        for i, w in enumerate(encode(p, values[p.quantity])):
+            words[(p.code, p.address + i)] = w
+    return values, words
+
+
+def _telling(lie: Lie) -> bool:
+    """A lie the gateway must notice (every request of an SDM630 is function 4; trailing bytes after a correct
+    answer, or a byte count shorter than the data, may still carry the right words; exception 2 makes the poller
+    ask the block in parts, which answer)."""
+    if lie.silent:
+        return True
+    if lie.exception is not None:
+        return lie.exception != 2
+    return lie.function not in (None, 4) or lie.count_delta != 0 or lie.unit_delta != 0 or lie.tid_delta != 0
+
+
+LIES = st.builds(
+    Lie,
+    function=st.sampled_from([None, None, 3, 4, 1, 0x83]),
+    unit_delta=st.sampled_from([0, 0, 0, 1]),
+    tid_delta=st.sampled_from([0, 0, 0, 1]),
+    count_delta=st.sampled_from([0, 0, -1, 1, -2, 2]),
+    byte_count_delta=st.sampled_from([0, 0, -1, 1, -2, 4, 100]),
+    trailing=st.sampled_from([b"", b"", b"\xde\xad\xbe\xef", b"\x00"]),
+    truncate=st.sampled_from([0, 0, 0, 1, 3]),
+    exception=st.sampled_from([None, None, None, 2, 4, 0x7F]),
+    silent=st.sampled_from([False, False, False, True]),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lies=st.lists(LIES, min_size=1, max_size=8))
+def test_no_lie_of_a_device_ever_becomes_a_value(lies: list[Lie]) -> None:
+    """Whatever a device answers (hypothesis mangles function, unit, transaction, counts, byte count, trailing and
+    missing bytes, exception codes, silence), every value that reaches a reading is what the meter holds for that
+    quantity, the poller never raises, and a lie shows in the meter's counters."""
+    asyncio.run(_polls_against(lies))
+
+
+async def _polls_against(lies: list[Lie]) -> None:
+    values, words = _held()
+    device = await LyingDevice(lambda fc, a, n: [words.get((fc, a + i), 0) for i in range(n)], list(lies)).start()
+    try:
+        bus = Bus(TcpBus(name="b", type="tcp", host="127.0.0.1", port=device.port, timeout="150ms"))
+        poller = MeterPoller(meter("m", 1), bus, report_health=False)
+        readings = []
+        for _ in range(len(lies) + 2):
+            bus.next_connect = 0.0  # no reconnection backoff between the polls of a test
+            readings.append(await poller.poll())
+        bus.close()
+    finally:
+        await device.stop()
+    for r in readings:
+        for q, v in (r.values if r is not None else {}).items():
+            assert math.isclose(v, values[q], rel_tol=1e-6), (q, v, values[q], lies)
+    assert readings[-1] is not None and set(readings[-1].values) == _offered(), "honest again: read in full"
+    if any(_telling(lie) for lie in lies):
+        assert sum(v for k, v in poller.counts.items() if k not in ("polls", "readings", "retries")) > 0 \
+            or any(r is None or set(r.values) != _offered() for r in readings), "a lie went unnoticed"

@@ -175,6 +175,17 @@ buses:
         return [(at, pid.removeprefix("e-"), round(datetime.fromisoformat(ts).timestamp() * 1000))
                 for at, pid, ts in self.wattics.arrivals()]
 
+    def wattics_packets(self) -> dict[str, list[dict[str, Any]]]:
+        """Every packet Wattics accepted (once each), by meter."""
+        with self.wattics.lock:
+            return {pid.removeprefix("e-"): list(packets) for pid, packets in self.wattics.packets.items()}
+
+    def offered(self, meter: str) -> frozenset[Q]:
+        """The quantities the meter's configuration reads (what the Wattics keys of its data point follow)."""
+        points = profiles()[PROFILE].points
+        names = RTU_QUANTITIES if meter.startswith("r") else None
+        return frozenset(p.quantity for p in points if names is None or p.quantity.value in names)
+
     def voltaware_arrivals(self) -> list[tuple[float, str, int]]:
         return [(at, str(e["device"]), int(e["at"])) for at, e in self.watcher.events()]
 

@@ -36,13 +36,16 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from gateway.quantities import Quantity as Q
+from gateway.sinks.wattics import electrical_keys
 from tests.helpers.daemon import queued, read_jsonl
-from tests.soak.site import Site, voltage, wait
+from tests.soak.site import Site, meter_values, voltage, wait
 
 FAULTS = ("sigkill", "sigterm", "wattics_errors", "wattics_stall", "broker_restart", "meter_silent", "disk_full",
           "sighup")
@@ -201,6 +204,21 @@ class Soak:
                 energy[key[0]].append((key[1], values["energy_import_total"]))
         energy_backwards = sum(1 for seq in energy.values()
                                for (_, a), (_, b) in itertools.pairwise(sorted(seq)) if b < a)
+        # Values, not only counts: every value of every reading (the ledger) and every key of every Wattics packet
+        # must be what the simulated meter held for that quantity while it was read.
+        wrong_values: list[str] = []
+        for r in ledger:
+            meter = str(r["meter"])
+            for q, v in r["values"].items():
+                if not held_then(units[meter], meter in rtu_names, int(r["ts_ms"]), Q(q), v):
+                    wrong_values.append(f"{meter} {r['ts_ms']} {q}={v}")
+        for meter, packets in site.wattics_packets().items():
+            keys = electrical_keys(site.offered(meter))
+            for packet in packets:
+                ts = round(datetime.fromisoformat(packet["tsISO8601"]).timestamp() * 1000)
+                for key, q in keys:
+                    if key in packet and not held_then(units[meter], meter in rtu_names, ts, q, packet[key]):
+                        wrong_values.append(f"wattics {meter} {packet['tsISO8601']} {key}={packet[key]}")
         queued = self.waiting()
         confirmed |= queued.get("ledger", set())  # confirmed, not yet in the ledger file
         platforms = {"wattics": site.wattics_arrivals(), "voltaware": site.voltaware_arrivals()}
@@ -257,10 +275,26 @@ class Soak:
             "faults": dict(self.faults), "restarts": restarts, "exit_code_last_stop": rc, "drained": drained,
             "confirmed": len(confirmed), "platforms": per_platform, "wrong_meter": wrong_meter,
             "energy_backwards": energy_backwards, "dropped_on_purpose": dict(dropped),
+            "wrong_values": len(wrong_values), "wrong_value_examples": wrong_values[:5],
             "restart_to_first_delivery_s": _percentiles(first_delivery), "slowest_restart": slowest,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         }
         return result
+
+
+#: How long after a reading's stamp (its first answer) its last request may be answered: a poll's span.
+POLL_SPAN_S = 3.0
+
+
+def held_then(unit: int, rtu: bool, ts_ms: int, q: Q, value: float) -> bool:
+    """Whether ``value`` is what the meter held for ``q`` while the poll stamped ``ts_ms`` ran: between the values
+    at the stamp and a poll's span later (each curve is monotonic over a few seconds), within float32's precision."""
+    if q not in (held := meter_values(unit, rtu)(ts_ms / 1000)):
+        return False
+    later = meter_values(unit, rtu)(ts_ms / 1000 + POLL_SPAN_S)[q]
+    lo, hi = min(held[q], later), max(held[q], later)
+    slack = max(abs(lo), abs(hi)) * 2e-7 + 1e-9  # float32 keeps 24 bits; the meter's digits are rounded to them
+    return lo - slack <= value <= hi + slack
 
 
 def _percentiles(xs: list[float]) -> dict[str, float | None]:
@@ -280,6 +314,8 @@ def failures(r: dict[str, Any]) -> list[str]:
         out.append(f"{r['wrong_meter']} readings carry another meter's values")
     if r["energy_backwards"]:
         out.append(f"{r['energy_backwards']} energy totals went backwards")
+    if r.get("wrong_values"):
+        out.append(f"{r['wrong_values']} values differ from what the meter held, e.g. {r['wrong_value_examples']}")
     if not r["drained"]:
         out.append("the queue did not drain within 180 s after the faults stopped")
     if r["exit_code_last_stop"] != 0:
@@ -301,7 +337,8 @@ def render(r: dict[str, Any]) -> str:
     fd = r["restart_to_first_delivery_s"]
     lines += ["", f"dropped on purpose: {dropped}",
               f"readings with another meter's values: {r['wrong_meter']}; energy totals going backwards:"
-              f" {r['energy_backwards']}",
+              f" {r['energy_backwards']}; values other than the meter held (ledger and every Wattics key):"
+              f" {r.get('wrong_values', 0)}",
               f"restart to first delivery: p50 {fd['p50']} s, p99 {fd['p99']} s ({fd['n']} restarts)"]
     if (slow := r.get("slowest_restart")) is not None:
         lines.append(f"slowest restart: {slow['s']} s; faults around it: {', '.join(slow['faults_around'])}")
