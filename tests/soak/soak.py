@@ -22,6 +22,7 @@ Prints a table; the last line is one JSON object. Exit status 1 if anything was 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -282,19 +283,28 @@ class Soak:
         return result
 
 
-#: How long after a reading's stamp (its first answer) its last request may be answered: a poll's span.
-POLL_SPAN_S = 3.0
+#: A reading is stamped when its first answer arrived; the meter took that block's values a moment before (the
+#: request's way there), and its last block's up to a poll's span later.
+BEFORE_S, POLL_SPAN_S = 0.5, 3.0
 
 
 def held_then(unit: int, rtu: bool, ts_ms: int, q: Q, value: float) -> bool:
-    """Whether ``value`` is what the meter held for ``q`` while the poll stamped ``ts_ms`` ran: between the values
-    at the stamp and a poll's span later (each curve is monotonic over a few seconds), within float32's precision."""
-    if q not in (held := meter_values(unit, rtu)(ts_ms / 1000)):
-        return False
-    later = meter_values(unit, rtu)(ts_ms / 1000 + POLL_SPAN_S)[q]
-    lo, hi = min(held[q], later), max(held[q], later)
+    """Whether ``value`` is what the meter held for ``q`` while the poll stamped ``ts_ms`` ran: between the least and
+    the most it held then, within float32's precision. A quantity the simulation has no curve for is held as 0 (the
+    register is never written)."""
+    lo, hi = _held_range(unit, rtu, ts_ms).get(q, (0.0, 0.0))
     slack = max(abs(lo), abs(hi)) * 2e-7 + 1e-9  # float32 keeps 24 bits; the meter's digits are rounded to them
     return lo - slack <= value <= hi + slack
+
+
+@functools.lru_cache(maxsize=None)
+def _held_range(unit: int, rtu: bool, ts_ms: int) -> dict[Q, tuple[float, float]]:
+    """Per quantity, the least and the most the meter held from just before ``ts_ms`` to a poll's span after it
+    (sampled every 50 ms: the curves turn within a few seconds)."""
+    curve = meter_values(unit, rtu)
+    t0, steps = ts_ms / 1000 - BEFORE_S, round((BEFORE_S + POLL_SPAN_S) / 0.05)
+    samples = [curve(t0 + i * 0.05) for i in range(steps + 1)]
+    return {q: (min(s[q] for s in samples), max(s[q] for s in samples)) for q in samples[0]}
 
 
 def _percentiles(xs: list[float]) -> dict[str, float | None]:
