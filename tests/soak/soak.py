@@ -297,7 +297,7 @@ def held_then(unit: int, rtu: bool, ts_ms: int, q: Q, value: float) -> bool:
     return lo - slack <= value <= hi + slack
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _held_range(unit: int, rtu: bool, ts_ms: int) -> dict[Q, tuple[float, float]]:
     """Per quantity, the least and the most the meter held from just before ``ts_ms`` to a poll's span after it
     (sampled every 50 ms: the curves turn within a few seconds)."""
