@@ -40,6 +40,14 @@ sinks: [{{name: archive, type: file, path: {tmp_path / 'archive.jsonl'}}}]
     return path
 
 
+def archived(tmp_path: Path, n: int) -> list[float]:
+    """The archive's power values once it holds ``n`` readings (or after 10 s)."""
+    deadline = time.monotonic() + 10
+    while len(rows := read_jsonl(tmp_path / "archive.jsonl")) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [r["values"]["power_active_total"] for r in rows]
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=60)
 
@@ -59,13 +67,11 @@ def test_a_reading_stamped_in_2099_is_refused_and_the_meter_goes_on(broker: Mosq
             d.wait_log(lambda e: e.get("event") == "readings of this meter are no longer ahead of the clock")
             health = httpx.get(f"http://127.0.0.1:{port}/health")
             shown = cli("status", "-c", str(path)).stdout
-            deadline = time.monotonic() + 10
-            while len(read_jsonl(tmp_path / "archive.jsonl")) < 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
+            archived(tmp_path, 2)
             d.stop()
     finally:
         pub.close()
-    assert [r["values"]["power_active_total"] for r in read_jsonl(tmp_path / "archive.jsonl")] == [1.0, 3.0]
+    assert archived(tmp_path, 2) == [1.0, 3.0]
     assert health.status_code == 503
     assert [p["check"] for p in health.json()["problems"]] == ["meter_clock_ahead"]
     assert "1 readings refused: stamped in the future" in shown
@@ -97,13 +103,11 @@ def test_a_queue_already_holding_a_reading_from_2099_is_mended_with_future_move(
             d.wait_log(lambda e: e.get("event") == "broker connected")
             time.sleep(0.3)
             pub.publish("plc/plc1/data", json.dumps({"n": 3, "ts": int(time.time()) - 1}))
-            deadline = time.monotonic() + 10
-            while len(read_jsonl(tmp_path / "archive.jsonl")) < 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
+            archived(tmp_path, 2)
             d.stop()
     finally:
         pub.close()
     assert refused_while_running.returncode == 1 and "already runs on" in refused_while_running.stderr
     assert moved.returncode == 0 and "plc1: 1 reading(s) moved to the dead letters" in moved.stdout
     assert "meter=plc1 ts=2099-01-01" in letters.stdout and "device's clock was wrong" in letters.stdout
-    assert [r["values"]["power_active_total"] for r in read_jsonl(tmp_path / "archive.jsonl")] == [1.0, 3.0]
+    assert archived(tmp_path, 2) == [1.0, 3.0]
