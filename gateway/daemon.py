@@ -324,6 +324,10 @@ class Gateway:
                 log.error("reload refused: invalid configuration", problem=line)
             log.error("reload refused: keeping the running configuration", path=str(self.config_path))
             return
+        except Exception as e:  # whatever the file holds, a reload never takes the daemon down
+            log.error("reload refused: the file could not be read; keeping the running configuration",
+                      path=str(self.config_path), error=REDACTOR.scrub(f"{type(e).__name__}: {e}")[:300])
+            return
         if (new.state_dir, new.queue, new.time_sync) != (self.config.state_dir, self.config.queue,
                                                           self.config.time_sync):
             log.warning("state_dir, queue and time_sync change only at a restart; keeping the running ones")

@@ -260,3 +260,24 @@ sinks:
         emu.stop()
     assert rc == 0
     assert SEND_GRACE <= took < SEND_GRACE + 3.0, took
+
+
+def test_a_reload_with_an_alias_bomb_keeps_the_running_configuration(tmp_path: Path) -> None:
+    from tests.helpers.daemon import Daemon
+
+    path = tmp_path / "config.yaml"
+    good = (f"state_dir: {tmp_path / 'state'}\nmeters: [{{name: a, type: simulated, interval: 200ms}}]\n"
+            f"sinks: [{{name: archive, type: file, path: {tmp_path / 'archive.jsonl'}}}]\n")
+    path.write_text(good)
+    bomb = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + "".join(
+        f"{a}: &{a} [{', '.join([f'*{b}'] * 9)}]\n" for b, a in zip("abcdefgh", "bcdefghi", strict=True))
+    with Daemon(path).start() as d:
+        path.write_text(bomb + good)
+        t0 = time.monotonic()
+        d.signal(signal.SIGHUP)
+        refused = d.wait_log(lambda e: e.get("event") == "reload refused: keeping the running configuration")
+        took = time.monotonic() - t0
+        assert d.proc is not None and d.proc.poll() is None
+        rc, _ = d.stop()
+    assert rc == 0 and took < 10 and refused["level"] == "error"
+    assert any("stands for more than 200,000 values" in str(e.get("problem")) for e in d.events())
