@@ -41,9 +41,6 @@ def _offered() -> set[Q]:
     return {p.quantity for p in profiles()[SDM630].points}
 
 
-def _offered_values() -> set[Q]:
-    return _offered()
-
 
 async def test_a_poll_whose_per_phase_energy_fails_never_sends_the_total_under_a_phase_key(
         tmp_path: Path, rigs: RigFactory) -> None:
