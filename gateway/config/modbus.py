@@ -31,7 +31,7 @@ def _quantity(value: object) -> object:
     if isinstance(value, str) and value not in Quantity.__members__.values():
         close = difflib.get_close_matches(value, [q.value for q in ALL], n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ValueError(f"'{value}' is not a quantity ({hint}see README.md 'Quantities')")
+        raise ValueError(f"'{value}' is not a quantity ({hint}see docs/configuration.md 'Quantities')")
     return value
 
 

@@ -1,4 +1,4 @@
-"""Typed, frozen models of the configuration file. The reference is README.md's "Configuration" section.
+"""Typed, frozen models of the configuration file. The reference is docs/configuration.md.
 
 Validation of one value lives with its model (types, ranges, units, time zones); checks that span the file (unique
 names, references between sections) live in :meth:`GatewayConfig.cross_check`, so that each problem can name the
@@ -128,7 +128,7 @@ SinkConfig = Annotated[FileSink | StdoutSink | WatticsSink | VoltawareSink, Fiel
 class GatewayConfig(Strict):
     site: SiteConfig = Field(default_factory=SiteConfig)
     state_dir: Path = Path("/var/lib/meter-gateway")
-    #: When the system clock is trusted (see gateway/timekeeper.py and README "Time").
+    #: When the system clock is trusted (see gateway/timekeeper.py and docs/reliability.md "Time").
     time_sync: Literal["auto", "require", "ignore"] = "auto"
     #: A reading stamped further ahead of the gateway's synchronised clock than this (a device whose own clock is
     #: wrong) is refused: queued, it would block every later reading of its meter as "not newer".

@@ -1,6 +1,6 @@
 """The on-disk queue: one SQLite file in WAL mode, used from one thread at a time.
 
-Layout (see README "How the queue works"):
+Layout (see docs/reliability.md "How the queue keeps readings"):
 
 - ``readings(seq, meter_id, ts_ms, first_ts, n, data)``: a meter's readings of one transaction are one row, a
   *chunk* (``ts_ms`` its last timestamp, ``first_ts`` its first, ``n`` how many, ``data`` the readings one after the
@@ -8,8 +8,8 @@ Layout (see README "How the queue works"):
   meter's next chunk (SPARE_CHUNKS are kept per meter for that, the rest deleted); otherwise a chunk is appended
   (``seq``). A commit then writes about one page per meter whatever the backlog. ``readings_meter (meter_id, ts_ms)``
   finds a meter's chunks in timestamp order. A reading whose timestamp is not newer than the last one queued for
-  its meter is refused, so per meter, timestamp order *is* arrival order (README "Footprint of a site" has the
-  measurements behind this layout).
+  its meter is refused, so per meter, timestamp order *is* arrival order (docs/performance.md "Footprint of a site"
+  has the measurements behind this layout).
 - ``cursors(sink, meter_id, ts_ms)``: per sink and meter, the timestamp of the last reading the platform
   acknowledged. A row is deleted once every sink that wants its meter is past it.
 - ``deadletters``: readings a platform refused for good, with the reason, for an operator to retry or purge.
@@ -328,7 +328,7 @@ class QueueStore:
         db.execute("PRAGMA busy_timeout=10000")
         # A new file gets 1 KB pages (an existing one keeps its own): a commit writes whole pages, and most of a
         # commit is a few small changes (cursors, counters, the newest chunks), and five readings of a meter fill
-        # a 1 KB page (README "Footprint of a site").
+        # a 1 KB page (docs/performance.md "Footprint of a site").
         db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
