@@ -91,7 +91,8 @@ class Gateway:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._beat_now = asyncio.Event()
-        self._sent_asked = _Flag(self._beat_now)
+        #: 'verify' asked (SIGUSR1) for what each stream delivered last: the next heartbeat writes it at once.
+        self._sent_asked = False
         self._started = time.time()
         self._refusing: dict[str, int] = {}
         #: Readings refused as stamped in the future, per meter, and when the last one came (ms).
@@ -112,7 +113,7 @@ class Gateway:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         # 'verify' asks for what each stream delivered last, as of now (the record is otherwise written every 5 min).
-        loop.add_signal_handler(signal.SIGUSR1, self._sent_asked.set)
+        loop.add_signal_handler(signal.SIGUSR1, self._ask_sent)
         exposed = secrets_readable_by_others(self.config_path, self.config) if self.config_path else None
         if exposed:
             log.warning("configuration file readable by everyone", problem=exposed)
@@ -363,6 +364,10 @@ class Gateway:
             self.notify.send("WATCHDOG=1")
             await asyncio.sleep(interval)
 
+    def _ask_sent(self) -> None:
+        self._sent_asked = True
+        self._beat_now.set()
+
     async def _heartbeat(self) -> None:
         # Every HEARTBEAT_INTERVAL, and at once when a meter starts or stops failing, so status shows it promptly.
         while not self._helpers_stop.is_set():
@@ -387,9 +392,8 @@ class Gateway:
 
         kept = persisted(info)
 
-        asked = self._sent_asked.is_set()
+        asked, self._sent_asked = self._sent_asked, False
         if asked:
-            self._sent_asked.clear()
             sent = self._sent_by_sink() if self.forwarders else self._last_sent
         written_ms = int(time.time() * 1000)
 
@@ -426,24 +430,6 @@ class Gateway:
         for f in self.forwarders:
             out.update(f.supervisor.health())
         return out
-
-
-class _Flag:
-    """Set by a signal handler; wakes the heartbeat, which writes what was asked."""
-
-    def __init__(self, wake: asyncio.Event) -> None:
-        self._set = False
-        self._wake = wake
-
-    def set(self) -> None:
-        self._set = True
-        self._wake.set()
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def clear(self) -> None:
-        self._set = False
 
 
 async def run_daemon(config: GatewayConfig, config_path: Path | None, notify: SdNotify | None = None) -> int:

@@ -82,21 +82,6 @@ class StateLock:
         self.release()
 
 
-def holder(state_dir: Path) -> int | None:
-    """The PID of the daemon holding ``state_dir``'s lock, or None when no process holds it."""
-    try:
-        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _read_pid(fd) or -1
-    finally:
-        os.close(fd)
-    return None
-
-
 def _read_pid(fd: int) -> int | None:
     with contextlib.suppress(OSError, ValueError):
         return int(os.pread(fd, 32, 0).decode().strip() or 0) or None

@@ -85,7 +85,7 @@ class LyingPlatform:
         return f"https://127.0.0.1:{self.https.port}/measurements/v2/unifiedjson/"
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(script=st.lists(st.integers(0, len(ANSWERS) - 1), min_size=1, max_size=12))
 def test_a_lying_platform_never_makes_a_reading_count_as_delivered(tmp_path_factory: Any, script: list[int]) -> None:

@@ -194,7 +194,10 @@ def _telling(lie: Lie) -> bool:
         return True
     if lie.exception is not None:
         return lie.exception != 2
-    return lie.function not in (None, 4) or lie.count_delta != 0 or lie.unit_delta != 0 or lie.tid_delta != 0
+    # A wrong register count with a byte count that hides it (pymodbus reads byte count / 2 registers, and keeps no
+    # byte count to check) can still carry exactly the words asked: the values are checked above all the same.
+    wrong_count = lie.count_delta != 0 and lie.byte_count_delta == 0
+    return lie.function not in (None, 4) or wrong_count or lie.unit_delta != 0 or lie.tid_delta != 0
 
 
 LIES = st.builds(
@@ -211,7 +214,7 @@ LIES = st.builds(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(lies=st.lists(LIES, min_size=1, max_size=8))
 def test_no_lie_of_a_device_ever_becomes_a_value(lies: list[Lie]) -> None:
     """Whatever a device answers (hypothesis mangles function, unit, transaction, counts, byte count, trailing and

@@ -134,12 +134,11 @@ class _Connection:
             raise ModbusExceptionReply(int(getattr(rr, "exception_code", 0)), what)
         regs = list(rr.registers)
         bus.stats.bytes_in += header + 2 * len(regs)
-        # pymodbus matches an answer to its request by transaction id (TCP) and unit, not by function code nor
-        # length: a reply for another function, or with another byte count, would otherwise become values.
+        # pymodbus matches an answer to its request by transaction id (TCP) and unit (it skips another unit's, which
+        # then times out), not by function code nor length: a reply for another function, or with another byte
+        # count, would otherwise become values.
         if rr.function_code != block.code:
             raise ModbusBadAnswer(f"{what}: answered function {rr.function_code} to a function {block.code} request")
-        if rr.dev_id != unit and not (unit == 0 and not bus.rtu):
-            raise ModbusBadAnswer(f"{what}: answered as unit {rr.dev_id}")
         if len(regs) != block.count:
             raise ModbusBadAnswer(f"{what}: answered {len(regs)} registers")
         return regs

@@ -169,16 +169,17 @@ class MeterPoller:
         return Reading(self.meter.name, stamp.ts_ms, values, stamp.synced, stamp.mono_ms)
 
     def _learn(self, evidence: list[Key]) -> None:
-        before = set(self.planner.left_out)
+        before = len(self.planner.unsupported)  # every poll: kept cheap
         learned = self.planner.observe(evidence, time.monotonic())
         if not learned:
             return
-        left_out = set(self.planner.left_out)
-        level = self.log.warning if left_out - before else self.log.info
+        left_out = self.planner.left_out
+        grew = len(self.planner.unsupported) > before
+        level = self.log.warning if grew else self.log.info
         (level if self.report_health else self.log.debug)(
             "meter keeps refusing these reads while answering the others: plan changed (asked again hourly)",
-            changes=learned, left_out=sorted(left_out) or None)
-        if left_out != before:
+            changes=learned, left_out=left_out or None)
+        if grew:
             self.on_change()
 
     def health(self) -> dict[str, object]:
