@@ -135,10 +135,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from gateway.config.loader import secrets_readable_by_others
     from gateway.config.modbus import ModbusMeter
     from gateway.config.models import MqttMeter
-    from gateway.daemon import queue_path
     from gateway.modbus import tools
     from gateway.monitor import base_url
     from gateway.mqtt.tools import describe_broker, describe_subscription
+    from gateway.queue import queue_path
 
     c = _load(args)
     q = c.queue
@@ -180,7 +180,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _open_store(config: GatewayConfig) -> QueueStore | None:
-    from gateway.daemon import open_store, queue_path
+    from gateway.queue import open_store, queue_path
 
     if not queue_path(config).exists():
         return None
@@ -206,7 +206,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"daemon: not running; no queue yet at {config.state_dir / 'queue.db'}")
         return EXIT_RUNTIME if args.check else EXIT_OK
     try:
-        report = status.collect(store, config)
+        report = status.collect(store.snapshot(status.backlog_streams(config)), config)
     finally:
         store.close()
     print(json.dumps(report, indent=2) if args.json else status.render(report))
@@ -302,7 +302,6 @@ def _last_sent_now(config: GatewayConfig) -> tuple[dict[str, Any], str]:
     import signal
     import time
 
-    from gateway.daemon import last_sent
     from gateway.status import STALE_HEARTBEAT_MS
 
     store = _open_store(config)
@@ -329,7 +328,7 @@ def _last_sent_now(config: GatewayConfig) -> tuple[dict[str, Any], str]:
                     break
                 time.sleep(0.1)
         at = (store.get_meta("last_sent_at") or {}).get("ms")
-        sent = last_sent(store)
+        sent = store.last_sent()
     finally:
         store.close()
     when = iso_utc(at) if isinstance(at, int) else "unknown time"

@@ -28,7 +28,8 @@ from gateway.config.common import SinkBase
 from gateway.errors import QueueError
 from gateway.logs import REDACTOR
 from gateway.outcome import Delivered, Outcome, Reject, Retry, Skip
-from gateway.queue import DiskQueue, QueueStore
+from gateway.queue import DiskQueue
+from gateway.queue.counters import SinkCount, sink_key
 from gateway.reading import Reading, iso_utc
 from gateway.sinks import Sink
 from gateway.stream import Stream
@@ -146,7 +147,7 @@ class Forwarder:
         log = self.log.bind(stream=stream.label)
         cursor, meter = stream.cursor, stream.meter
         event = self.queue.event(cursor, meter)
-        position = await self.queue.run(lambda st: st.cursor(cursor, meter))
+        position = await self.queue.cursor(cursor, meter)
         assert stream.interval is not None
         interval_ms = round(stream.interval * 1000)
         # The end of the last interval sent: a late reading inside it joins the next one, never repeats a stamp.
@@ -232,14 +233,13 @@ class Forwarder:
         log = self.log.bind(stream=stream.label)
         cursor, meter = stream.cursor, stream.meter
         event = self.queue.event(cursor, meter)
-        position = await self.queue.run(lambda st: st.cursor(cursor, meter))
+        position = await self.queue.cursor(cursor, meter)
         depth = max(1, int(getattr(self.sink, "pipeline", 1)))
         # How far this stream may have sent before: recorded on disk ahead of sending, a chunk at a time. What is
         # sent again up to there may have reached the platform before a crash without its acknowledgement being
         # recorded: it is counted as re-sent (an upper bound of the duplicates a restart can cause).
-        sent_key = f"stream.{cursor}.{meter}.sent_ts"
         # The mark may be ahead of the clock (see below): only what was taken before this start can be re-sent.
-        stored = await self.queue.run(lambda st: st.counters.get(sent_key, -1))
+        stored = await self.queue.sent_mark(cursor, meter)
         sent_before = min(stored, int(self.clock() * 1000))
         # What the record on disk covers (``on_disk``), what it will cover once the renewal in ``renewing`` is
         # committed (``mark``): a batch goes out only once the record on disk covers it.
@@ -280,10 +280,7 @@ class Forwarder:
                             mark = max(mark, buffer[-1].ts_ms, int(self.clock() * 1000) + SENT_MARK_HORIZON_MS)
                         # Lazily only while the record on disk still covers the batch: one awaited waits no longer
                         # than the commit it needs.
-                        renewing = self.queue.submit(functools.partial(QueueStore.gauge, name=sent_key, value=mark),
-                                                     lazy=live and batch[-1].ts_ms <= on_disk)
-                        # Not retrieved if the stream ends first: a failure is already logged by the queue.
-                        renewing.add_done_callback(lambda f: f.cancelled() or f.exception())
+                        renewing = self.queue.mark_sent(cursor, meter, mark, lazy=live and batch[-1].ts_ms <= on_disk)
                     if renewing is not None and (batch[-1].ts_ms > on_disk or renewing.done()):
                         # Live, the renewal rides the next commit while the record on disk still covers what goes
                         # out; only a batch beyond it (after a restart, or in a backlog) waits for the commit.
@@ -297,8 +294,7 @@ class Forwarder:
                         # On disk before sending (a few batches after a restart): an upper bound that a kill
                         # right after cannot make an undercount.
                         with contextlib.suppress(QueueError):
-                            await self.queue.run(functools.partial(QueueStore.count, name=f"sink.{self.name}.resent",
-                                                                   n=n))
+                            await self.queue.count_now(sink_key(self.name, SinkCount.RESENT), n)
                     ahead.append((batch, asyncio.create_task(self._send_in_slot(stream, batch, log))))
                     sent += len(batch)
                 batch, task = ahead.popleft()
@@ -342,7 +338,7 @@ class Forwarder:
                 # A clean stop with nothing in flight: everything sent was acknowledged, so the mark comes back to
                 # the last acknowledged reading, and the next start sends nothing "again" (nor says it does).
                 with contextlib.suppress(QueueError):
-                    self.queue.post(functools.partial(QueueStore.gauge, name=sent_key, value=position))
+                    self.queue.mark_sent(cursor, meter, position)
 
     @staticmethod
     async def _settled(renewal: asyncio.Future[None], mark: int) -> int:
@@ -406,7 +402,7 @@ class Forwarder:
         }
 
     def _skipped(self, stream: Stream, outcome: Skip, n: int) -> None:
-        self.queue.post(lambda st: st.count(f"sink.{self.name}.skipped", n))
+        self.queue.count(sink_key(self.name, SinkCount.SKIPPED), n)
         if stream.cursor not in self._skipping:
             self._skipping.add(stream.cursor)
             self.log.info("readings not sent on purpose (counted as skipped)", stream=stream.label,
@@ -416,7 +412,7 @@ class Forwarder:
 
     def _failed(self, stream: Stream, retry: Retry) -> None:
         self.last_error = retry.reason
-        self.queue.post(lambda st: st.count(f"sink.{self.name}.retried"))
+        self.queue.count(sink_key(self.name, SinkCount.RETRIED))
         if not self._failing:
             self._failing_since = time.monotonic()
             self.log.warning("delivery failing: readings are kept and retried", reason=retry.reason,
@@ -440,7 +436,7 @@ class Forwarder:
             if self._stopping.is_set():
                 return
             # Lazy: a poll must not cost a commit of its own (it rides on the next one).
-            letters = await self.queue.run(lambda st: st.dead_letters(self.name, state="retry", limit=100), lazy=True)
+            letters = await self.queue.dead_letters(self.name, state="retry", limit=100, lazy=True)
             for dl in letters:
                 stream = by_cursor.get((dl.sink, dl.reading.meter))
                 if stream is None:
@@ -451,11 +447,5 @@ class Forwarder:
                     break  # the sink is failing; the letter stays marked for retry
                 delivered = isinstance(outcome, Delivered | Skip)
                 reason = outcome.reason if isinstance(outcome, Reject) else ""
-
-                def resolve(st: QueueStore, dl_id: int = dl.id, ok: bool = delivered, why: str = reason) -> None:
-                    st.resolve_dead_letter(dl_id, ok, why)
-                    if ok:
-                        st.count(f"sink.{self.name}.delivered")
-
-                await self.queue.run(resolve)
+                await self.queue.resolve_dead_letter(dl, delivered, reason)
                 self.log.info("dead letter retried", id=dl.id, delivered=delivered, reason=reason or None)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.config.units import format_duration
 from gateway.mqtt.formats import refusal_reasons
-from gateway.queue import QueueStore
+from gateway.queue import MeterCount, SinkCount, Snapshot
 from gateway.queue.watch import peek_marker
 from gateway.reading import iso_utc
 
@@ -16,32 +17,35 @@ from gateway.reading import iso_utc
 STALE_HEARTBEAT_MS = 30_000
 #: Counts of a meter that are not read errors (``status`` leaves them out; the heartbeat does not keep them).
 NOT_ERRORS = frozenset({"polls", "readings", "retries", "skipped_ticks"})
+#: What ``status`` shows per sink (the rest of SinkCount is in the backlog or per bound).
+_SINK_COUNTS = (SinkCount.DELIVERED, SinkCount.RETRIED, SinkCount.REJECTED, SinkCount.EVICTED, SinkCount.SKIPPED,
+                SinkCount.RESENT)
 
 
-def collect(store: QueueStore, config: GatewayConfig, now: float | None = None,
+def backlog_streams(config: GatewayConfig) -> dict[str, list[tuple[str, str]]]:
+    """Per sink, its (stream, meter) pairs: what :meth:`gateway.queue.QueueStore.snapshot` reports on."""
+    return {name: [(st.cursor, st.meter) for st in streams] for name, streams in config.sink_streams().items()}
+
+
+def collect(queue: Snapshot, config: GatewayConfig, now: float | None = None,
             live: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything ``status``, ``/metrics`` and ``/health`` show. ``live`` is the running daemon's own view (the
-    heartbeat it would write now); without it, the last heartbeat in the queue file is used."""
+    """Everything ``status``, ``/metrics`` and ``/health`` show, from the queue's snapshot (taken with
+    :func:`backlog_streams`). ``live`` is the running daemon's own view (the heartbeat it would write now); without
+    it, the last heartbeat in the queue file is used."""
     now_ms = int((time.time() if now is None else now) * 1000)
-    daemon = live if live is not None else store.get_meta("daemon") or {}
+    daemon = live if live is not None else queue.daemon
     beat = daemon.get("heartbeat_ms")
     running = bool(daemon.get("running")) and isinstance(beat, int) and now_ms - beat < STALE_HEARTBEAT_MS
     sink_health = daemon.get("sinks") if running else {}
     sinks: dict[str, dict[str, Any]] = {}
-    for name, streams in config.sink_streams().items():
-        info = store.sink_status(name, [(st.cursor, st.meter) for st in streams])
-        c = store.counters
-        oldest = info["oldest_ts_ms"]
+    c = queue.counters
+    for name, backlog in queue.backlogs.items():
+        oldest = backlog.oldest_ts_ms
         health = sink_health.get(name, {}) if isinstance(sink_health, dict) else {}
         sinks[name] = {
-            **info,
-            "oldest_age_s": None if not isinstance(oldest, int) else max(0, (now_ms - oldest) / 1000),
-            "delivered": c.get(f"sink.{name}.delivered", 0),
-            "retried": c.get(f"sink.{name}.retried", 0),
-            "rejected": c.get(f"sink.{name}.rejected", 0),
-            "evicted": c.get(f"sink.{name}.evicted", 0),
-            "skipped": c.get(f"sink.{name}.skipped", 0),
-            "resent": c.get(f"sink.{name}.resent", 0),
+            **dataclasses.asdict(backlog),
+            "oldest_age_s": None if oldest is None else max(0, (now_ms - oldest) / 1000),
+            **{what.value: c.sink(name, what) for what in _SINK_COUNTS},
             "failing": bool(health.get("failing")) if isinstance(health, dict) else False,
             "last_error": health.get("last_error") if isinstance(health, dict) else None,
         }
@@ -51,8 +55,7 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None,
     future_at = daemon.get("future_at") if running else {}
     for meter in config.meters:
         name = meter.name
-        mid = store.meter_ids.get(name)
-        last = store.last_ts.get(mid, -1) if mid is not None else -1
+        last = queue.last_ts.get(name, -1)
         health = meter_health.get(name) if isinstance(meter_health, dict) else None
         counts = health.get("counts", {}) if isinstance(health, dict) else {}
         meter_rows[name] = {
@@ -60,15 +63,10 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None,
             "bus": getattr(meter, "bus", None),
             # Readings confirmed into the queue since the daemon started.
             "readings": accepted.get(name, 0) if isinstance(accepted, dict) else 0,
-            "held": store.counters.get(f"meter.{name}.held", 0),
-            "restamped": store.counters.get(f"meter.{name}.restamped", 0),
-            "unstampable": store.counters.get(f"meter.{name}.unstampable", 0),
-            "held_evicted": store.counters.get(f"meter.{name}.held_evicted", 0),
-            "refused": store.counters.get(f"meter.{name}.refused", 0),
-            # Refused as stamped further ahead of the clock than future_tolerance (a device clock that is wrong).
-            "future": store.counters.get(f"meter.{name}.future", 0),
+            # held, restamped, unstampable, held_evicted, refused, future (refused as stamped further ahead of the
+            # clock than future_tolerance), dropped_write_failed: see gateway/queue/counters.py
+            **{what.value: c.meter(name, what) for what in MeterCount},
             "future_last_ms": future_at.get(name) if isinstance(future_at, dict) else None,
-            "dropped_write_failed": store.counters.get(f"meter.{name}.dropped_write_failed", 0),
             # Read health, as the running daemon saw it (Modbus meters): failed reads per kind since it started.
             "failing": bool(health.get("failing")) if isinstance(health, dict) else False,
             "last_problem": health.get("last_problem") if isinstance(health, dict) else None,
@@ -84,16 +82,16 @@ def collect(store: QueueStore, config: GatewayConfig, now: float | None = None,
         clock = {**clock, "unsynced_s": round((clock.get("unsynced_s") or 0) + (now_ms - beat) / 1000, 1)}
     return {
         "clock": clock if isinstance(clock, dict) else None,
-        "held": store.held_status()[0],
+        "held": queue.held,
         "subscriptions": subscriptions if isinstance(subscriptions, dict) else {},
         # Background tasks that failed and were restarted since the daemon started (a source, a stream...).
         "tasks": tasks if isinstance(tasks, dict) else {},
         "daemon": {"running": running, **{k: daemon.get(k) for k in ("pid", "version", "started_ms", "heartbeat_ms")}},
-        "queue": {"path": str(store.path), "bytes": store.used_bytes(), "max_bytes": config.queue.max_size,
+        "queue": {"path": str(queue.path), "bytes": queue.used_bytes, "max_bytes": config.queue.max_size,
                   # The file was removed (or replaced) under the running daemon: no reading is accepted.
-                  "gone": store.file.gone or peek_marker(store.path.parent),
+                  "gone": queue.gone or peek_marker(queue.path.parent),
                   # What happened to the file in earlier runs (removed under a run, WAL lost after a crash).
-                  "incidents": (store.get_meta("queue_incidents") or {}).get("items") or []},
+                  "incidents": queue.incidents},
         "sinks": sinks,
         "meters": meter_rows,
     }

@@ -85,18 +85,8 @@ def boot_id() -> str:
         return f"unknown-{os.getpid()}-{time.time_ns()}"  # never equal to an earlier run's: nothing re-stamped wrong
 
 
-def _test_flag() -> Path | None:
-    # Daemon tests decide "synchronised" with a file they create; neither this machine's kernel nor timesyncd may.
-    value = os.environ.get("METER_GATEWAY_TEST_TIMESYNC_FLAG")
-    return Path(value) if value else None
-
-
 def system_probe(mode: TimeSync) -> Callable[[], bool | None]:
     """What decides, in ``mode``, whether the clock is synchronised: True, False, or None (cannot tell)."""
-    flag = _test_flag()
-    if flag is not None:
-        return flag.exists
-
     def probe() -> bool | None:
         by_timesyncd = timesyncd_synced()
         if by_timesyncd:

@@ -14,7 +14,8 @@ import pytest
 from gateway.config.models import StdoutSink as SinkCfg
 from gateway.forwarder import Forwarder, backoff_delay
 from gateway.outcome import DELIVERED, Outcome, Reject, Retry
-from gateway.queue import DiskQueue, QueueStore
+from gateway.queue import DiskQueue, QueueStore, SinkCount
+from gateway.queue.counters import sent_mark_key
 from gateway.reading import Reading
 from gateway.stream import Stream
 from tests.conftest import reading
@@ -68,7 +69,7 @@ def cfg(**kw: object) -> SinkCfg:
 
 
 async def run_forwarder(queue: DiskQueue, sink: ScriptedSink, meters: list[str], **kw: object) -> Forwarder:
-    await queue.run(lambda st: st.configure({sink.name: meters}))
+    await queue.configure({sink.name: meters})
     fwd = Forwarder(sink, cfg(**kw), queue, [Stream(sink.name, m) for m in meters], rng=random.Random(1))
     await fwd.start()
     return fwd
@@ -96,7 +97,7 @@ async def test_a_meters_next_reading_waits_for_the_previous_to_be_acknowledged(q
     await fwd.stop(1)
     order = [r.ts_ms for _, r in sink.sent]
     assert order == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5]
-    assert (await queue.run(lambda st: st.counters["sink.s.retried"])) == 10
+    assert (await queue.counters()).sink("s", SinkCount.RETRIED) == 10
 
 
 async def test_one_failing_meter_does_not_hold_back_the_others(queue: DiskQueue) -> None:
@@ -107,7 +108,7 @@ async def test_one_failing_meter_does_not_hold_back_the_others(queue: DiskQueue)
     await until(lambda: len(sink.delivered) == 2)
     await fwd.stop(1)
     assert [r.meter for r in sink.delivered] == ["good", "good"]
-    assert await queue.run(lambda st: st.sink_status("s", [("s", "bad")])["depth"]) == 1
+    assert (await queue.backlog("s", [("s", "bad")])).depth == 1
 
 
 async def test_max_in_flight_bounds_parallel_sends(queue: DiskQueue) -> None:
@@ -146,9 +147,9 @@ async def test_a_rejected_reading_goes_to_the_dead_letters_and_the_stream_goes_o
     await until(lambda: len(sink.delivered) == 2)
     await fwd.stop(1)
     assert [r.ts_ms for r in sink.delivered] == [1, 3]
-    letters = await queue.run(lambda st: st.dead_letters("s"))
+    letters = await queue.dead_letters("s")
     assert [(d.reading.ts_ms, d.reason) for d in letters] == [(2, "HTTP 400: bad packet")]
-    assert await queue.run(lambda st: st.sink_status("s", [("s", "m1")])["depth"]) == 0
+    assert (await queue.backlog("s", [("s", "m1")])).depth == 0
 
 
 async def test_a_dead_letter_marked_for_retry_is_sent_again(queue: DiskQueue, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,17 +160,18 @@ async def test_a_dead_letter_marked_for_retry_is_sent_again(queue: DiskQueue, mo
     await queue.append([reading("m1", 1)])
     await until(lambda: len(sink.sent) == 1)
     await queue.flush()
-    assert len(await queue.run(lambda st: st.dead_letters("s"))) == 1
-    fixed["ok"] = True  # the operator fixed the cause, then asks for a retry (as the CLI does, in the DB)
-
-    def mark(st: QueueStore) -> int:
-        return st.mark_dead_letters(None, "retry", "s")
-
-    assert await queue.run(mark) == 1
+    assert len(await queue.dead_letters("s")) == 1
+    fixed["ok"] = True  # the operator fixed the cause, then asks for a retry (as the CLI does, beside the daemon)
+    beside = QueueStore(queue.path)
+    beside.open(repair=False)
+    beside.begin()
+    assert beside.mark_dead_letters(None, "retry", "s") == 1
+    beside.commit()
+    beside.close()
     await until(lambda: len(sink.delivered) == 1)
     await fwd.stop(1)
-    assert await queue.run(lambda st: st.dead_letters("s")) == []
-    assert await queue.run(lambda st: st.counters["sink.s.delivered"]) == 1
+    assert await queue.dead_letters("s") == []
+    assert (await queue.counters()).sink("s", SinkCount.DELIVERED) == 1
 
 
 async def test_a_sink_that_raises_or_hangs_costs_a_retry_not_a_reading(queue: DiskQueue) -> None:
@@ -236,7 +238,7 @@ async def test_a_live_stream_never_waits_for_a_lazy_commit_to_send(tmp_path: Pat
     store = QueueStore(path)
     store.open()
     try:
-        assert store.counters.get("stream.s.m1.sent_ts", -1) >= now + 12_000
+        assert store.counters.get(sent_mark_key("s", "m1"), -1) >= now + 12_000
     finally:
         store.close()
 
@@ -253,4 +255,4 @@ async def test_stop_returns_within_the_grace_period_even_with_a_hung_send(queue:
     t0 = time.monotonic()
     await fwd.stop(0.3)
     assert time.monotonic() - t0 < 1.0
-    assert await queue.run(lambda st: st.sink_status("s", [("s", "m1")])["depth"]) == 1
+    assert (await queue.backlog("s", [("s", "m1")])).depth == 1

@@ -119,7 +119,7 @@ sinks:
             within=60)
         assert rig.fwd is not None
         assert not rig.fwd.supervisor.health(), "no forwarder task failed"
-        letters = await rig.queue.run(lambda st: st.dead_letters("wattics"))
+        letters = await rig.queue.dead_letters("wattics")
     finally:
         await rig.stop()
         platform.https.shutdown()

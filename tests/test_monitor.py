@@ -106,8 +106,8 @@ sinks:
 
             server.silent = {1, 2}  # the bus goes quiet: no new reading, the backlog drains
             await asyncio.sleep(1.0)
-            await until(lambda: gw.forwarders[0].last_sent.get("wattics#elec-1", {}).get("ts_ms")
-                        == gw.queue.store.last_ts.get(gw.queue.store.meter_ids["good"]))
+            newest = (await gw.queue.snapshot({})).last_ts["good"]
+            await until(lambda: gw.forwarders[0].last_sent.get("wattics#elec-1", {}).get("ts_ms") == newest)
             await asyncio.sleep(0.5)  # acknowledgements are committed lazily
             health = await get(port, "/health")
             assert health.status_code == 503

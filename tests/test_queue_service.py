@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from gateway.queue import DiskQueue, QueueStore
+from gateway.queue import DiskQueue, MeterCount, QueueStore, SinkCount
 from tests.conftest import reading
 
 
 async def test_appends_from_many_sources_share_commits(queue: DiskQueue) -> None:
     results = await asyncio.gather(*(queue.append([reading(f"m{i}", 1)]) for i in range(50)))
     assert all(r.accepted == 1 for r in results)
-    rows = await queue.run(lambda st: st._conn.execute("SELECT count(*), sum(n) FROM readings").fetchone())
+    await queue.flush()
+    with contextlib.closing(sqlite3.connect(queue.path)) as db:
+        rows = db.execute("SELECT count(*), sum(n) FROM readings").fetchone()
     assert rows == (50, 50), "one chunk per meter"
 
 
@@ -33,10 +36,10 @@ async def test_an_append_is_on_disk_when_it_returns(tmp_path: Path) -> None:
 async def test_a_full_disk_drops_appends_cleanly_and_the_queue_recovers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    store = QueueStore(tmp_path / "q.db", max_page_count=40)
+    store = QueueStore(tmp_path / "q.db", page_cap=lambda: 40)
     q = DiskQueue(store, lazy_commit=0.01)
     await q.start()
-    await q.run(lambda st: st.configure({"a": ["m1"]}))
+    await q.configure({"a": ["m1"]})
     accepted = dropped = 0
     t = 0
     # Fill the capped file until it refuses.
@@ -55,8 +58,8 @@ async def test_a_full_disk_drops_appends_cleanly_and_the_queue_recovers(
     await q.flush()
     res = await q.append([reading("m1", t + 1)])
     assert res.accepted == 1 and res.dropped == 0
-    counters = await q.run(lambda st: dict(st.counters))
-    assert counters["meter.m1.dropped_write_failed"] == 100
+    counters = await q.counters()
+    assert counters.meter("m1", MeterCount.DROPPED_WRITE_FAILED) == 100
     await q.stop()
     err = capsys.readouterr()
     assert "the disk is full" in err.out + err.err
@@ -66,14 +69,14 @@ async def test_a_full_disk_drops_appends_cleanly_and_the_queue_recovers(
 async def test_stop_commits_pending_acknowledgements(tmp_path: Path) -> None:
     q = DiskQueue(QueueStore(tmp_path / "q.db"), lazy_commit=5.0)
     await q.start()
-    await q.run(lambda st: st.configure({"a": ["m1"]}))
+    await q.configure({"a": ["m1"]})
     await q.append([reading("m1", 1), reading("m1", 2)])
     q.ack("a", "m1", 2, 2)  # would wait up to 5 s for company
     await q.stop()
     s = QueueStore(tmp_path / "q.db")
     s.open()
     assert s.cursor("a", "m1") == 2
-    assert s.counters["sink.a.delivered"] == 2
+    assert s.counters.sink("a", SinkCount.DELIVERED) == 2
     s.close()
 
 
@@ -86,17 +89,17 @@ async def test_delivery_goes_on_with_a_full_disk_and_makes_room_for_new_readings
     from gateway.stream import Stream
     from tests.helpers.rig import until
 
-    store = QueueStore(tmp_path / "q.db", max_page_count=60)
+    store = QueueStore(tmp_path / "q.db", page_cap=lambda: 60)
     q = DiskQueue(store, lazy_commit=0.01)
     await q.start()
-    await q.run(lambda st: st.configure({"archive": ["m1"]}))
+    await q.configure({"archive": ["m1"]})
     t = 0
     while True:  # fill the capped file, with no forwarder running
         res = await q.append([reading("m1", t + i) for i in range(1, 101)])
         t += 100
         if res.dropped:
             break
-    accepted = await q.run(lambda st: st.last_ts[st.meter_ids["m1"]])
+    accepted = (await q.snapshot({})).last_ts["m1"]
     cfg = FileSinkConfig.model_validate({"name": "archive", "type": "file", "path": str(tmp_path / "out.jsonl"),
                                          "backoff_base": "10ms"})
     fwd = Forwarder(FileSink(cfg, None), cfg, q, [Stream("archive", "m1")], rng=random.Random(1))  # type: ignore[arg-type]
@@ -116,11 +119,12 @@ async def test_delivery_goes_on_with_a_full_disk_and_makes_room_for_new_readings
 
 
 async def test_lazy_appends_share_one_commit_and_are_not_seen_before_it(tmp_path: Path) -> None:
-    q = DiskQueue(QueueStore(tmp_path / "q.db"), lazy_commit=0.5)
+    store = QueueStore(tmp_path / "q.db")
+    q = DiskQueue(store, lazy_commit=0.5)
     await q.start()
     commits = []
-    real_commit = q.store.commit
-    q.store.commit = lambda: (commits.append(1), real_commit())[1]  # type: ignore[method-assign]
+    real_commit = store.commit
+    store.commit = lambda: (commits.append(1), real_commit())[1]  # type: ignore[method-assign]
     # A tick of 20 meters, appended lazily: one commit, confirmed only after it.
     pending = [asyncio.ensure_future(q.append([reading(f"m{i}", 1)], prompt=False)) for i in range(20)]
     await asyncio.sleep(0.2)

@@ -6,7 +6,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from gateway.queue import QueueStore
+from gateway.queue import MeterCount, QueueStore, SinkCount
 from gateway.reading import Reading
 from tests.conftest import reading
 
@@ -34,7 +34,7 @@ def test_a_reading_not_newer_than_the_last_queued_is_refused_and_counted(store: 
     out = txn(store, lambda: store.append([reading("m1", 2000), reading("m1", 1500), reading("m1", 2500)]))
     assert out.accepted == 1
     assert [r.ts_ms for r, _ in out.refused] == [2000, 1500]
-    assert store.counters["meter.m1.refused"] == 2
+    assert store.counters.meter("m1", MeterCount.REFUSED) == 2
     assert [r.ts_ms for r in store.read("m1", -1, 10)] == [2000, 2500]
 
 
@@ -64,8 +64,8 @@ def test_each_sink_has_its_own_cursor_and_rows_go_when_all_are_past(store: Queue
     assert [r.ts_ms for r in store.read("m1", -1, 10)] == [3, 4]
     txn(store, lambda: store.ack("b", "m1", 3))
     assert [r.ts_ms for r in store.read("m1", -1, 10)] == [4], "within a chunk too"
-    assert store.sink_status("a", [("a", "m1")])["depth"] == 0
-    assert store.sink_status("b", [("b", "m1")])["depth"] == 1, "what b still needs, not the chunk's size"
+    assert store.backlog("a", [("a", "m1")]).depth == 0
+    assert store.backlog("b", [("b", "m1")]).depth == 1, "what b still needs, not the chunk's size"
 
 
 def test_a_sink_only_holds_rows_of_the_meters_it_wants(store: QueueStore) -> None:
@@ -82,8 +82,8 @@ def test_a_new_sink_starts_with_readings_queued_after_it_was_added(store: QueueS
     txn(store, lambda: store.configure({"a": ["m1"], "new": ["m1"]}))
     txn(store, lambda: store.append([reading("m1", 3)]))
     assert store.cursor("new", "m1") == 2
-    assert store.sink_status("new", [("new", "m1")])["depth"] == 1
-    assert store.sink_status("a", [("a", "m1")])["depth"] == 3
+    assert store.backlog("new", [("new", "m1")]).depth == 1
+    assert store.backlog("a", [("a", "m1")]).depth == 3
 
 
 def test_a_removed_sink_no_longer_holds_rows_and_is_reported(store: QueueStore) -> None:
@@ -105,7 +105,7 @@ def test_max_age_drops_the_oldest_and_counts_per_sink(tmp_path: Path) -> None:
     txn(s, lambda: s.ack("a", "m1", 9870 * 1000))  # a delivered 9850..9870 already
     lost = txn(s, s.enforce_bounds)
     assert lost == {"a": 2, "b": 5}  # a loses 9880, 9890; b loses 9850..9890
-    assert s.counters["sink.a.evicted"] == 2 and s.counters["sink.b.evicted.max_age"] == 5
+    assert s.counters.sink("a", SinkCount.EVICTED) == 2 and s.counters.sink("b", SinkCount.EVICTED_MAX_AGE) == 5
     assert s.read("m1", -1, 100)[0].ts_ms == 9900 * 1000
     s.close()
 
@@ -179,7 +179,7 @@ def test_the_file_is_in_wal_mode_with_the_asked_durability(tmp_path: Path) -> No
     for durability, level in (("full", 2), ("normal", 1)):
         s = QueueStore(tmp_path / f"{durability}.db", durability=durability)
         s.open()
-        db = s._conn
+        db = s.conn
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA synchronous").fetchone()[0] == level
         s.close()
@@ -187,7 +187,7 @@ def test_the_file_is_in_wal_mode_with_the_asked_durability(tmp_path: Path) -> No
 
 def test_sqlite_full_is_raised_by_a_capped_file(tmp_path: Path) -> None:
     # The mechanism the disk-full tests rely on: a page cap gives a genuine SQLITE_FULL.
-    s = QueueStore(tmp_path / "q.db", max_page_count=20)
+    s = QueueStore(tmp_path / "q.db", page_cap=lambda: 20)
     s.open()
     txn(s, lambda: s.configure({"a": ["m1"]}))
     try:
@@ -206,7 +206,7 @@ def test_sqlite_full_is_raised_by_a_capped_file(tmp_path: Path) -> None:
 
 def test_values_keep_their_digits_in_four_bytes_and_anything_else_exactly() -> None:
     from gateway.quantities import ALL
-    from gateway.reading import decode_values, encode_values
+    from gateway.queue.codec import decode_values, encode_values
 
     meter = {q: 230.1 + i for i, q in enumerate(ALL[:35])}  # what a float32 register gives, as the meter's digits
     assert decode_values(encode_values(meter)) == meter
@@ -231,7 +231,7 @@ def test_an_energy_total_that_does_not_fit_a_float32_does_not_split_a_chunk(stor
     got = [Reading("m", 1000 * i, {Q.VOLTAGE_L1: 230.1, Q.ENERGY_IMPORT_TOTAL: 997508060.0 + 4 * (i % 2)})
            for i in range(1, 6)]
     txn(store, lambda: store.append(got))
-    assert store._conn.execute("SELECT count(*), sum(n) FROM readings").fetchone() == (1, 5)
+    assert store.conn.execute("SELECT count(*), sum(n) FROM readings").fetchone() == (1, 5)
     assert store.read("m", -1, 10) == got
 
 
@@ -240,18 +240,18 @@ def test_a_delivered_chunk_is_rewritten_in_place_by_the_next(store: QueueStore) 
     for t in range(1, 8):
         txn(store, lambda t=t: (store.append([reading("m1", t), reading("m2", t)]),
                                 store.ack("a", "m1", t - 1), store.ack("a", "m2", t - 1)))
-    rows = store._conn.execute("SELECT meter_id, count(*) FROM readings GROUP BY meter_id").fetchall()
+    rows = store.conn.execute("SELECT meter_id, count(*) FROM readings GROUP BY meter_id").fetchall()
     assert all(n <= 3 for _, n in rows), "the newest chunk and two delivered ones kept to be written into"
-    seqs = {s for (s,) in store._conn.execute("SELECT seq FROM readings")}
+    seqs = {s for (s,) in store.conn.execute("SELECT seq FROM readings")}
     assert max(seqs) <= 6, "rows were reused, not appended"
     assert [r.ts_ms for r in store.read("m1", -1, 10)] == [7], "delivered chunks are not read"
-    assert store.sink_status("a", [("a", "m1"), ("a", "m2")])["depth"] == 2
+    assert store.backlog("a", [("a", "m1"), ("a", "m2")]).depth == 2
 
 
 def test_a_schema_1_file_is_upgraded_with_its_readings_and_cursors(tmp_path: Path) -> None:
     import struct
 
-    from gateway.queue.store import SCHEMA_VERSION
+    from gateway.queue.schema import SCHEMA_VERSION
 
     path = tmp_path / "queue.db"
     db = sqlite3.connect(path)
@@ -284,8 +284,8 @@ def test_a_schema_1_file_is_upgraded_with_its_readings_and_cursors(tmp_path: Pat
     assert [r.ts_ms for r in got] == [t * 1000 for t in range(3, 51)], "after the cursor, in order, none lost"
     assert got[0].values == {Quantity.POWER_ACTIVE_TOTAL: 3.1}
     assert s.last_ts[s.meter_ids["m1"]] == 50000
-    assert s._conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(SCHEMA_VERSION)
-    assert [c[1] for c in s._conn.execute("PRAGMA table_info(cursors)")] == ["sink", "meter_id", "ts_ms"]
+    assert s.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(SCHEMA_VERSION)
+    assert [c[1] for c in s.conn.execute("PRAGMA table_info(cursors)")] == ["sink", "meter_id", "ts_ms"]
     txn(s, lambda: s.append([reading("m1", 51000)]))
     assert s.read("m1", 50000, 10)[0].ts_ms == 51000
     s.close()

@@ -25,7 +25,7 @@ from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.modbus.simulator import MeterServer
 from gateway.quantities import Quantity
-from gateway.queue import DiskQueue, QueueStore
+from gateway.queue import DiskQueue, MeterCount, QueueStore
 from gateway.reading import Reading, local_iso
 from gateway.sdnotify import SdNotify
 from gateway.sources.modbus import ModbusSource
@@ -82,7 +82,7 @@ def r(meter: str, stamp: Any, power: float) -> Reading:
 
 def wire(keeper: TimeKeeper, queue: DiskQueue, out: list[Any]) -> None:
     """As the daemon does: the release is queued synchronously when the clock becomes trusted."""
-    keeper.on_trusted = lambda off: queue.submit(lambda st: st.release_held(off)).add_done_callback(
+    keeper.on_trusted = lambda off: queue.release_held(off).add_done_callback(
         lambda f: out.append(f.result()))
 
 
@@ -95,7 +95,7 @@ async def test_readings_before_sync_are_held_then_restamped_from_the_monotonic_c
     keeper = TimeKeeper("require", clock.wall, clock.mono, probe)
     released: list[Any] = []
     wire(keeper, queue, released)
-    await queue.run(lambda st: st.configure({"sink": ["m"]}))
+    await queue.configure({"sink": ["m"]})
     keeper.check()
     assert keeper.state == "unsynchronised" and not keeper.trusted
     true_times = []
@@ -106,7 +106,7 @@ async def test_readings_before_sync_are_held_then_restamped_from_the_monotonic_c
         clock.advance(10)
     late = keeper.stamp()  # taken before sync, appended after it: re-stamped on arrival
     assert await queue.read("m", -1, 100) == [], "nothing leaves before the clock is trusted"
-    assert (await queue.run(lambda st: st.held_status()))[0] == 5
+    assert (await queue.snapshot({})).held == 5
 
     clock.w = TRUE_NOW + 50  # NTP steps the clock to the truth
     probe.synced = True
@@ -123,9 +123,9 @@ async def test_readings_before_sync_are_held_then_restamped_from_the_monotonic_c
     step = next(e for e in logs if "stepped" in e["event"])
     assert step["event"] == "system clock stepped forward" and step["step_s"] == pytest.approx(TRUE_NOW - BOOT_CLOCK,
                                                                                                 abs=1)
-    counters = await queue.run(lambda st: dict(st.counters))
-    assert counters["meter.m.held"] == 5 and counters["meter.m.restamped"] == 6
-    assert (await queue.run(lambda st: st.held_status()))[0] == 0
+    counters = await queue.counters()
+    assert counters.meter("m", MeterCount.HELD) == 5 and counters.meter("m", MeterCount.RESTAMPED) == 6
+    assert (await queue.snapshot({})).held == 0
 
 
 async def test_a_restart_before_sync_in_the_same_boot_still_restamps(tmp_path: Path) -> None:
@@ -178,7 +178,7 @@ async def test_held_readings_of_an_earlier_boot_are_reported_never_sent_with_a_w
     letters = store.dead_letters()
     assert sorted(d.sink for d in letters) == ["archive", "archive", "wattics", "wattics"]
     assert all("earlier boot" in d.reason and "1970-01-12" in d.reason for d in letters)
-    assert store.counters["meter.m.unstampable"] == 2
+    assert store.counters.meter("m", MeterCount.UNSTAMPABLE) == 2
     store.begin()
     assert store.mark_dead_letters(None, "retry") == 0, "a reading without a true time cannot be retried"
     store.commit()
@@ -206,7 +206,7 @@ async def test_held_readings_are_bounded_by_the_queue_size_when_the_clock_never_
         store.commit()
     held, _ = store.held_status()
     assert lost["held"] > 0 and held + lost["held"] == 40 * 51, "every held reading is kept or counted"
-    assert store.counters["meter.m2.held_evicted"] + store.counters.get("meter.m.held_evicted", 0) == lost["held"]
+    assert store.counters.meter("m2", MeterCount.HELD_EVICTED) + store.counters.meter("m", MeterCount.HELD_EVICTED) == lost["held"]
     assert store.used_bytes() <= 300_000
     store.close()
 
@@ -298,11 +298,11 @@ async def test_clock_steps_never_reorder_readings_and_never_stall_a_meter(tmp_pa
             await wait_for(lambda: len(read_jsonl(archive)) >= n + 2, 5)
             poller = next(s for s in gw.sources if isinstance(s, ModbusSource)).pollers[0]
             assert poller.counts["skipped_ticks"] == 0, "a clock step is not a late poll"
-        counters = await gw.queue.run(lambda st: dict(st.counters))
+        counters = await gw.queue.counters()
     ts = [int(x["ts_ms"]) for x in read_jsonl(archive)]
     assert ts == sorted(set(ts)), "strictly in order at the platform"
     assert max(b - a for a, b in itertools.pairwise(ts)) > 3_500_000, "the forward step is in the data"
-    assert counters["meter.m.refused"] >= 1, "the step back cost readings, counted"
+    assert counters.meter("m", MeterCount.REFUSED) >= 1, "the step back cost readings, counted"
     steps = [(e["event"], e["step_s"]) for e in logs if "stepped" in e["event"]]
     assert steps[0][0] == "system clock stepped forward" and steps[0][1] == pytest.approx(3600, abs=0.5)
     assert steps[1][0].startswith("system clock stepped backward") and steps[1][1] == pytest.approx(-2, abs=0.5)
@@ -342,13 +342,13 @@ sinks:
   - {{name: archive, type: file, path: {tmp_path}/archive.jsonl}}
 """)
     archive = tmp_path / "archive.jsonl"
-    env = {"METER_GATEWAY_TEST_TIMESYNC_FLAG": str(flag)}
+    seams = {"timesync_flag": flag}
     started = time.time()
-    with Daemon(cfg, env).start() as d:
+    with Daemon(cfg, seams=seams).start() as d:
         d.wait_log(lambda e: e.get("event", "").startswith("clock not synchronised"))
         time.sleep(1.2)
         d.kill()  # before sync: the held readings stay in the queue
-    with Daemon(cfg, env).start() as d:
+    with Daemon(cfg, seams=seams).start() as d:
         time.sleep(1.0)
         assert read_jsonl(archive) == []
         status = json.loads(subprocess.run([sys.executable, "-m", "gateway", "status", "--json", "-c", str(cfg)],

@@ -14,6 +14,7 @@ import pytest
 from gateway.config import load_config_text
 from gateway.errors import ConfigError
 from gateway.quantities import Quantity as Q
+from gateway.queue import SinkCount
 from gateway.reading import Reading, iso_utc, local_iso
 from gateway.sources.simulated import three_phase
 from tests.helpers.mosquitto import Mosquitto, Subscriber
@@ -115,7 +116,7 @@ async def test_missing_skip_does_not_send_a_reading_that_lacks_a_quantity(broker
     await asyncio.sleep(0.3)
     assert [t for t, _, _ in sub.received()] == ["meters/dev-001/events"]
     await rig.queue.flush()
-    assert await rig.queue.run(lambda st: st.counters.get("sink.voltaware.skipped")) == 1
+    assert (await rig.queue.counters()).sink("voltaware", SinkCount.SKIPPED) == 1
     assert await rig.depth() == 0
     sub.close()
 

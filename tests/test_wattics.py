@@ -15,6 +15,7 @@ import pytest
 from gateway.config import load_config_text
 from gateway.errors import ConfigError
 from gateway.quantities import Quantity as Q
+from gateway.queue import SinkCount
 from gateway.reading import Reading
 from gateway.sinks.wattics import electrical_keys, electrical_packet, local_iso, retry_after
 from gateway.sources.simulated import three_phase
@@ -238,7 +239,7 @@ async def test_wrong_credentials_keep_everything_and_recover(emu: WatticsEmulato
     await asyncio.sleep(1.0)
     assert emu.count() == 0
     assert rig.fwd.last_error == "HTTP 401: Wattics refuses the credentials"
-    assert await rig.queue.run(lambda st: st.sink_status("wattics", [("wattics#e", "main")])["depth"]) == 3
+    assert (await rig.queue.backlog("wattics", [("wattics#e", "main")])).depth == 3
     emu.users = {"gateway": "s3cret-pass"}
     await until(lambda: emu.count() == 3)
     out = capsys.readouterr()
@@ -270,7 +271,7 @@ async def test_a_bad_request_goes_to_the_dead_letters_after_three_tries(emu: Wat
     emu.answer(400, times=3, body="field aP_1 out of range")
     await rig.queue.append([elec(BASE_MS + 10_000), elec(BASE_MS + 20_000)])
     await until(lambda: emu.count() == 2)
-    letters = await rig.queue.run(lambda st: st.dead_letters("wattics"))
+    letters = await rig.queue.dead_letters("wattics")
     assert [(d.sink, d.reading.ts_ms) for d in letters] == [("wattics#e", BASE_MS + 10_000)]
     assert letters[0].reason == "HTTP 400 3 times: field aP_1 out of range"
     assert emu.packets["e"][-1]["tsISO8601"] == local_iso(BASE_MS + 20_000, ZoneInfo("UTC"))
@@ -294,7 +295,7 @@ async def test_a_platform_refusing_every_packet_logs_on_change_not_per_reading(e
                     ("reading rejected: moved to dead letters", "warning"),
                     ("readings delivered again after rejections", "info"),
                     ("delivery recovered", "info")], loud
-    letters = await rig.queue.run(lambda st: st.dead_letters("wattics"))
+    letters = await rig.queue.dead_letters("wattics")
     assert len(letters) == 20
 
 
@@ -388,19 +389,19 @@ async def test_a_connection_the_server_dropped_while_idle_is_replaced_without_a_
     await rig.queue.append([elec(BASE_MS + 10_000)])
     await until(lambda: emu.count() == 2)
     await rig.queue.flush()
-    assert await rig.queue.run(lambda st: st.counters.get("sink.wattics.retried", 0)) == 0
+    assert (await rig.queue.counters()).sink("wattics", SinkCount.RETRIED) == 0
     assert emu.stats()["connections"] == 2
 
 
 def test_a_meter_whose_phases_the_file_cannot_tell_needs_phases(tmp_path: Path) -> None:
     """A Tasmota device sends one total or one value per phase as it is built: the data point must say which, so
     that a key always carries the same quantity."""
-    text = f"""\
-brokers: [{{name: site, host: 127.0.0.1}}]
-subscriptions: [{{name: pow, broker: site, topic: tele/pow/SENSOR, meter: pow, format: tasmota}}]
-meters: [{{name: pow, type: mqtt}}]
+    text = """\
+brokers: [{name: site, host: 127.0.0.1}]
+subscriptions: [{name: pow, broker: site, topic: tele/pow/SENSOR, meter: pow, format: tasmota}]
+meters: [{name: pow, type: mqtt}]
 sinks:
-  - {{name: w, type: wattics, username: u, password: p, data_points: [{{id: e, meter: pow{{}}}}]}}
+  - {name: w, type: wattics, username: u, password: p, data_points: [{id: e, meter: pow{}}]}
 """
     with pytest.raises(ConfigError) as e:
         load_config_text(text.replace("{}", ""), "test.yaml")

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway.f32 import shortest_decimal
 from gateway.quantities import Quantity
 
 RegisterType = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
@@ -100,23 +101,12 @@ def decoder(point: Point) -> Callable[[bytes, int], float | None]:
             return None
         digits = 15
         if is_f32:
-            value, digits = _shortest_f32(value, raw)
+            value, digits = shortest_decimal(value)
         if not exact:
             value = float(f"{value * scale + off:.{digits}g}")
         return value
 
     return decode
-
-
-def _shortest_f32(value: float, raw: bytes) -> tuple[float, int]:
-    for digits in range(6, 10):
-        short = float(f"{value:.{digits}g}")
-        if _F32.pack(short) == raw:
-            return short, digits
-    return value, 9
-
-
-_F32 = struct.Struct(">f")
 
 
 def registers_to_bytes(words: Sequence[int]) -> bytes:

@@ -10,6 +10,9 @@ acknowledgements wait for the commit) commits at once, with whatever lazy jobs a
 A source's ``await append(...)`` returns only after the commit: a reading is confirmed once it is on disk.
 When the disk is full, the transaction is rolled back, the appends report their readings as dropped (counted,
 logged once), and the other jobs are tried again on their own; deleting delivered rows is what frees space.
+
+The methods of :class:`DiskQueue` are all there is: each says what the writer thread does and whether the caller
+waits for the commit. No caller runs code of its own on the store.
 """
 
 from __future__ import annotations
@@ -19,14 +22,19 @@ import queue as stdqueue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
 from gateway.errors import QueueError, QueueFullError
-from gateway.queue.store import AppendOutcome, QueueStore, is_disk_full
+from gateway.queue.counters import CounterKey, CounterView, MeterCount, SinkCount, meter_key, sent_mark_key, sink_key
+from gateway.queue.deadletters import DeadLetter
+from gateway.queue.held import Released
+from gateway.queue.schema import is_disk_full
+from gateway.queue.store import AppendOutcome, Backlog, QueueStore, Snapshot
 from gateway.reading import Reading
 from gateway.stream import sink_of
 
@@ -59,7 +67,7 @@ _STOP = object()
 
 class DiskQueue:
     def __init__(self, store: QueueStore, lazy_commit: float = 0.2, bounds_interval: float = 10.0) -> None:
-        self.store = store
+        self._store = store
         self.lazy_commit = lazy_commit
         self.bounds_interval = bounds_interval
         self._jobs: stdqueue.SimpleQueue[_Job | object] = stdqueue.SimpleQueue()
@@ -75,7 +83,7 @@ class DiskQueue:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self.store.open)
+        await asyncio.to_thread(self._store.open)
         self._thread = threading.Thread(target=self._run, name="queue-writer", daemon=True)
         self._thread.start()
 
@@ -86,29 +94,18 @@ class DiskQueue:
         self._jobs.put(_STOP)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
-        await asyncio.to_thread(self.store.close)
+        await asyncio.to_thread(self._store.close)
 
-    # ------------------------------------------------------------ operations
+    @property
+    def path(self) -> Path:
+        return self._store.path
 
-    async def run(self, fn: Callable[[QueueStore], T], lazy: bool = False) -> T:
-        """Run ``fn(store)`` in the writer thread inside a transaction; return its result once committed (``lazy``:
-        the commit may wait up to ``lazy_commit`` for company)."""
-        return await self.submit(fn, lazy)
+    @property
+    def moved_aside(self) -> Path | None:
+        """Where a corrupt file found at start was moved (a fresh queue was started)."""
+        return self._store.moved_aside
 
-    def submit(self, fn: Callable[[QueueStore], T], lazy: bool = False) -> asyncio.Future[T]:
-        """Like :meth:`run`, but queued at once, before this call returns (not when a coroutine first runs): the
-        job is ordered before any job submitted after it."""
-        future: asyncio.Future[T] = self._future()
-        self._put(_Job(fn, future, lazy=lazy))
-        return future
-
-    def commit_now(self) -> None:
-        """Commit what waits for company at once (a stop or a reload should not wait ``lazy_commit``)."""
-        self.submit(lambda st: None)
-
-    def post(self, fn: Callable[[QueueStore], Any]) -> None:
-        """Like :meth:`run` without waiting: committed with the next transaction."""
-        self._put(_Job(fn, None))
+    # ------------------------------------------------------------ sources
 
     async def append(self, readings: Sequence[Reading], prompt: bool = True) -> AppendResult:
         """Write readings; returns once they are committed (or known dropped). Not ``prompt``: the commit may wait up
@@ -123,39 +120,131 @@ class DiskQueue:
                 ev.set()
         return result
 
-    def ack(self, cursor: str, meter: str, ts_ms: int, delivered: int) -> None:
-        """The platform acknowledged ``meter`` up to ``ts_ms`` (``delivered`` readings). Not awaited."""
+    # ------------------------------------------------------------ streams (forwarders)
 
-        def fn(st: QueueStore) -> None:
-            st.ack(cursor, meter, ts_ms)
-            st.count(f"sink.{sink_of(cursor)}.delivered", delivered)
+    async def configure(self, streams: Mapping[str, Sequence[str]]) -> list[str]:
+        """The active streams and the meters each wants; a new one starts after what is queued. Returns the streams
+        known to the queue that are no longer active (their cursors are kept)."""
+        return await self._do(lambda st: st.configure(streams))
 
-        self.post(fn)
-
-    async def dead_letter(self, cursor: str, reading: Reading, reason: str, upto_ts: int | None = None) -> None:
-        """Keep a refused reading aside and move the stream past it (up to ``upto_ts``, for an aggregate of several
-        readings); awaited, so the cursor never skips a reading not yet saved."""
-        job = _Job(
-            lambda st: st.dead_letter(cursor, reading, reason),
-            self._future(),
-            on_commit=lambda st: st.ack(cursor, reading.meter, reading.ts_ms if upto_ts is None else upto_ts),
-        )
-        await self._submit(job)
+    async def cursor(self, stream: str, meter: str) -> int:
+        """The timestamp of the last reading of ``meter`` the stream delivered (-1: none)."""
+        return await self._do(lambda st: st.cursor(stream, meter))
 
     async def read(self, meter: str, after_ts: int, limit: int) -> list[Reading]:
         """Committed readings of ``meter`` after ``after_ts``, read beside the writer (it is not made to commit)."""
         if self._thread is None:
             raise QueueError("the queue is not running")
-        return await asyncio.to_thread(self.store.read_committed, meter, after_ts, limit)
+        return await asyncio.to_thread(self._store.read_committed, meter, after_ts, limit)
+
+    def event(self, stream: str, meter: str) -> asyncio.Event:
+        """Set whenever readings of ``meter`` are committed; one per stream so no waiter steals another's."""
+        return self._events.setdefault(meter, {}).setdefault(stream, asyncio.Event())
+
+    def ack(self, stream: str, meter: str, ts_ms: int, delivered: int) -> None:
+        """The platform acknowledged ``meter`` up to ``ts_ms`` (``delivered`` readings). Not awaited."""
+
+        def fn(st: QueueStore) -> None:
+            st.ack(stream, meter, ts_ms)
+            st.count(sink_key(sink_of(stream), SinkCount.DELIVERED), delivered)
+
+        self._post(fn)
+
+    async def dead_letter(self, stream: str, reading: Reading, reason: str, upto_ts: int | None = None) -> None:
+        """Keep a refused reading aside and move the stream past it (up to ``upto_ts``, for an aggregate of several
+        readings); awaited, so the cursor never skips a reading not yet saved."""
+        job = _Job(
+            lambda st: st.dead_letter(stream, reading, reason),
+            self._future(),
+            on_commit=lambda st: st.ack(stream, reading.meter, reading.ts_ms if upto_ts is None else upto_ts),
+        )
+        await self._submit(job)
+
+    async def sent_mark(self, stream: str, meter: str) -> int:
+        """How far the stream may have sent before (-1: nothing): see :mod:`gateway.forwarder`."""
+        return await self._do(lambda st: st.counters.get(sent_mark_key(stream, meter), -1))
+
+    def mark_sent(self, stream: str, meter: str, ts_ms: int, lazy: bool = False) -> asyncio.Future[None]:
+        """Record that the stream may send up to ``ts_ms``; queued at once (ordered before any later job), done once
+        committed."""
+        done = self._queue_job(lambda st: st.gauge(sent_mark_key(stream, meter), ts_ms), lazy)
+        # Whoever does not await it (a clean stop) loses nothing: a failure is logged by the writer already.
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return done
+
+    def count(self, key: CounterKey, n: int = 1) -> None:
+        """Add to a counter with the next commit. Not awaited."""
+        self._post(lambda st: st.count(key, n))
+
+    async def count_now(self, key: CounterKey, n: int = 1) -> None:
+        """Add to a counter, committed before this returns."""
+        await self._do(lambda st: st.count(key, n))
+
+    async def dead_letters(self, sink: str | None = None, state: str | None = None, limit: int = 1000,
+                           lazy: bool = False) -> list[DeadLetter]:
+        return await self._do(lambda st: st.dead_letters(sink, state, limit), lazy)
+
+    async def resolve_dead_letter(self, letter: DeadLetter, delivered: bool, reason: str = "") -> None:
+        """A dead letter retried: delivered (deleted and counted), or refused again with ``reason``."""
+
+        def fn(st: QueueStore) -> None:
+            st.resolve_dead_letter(letter.id, delivered, reason)
+            if delivered:
+                st.count(sink_key(sink_of(letter.sink), SinkCount.DELIVERED))
+
+        await self._do(fn)
+
+    # ------------------------------------------------------------ the clock
+
+    def release_held(self, offset_ms: int | None) -> asyncio.Future[Released]:
+        """Re-stamp and queue the readings held for the clock (``offset_ms`` = wall - monotonic), or with None only
+        report those of earlier boots. Queued synchronously: every reading appended after this call is ordered
+        after the released ones."""
+        return self._queue_job(lambda st: st.release_held(offset_ms))
+
+    # ------------------------------------------------------------ status and the daemon's records
+
+    async def snapshot(self, sinks: Mapping[str, Sequence[tuple[str, str]]]) -> Snapshot:
+        return await self._do(lambda st: st.snapshot(sinks))
+
+    async def backlog(self, sink: str, streams: Sequence[tuple[str, str]]) -> Backlog:
+        return await self._do(lambda st: st.backlog(sink, streams))
+
+    async def counters(self) -> CounterView:
+        return await self._do(lambda st: CounterView(st.counters.snapshot()))
+
+    async def last_sent(self) -> dict[str, Any]:
+        return await self._do(lambda st: st.last_sent())
+
+    async def write_records(self, records: Mapping[str, dict[str, object]], lazy: bool = False) -> None:
+        """Write the daemon's records (``meta``: its heartbeat, what each stream sent last...)."""
+
+        def fn(st: QueueStore) -> None:
+            for key, value in records.items():
+                st.set_meta(key, value)
+
+        await self._do(fn, lazy)
+
+    def commit_now(self) -> None:
+        """Commit what waits for company at once (a stop or a reload should not wait ``lazy_commit``)."""
+        self._queue_job(lambda st: None)
 
     async def flush(self) -> None:
-        await self.run(lambda st: None)
-
-    def event(self, cursor: str, meter: str) -> asyncio.Event:
-        """Set whenever readings of ``meter`` are committed; one per stream so no waiter steals another's."""
-        return self._events.setdefault(meter, {}).setdefault(cursor, asyncio.Event())
+        """Everything queued before this call is committed."""
+        await self._do(lambda st: None)
 
     # ------------------------------------------------------------ plumbing
+
+    async def _do(self, fn: Callable[[QueueStore], T], lazy: bool = False) -> T:
+        return await self._queue_job(fn, lazy)
+
+    def _queue_job(self, fn: Callable[[QueueStore], T], lazy: bool = False) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = self._future()
+        self._put(_Job(fn, future, lazy=lazy))
+        return future
+
+    def _post(self, fn: Callable[[QueueStore], Any]) -> None:
+        self._put(_Job(fn, None))
 
     def _put(self, job: _Job) -> None:
         if self._thread is None:
@@ -201,7 +290,7 @@ class DiskQueue:
                 self._hand_back()
 
     def _process(self, jobs: list[_Job]) -> None:
-        if self.store.file.is_gone(self.store.undelivered):
+        if self._store.file.is_gone(self._store.undelivered):
             # Readings written now would vanish at the next restart: refused (counted as dropped). Acknowledgements
             # and the rest go on, so the backlog the open file holds is still delivered.
             for job in [j for j in jobs if j.readings is not None]:
@@ -210,17 +299,17 @@ class DiskQueue:
             if not jobs:
                 return
         try:
-            self.store.begin()
+            self._store.begin()
             results = self._run_jobs(jobs)
             now = time.monotonic()
             if now - self._last_bounds >= self.bounds_interval:
                 self._last_bounds = now
-                lost = self.store.enforce_bounds()
+                lost = self._store.enforce_bounds()
                 if lost:
                     log.warning("queue bound reached: oldest readings dropped", lost_per_sink=lost)
-            self.store.commit()
+            self._store.commit()
         except sqlite3.Error as e:
-            self.store.rollback()
+            self._store.rollback()
             if not is_disk_full(e):
                 log.error("queue transaction failed", error=str(e))
                 for job in jobs:
@@ -235,7 +324,7 @@ class DiskQueue:
         """After a commit: apply what waited for it, then hand each job its result."""
         for job, value, err in results:
             if job.on_commit is not None and err is None:
-                job.on_commit(self.store)
+                job.on_commit(self._store)
             self._resolve(job, value, err)
 
     def _run_jobs(self, jobs: list[_Job]) -> list[tuple[_Job, Any, BaseException | None]]:
@@ -256,7 +345,7 @@ class DiskQueue:
 
     def _append_together(self, jobs: list[_Job]) -> list[tuple[_Job, Any, BaseException | None]]:
         merged = [r for job in jobs for r in job.readings or ()]
-        outcome = self.store.append(merged)
+        outcome = self._store.append(merged)
         refused = {id(r): why for r, why in outcome.refused}
         results: list[tuple[_Job, Any, BaseException | None]] = []
         for job in jobs:
@@ -266,7 +355,7 @@ class DiskQueue:
 
     def _call(self, job: _Job) -> tuple[_Job, Any, BaseException | None]:
         try:
-            return job, job.fn(self.store), None
+            return job, job.fn(self._store), None
         except sqlite3.Error:
             raise
         except Exception as e:  # a bug in one job must not fail the others
@@ -283,17 +372,17 @@ class DiskQueue:
             self._full_since = time.monotonic()
             log.error(
                 "queue cannot write: the disk is full; new readings are dropped until space returns",
-                path=str(self.store.path), error=str(e),
+                path=str(self._store.path), error=str(e),
             )
         self._dropped_while_full += dropped
         if not others:
             return
         try:  # acknowledgements and dead letters on their own: deleting delivered rows frees space
-            self.store.begin()
+            self._store.begin()
             results = self._run_jobs(others)
-            self.store.commit()
+            self._store.commit()
         except sqlite3.Error as e2:
-            self.store.rollback()
+            self._store.rollback()
             for job in others:
                 self._fail(job, QueueFullError(f"queue write failed: {e2}"))
             return
@@ -329,7 +418,7 @@ class DiskQueue:
         """Report an append's readings as dropped; the counters reach the disk with the next commit that works."""
         readings = job.readings or ()
         for r in readings:
-            self.store.count(f"meter.{r.meter}.dropped_write_failed")
+            self._store.count(meter_key(r.meter, MeterCount.DROPPED_WRITE_FAILED))
         self._resolve(job, AppendResult(dropped=len(readings)), None)
         return len(readings)
 

@@ -29,6 +29,7 @@ import structlog
 from gateway import __version__
 from gateway.config.voltaware import DeviceMetadata, VoltawareApi
 from gateway.config.voltaware import VoltawareSink as VoltawareSinkConfig
+from gateway.stream import stream_name
 
 log = structlog.get_logger("gateway.sinks.voltaware")
 
@@ -266,7 +267,7 @@ async def verify(config: VoltawareSinkConfig, last_sent: dict[str, Any]) -> tupl
                 except ApiError as e:
                     ok = False
                     lines.append(f"  Voltaware: {e}")
-            record = last_sent.get(f"{config.name}#{d.device_id}")
+            record = last_sent.get(stream_name(config.name, d.device_id))
             packet = record.get("packet") if isinstance(record, dict) else None
             lines.append(f"  gateway:   {packet if packet else 'nothing delivered yet'}")
     finally:

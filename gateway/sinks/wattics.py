@@ -33,7 +33,7 @@ from gateway.quantities import Quantity as Q
 from gateway.reading import Reading, local_iso
 from gateway.sinks import register
 from gateway.sinks.http11 import Http11Client, HttpError, Response
-from gateway.stream import Stream
+from gateway.stream import Stream, stream_name
 
 log = structlog.get_logger("gateway.sinks.wattics")
 
@@ -257,7 +257,7 @@ async def verify(config: WatticsConfig, last_sent: Mapping[str, object]) -> tupl
     ctx = ssl_context(str(config.ca_file) if config.ca_file else None)
     async with make_client(config, ctx) as client:
         for dp in config.data_points:
-            cursor = f"{config.name}#{dp.id}"
+            cursor = stream_name(config.name, dp.id)
             lines.append(f"{config.name} / {dp.id} (meter {dp.meter}, {dp.format})")
             try:
                 resp = await client.get(config.url, params={"stream": dp.id})

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from gateway.logs import configure
 from gateway.quantities import Quantity
 from gateway.queue import DiskQueue, QueueStore
-from gateway.reading import Reading, encode_values, shortest_f32
+from gateway.queue.codec import encode_values, shortest_f32
+from gateway.reading import Reading
 from gateway.sources.simulated import three_phase
 
 VALUES = three_phase(1_800_000_000.0)
@@ -65,7 +66,7 @@ def bench_gateway(d: Path, durability: str, n: int, meters: int, batch: int) -> 
         q = DiskQueue(QueueStore(d / "gw.db", durability=durability, max_size=10**10))
         await q.start()
         names = [f"m{i}" for i in range(meters)]
-        await q.run(lambda st: st.configure({"sink": names}))
+        await q.configure({"sink": names})
         per_meter = n // meters
         base = 1_800_000_000_000
         rng = random.Random(1)
@@ -136,7 +137,7 @@ def bench_persist_queue(d: Path, durability: str, n: int) -> tuple[float, int]:
 
     w0, t0 = write_bytes(), time.perf_counter()
     q = SQLiteAckQueue(str(d / "pq"), auto_commit=True, multithreading=False)
-    q._conn.execute(f"PRAGMA synchronous={durability.upper()}")
+    q.conn.execute(f"PRAGMA synchronous={durability.upper()}")
     for i in range(n):
         q.put({"meter": "m", "ts": i, "values": {k.value: v for k, v in VALUES.items()}})
     for _ in range(n):

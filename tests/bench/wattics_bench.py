@@ -51,7 +51,7 @@ async def drain(d: Path, url: str, ca: Path, per_point: int) -> float:
     streams = config.sink_streams()["wattics"]
     q = DiskQueue(QueueStore(d / "queue.db"))
     await q.start()
-    await q.run(lambda st: st.configure({s.cursor: [s.meter] for s in streams}))
+    await q.configure({s.cursor: [s.meter] for s in streams})
     start = int(time.time() * 1000) - per_point * 1000
     values = three_phase(start / 1000)
     for i in range(POINTS):

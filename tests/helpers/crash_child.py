@@ -32,7 +32,7 @@ async def main(d: Path, mode: str) -> int:
     configure("warning", "json")
     q = DiskQueue(QueueStore(d / "queue.db"), lazy_commit=0.02)
     await q.start()
-    await q.run(lambda st: st.configure({"out": METERS}))
+    await q.configure({"out": METERS})
     raw = {"name": "out", "type": "file", "path": str(d / "out.jsonl"), "max_batch": 7, "backoff_base": "10ms"}
     sink_cfg = FileSinkConfig.model_validate(raw)
     gw = GatewayConfig.model_validate({"meters": [{"name": m, "type": "simulated"} for m in METERS], "sinks": [raw]})
@@ -41,14 +41,15 @@ async def main(d: Path, mode: str) -> int:
     print("ready", flush=True)
     if mode == "drain":
         while True:
-            depth = await q.run(lambda st: st.sink_status("out", [("out", m) for m in METERS])["depth"])
+            depth = (await q.backlog("out", [("out", m) for m in METERS])).depth
             if depth == 0:
                 break
             await asyncio.sleep(0.05)
         await fwd.stop(2)
         await q.stop()
         return 0
-    last = await q.run(lambda st: {m: st.last_ts.get(st.meter_ids.get(m, -1), -1) for m in METERS})
+    queued = (await q.snapshot({})).last_ts
+    last = {m: queued.get(m, -1) for m in METERS}
     fd = os.open(d / "confirmed.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     rng = random.Random()
 

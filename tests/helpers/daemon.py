@@ -16,10 +16,18 @@ from typing import Any
 
 
 class Daemon:
-    def __init__(self, config: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                 seams: dict[str, Path] | None = None) -> None:
+        """``seams``: ``timesync_flag`` and ``page_cap_file`` (see tests/helpers/seamed_gateway.py)."""
         self.config = config
         self.env = {**os.environ, **(env or {})}
         self.args = args
+        self.launcher = ["-m", "gateway"]
+        if seams:
+            self.launcher = [str(Path(__file__).with_name("seamed_gateway.py"))]
+            for name, path in seams.items():
+                self.launcher += [f"--{name.replace('_', '-')}", str(path)]
+            self.launcher.append("--")
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[dict[str, Any]] = []
         self.raw: list[str] = []
@@ -27,7 +35,7 @@ class Daemon:
 
     def start(self, wait_for: str = "gateway running", timeout: float = 20.0) -> Daemon:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--log-format", "json", "--log-level", "debug", *self.args,
+            [sys.executable, *self.launcher, "--log-format", "json", "--log-level", "debug", *self.args,
              "run", "-c", str(self.config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
         )
@@ -123,7 +131,7 @@ def queued(state: Path, sink: str | None = None) -> dict[tuple[str, str], set[in
     still holds for it, read from the file as another process would."""
     import sqlite3
 
-    from gateway.queue.store import decode_chunk
+    from gateway.queue.codec import decode_chunk
 
     db = sqlite3.connect(state / "queue.db", timeout=10)
     try:

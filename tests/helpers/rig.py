@@ -25,7 +25,7 @@ class Rig:
 
     async def start(self, forward: bool = True) -> Rig:
         await self.queue.start()
-        await self.queue.run(lambda st: st.configure({s.cursor: [s.meter] for s in self.streams}))
+        await self.queue.configure({s.cursor: [s.meter] for s in self.streams})
         if forward:
             await self.forward()
         return self
@@ -44,7 +44,7 @@ class Rig:
 
     async def depth(self) -> int:
         pairs = [(s.cursor, s.meter) for s in self.streams]
-        return int(await self.queue.run(lambda st: st.sink_status(self.sink_cfg.name, pairs)["depth"]))
+        return int((await self.queue.backlog(self.sink_cfg.name, pairs)).depth)
 
 
 async def until(cond: Callable[[], bool], within: float = 15.0) -> None:

@@ -64,13 +64,13 @@ class Watcher(Subscriber):
 
 class Site:
     def __init__(self, workdir: Path, tcp_meters: int = 16, rtu_meters: int = 4, interval: str = "1s",
-                 ledger: bool = True, env: dict[str, str] | None = None, queue: str = "") -> None:
+                 ledger: bool = True, seams: dict[str, Path] | None = None, queue: str = "") -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tcp_meters, self.rtu_meters = tcp_meters, rtu_meters
         self.interval = interval
         self.ledger = ledger
-        self.env = env or {}
+        self.seams = seams
         #: extra queue settings, e.g. "commit_interval: 2s"
         self.queue = queue
         self.config = self.dir / "config.yaml"
@@ -165,7 +165,7 @@ buses:
 {devices}{ledger}""")
 
     def start_gateway(self) -> Daemon:
-        self.gateway = Daemon(self.config, self.env).start()
+        self.gateway = Daemon(self.config, seams=self.seams).start()
         return self.gateway
 
     # ------------------------------------------------------------ what the platforms got

@@ -61,7 +61,7 @@ class Soak:
         self.duration = duration
         self.cap_file = workdir / "page-cap"
         self.site = Site(workdir, tcp_meters=tcp, rtu_meters=rtu,
-                         env={"METER_GATEWAY_TEST_MAX_PAGES_FILE": str(self.cap_file)})
+                         seams={"page_cap_file": self.cap_file})
         self.faults: dict[str, int] = defaultdict(int)
         #: (when, whether a platform fault could delay the first delivery) of every start of the gateway
         self.spawns: list[tuple[float, bool]] = []

@@ -1,0 +1,219 @@
+"""How readings are laid out on disk: each reading's values, and a meter's readings of one commit as a chunk.
+
+**Values.** A 64-bit mask of the quantities present, then one float per quantity, in code order
+(:mod:`gateway.quantities`). Each value is a float32 when it survives the round trip exactly, a float64 otherwise
+(bit 63 of the mask says a second mask follows, of the float64 ones). A float32 reads back as its shortest decimal,
+the way the Modbus decoder gives a meter's float32 register (230.1, not 230.100006103515625), so what a meter sends
+takes four bytes a value: a three-phase reading of 35 values takes 156 bytes instead of 288, and decoding needs no
+parser.
+
+**Chunks.** A meter's readings of one transaction are one row: the masks once, then per reading its offset in ms
+from the chunk's first reading (uint32), its flags (uint8) and its floats. Readings share a chunk only when they
+carry the same quantities, and a chunk stays under :data:`CHUNK_MAX_BYTES` (one 1 KB page).
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import struct
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from gateway.f32 import shortest_decimal
+from gateway.quantities import ALL, CODE, Quantity
+from gateway.reading import Reading
+
+#: The reading's time came from a trusted (synchronised) clock.
+FLAG_CLOCK_SYNCED = 1
+#: The reading was taken before the clock was trusted; its time was worked out from the monotonic clock.
+FLAG_RESTAMPED = 2
+
+#: A reading as the chunk codec sees it: (ts_ms, flags, encoded values).
+Row = tuple[int, int, bytes]
+
+_MASK = struct.Struct("<Q")
+
+
+# ------------------------------------------------------------ values
+
+
+def encode_values(values: Mapping[Quantity, float]) -> bytes:
+    return _encoder(tuple(values))(values)
+
+
+#: Set in the mask when a second mask follows, of the quantities stored as float64; the others are float32, read
+#: back as their shortest decimal (no quantity has code 63).
+_MIXED = 1 << 63
+_F32 = struct.Struct("<f")
+
+
+#: Memos of the two checks below (a meter's values repeat: voltages, power factors, idle powers), emptied when full.
+#: ``_short`` is keyed by the float32's bytes, as 0.0 and -0.0 are equal keys with different answers.
+_short: dict[bytes, float] = {}
+_fits: dict[float, bool] = {}
+_MEMO_MAX = 1 << 16
+
+
+def shortest_f32(x: float) -> float:
+    """The shortest decimal that is the same float32 as ``x`` (``x`` itself when that takes more than 9 digits)."""
+    raw = _F32.pack(x)
+    short = _short.get(raw)
+    if short is None:
+        short = shortest_decimal(x)[0]
+        if len(_short) >= _MEMO_MAX:
+            _short.clear()
+        _short[raw] = short
+    return short
+
+
+def _fits_f32(x: float) -> bool:
+    fits = _fits.get(x)  # NaN is never found (nor equal to itself): float64 keeps it
+    if fits is None:
+        try:
+            fits = shortest_f32(_F32.unpack(_F32.pack(x))[0]) == x
+        except OverflowError:
+            fits = False
+        if len(_fits) >= _MEMO_MAX:
+            _fits.clear()
+        _fits[x] = fits
+    return fits
+
+
+@functools.lru_cache(maxsize=1024)
+def _encoder(keys: tuple[Quantity, ...]) -> Callable[[Mapping[Quantity, float]], bytes]:
+    # A meter sends the same quantities in the same order every time: build its encoder once.
+    mask = 0
+    for q in keys:
+        mask |= 1 << CODE[q]
+    order = _present(mask)
+    prefix = _MASK.pack(mask)
+    if not order:
+        return lambda values: prefix
+    codes = [CODE[q] for q in order]
+    getter = operator.itemgetter(*order)
+
+    def encode(values: Mapping[Quantity, float]) -> bytes:
+        got = getter(values)
+        vals = got if len(order) > 1 else (got,)
+        wide = 0
+        for code, v in zip(codes, vals, strict=True):
+            if not _fits_f32(v):
+                wide |= 1 << code
+        return _pack(mask, wide, vals)
+
+    return encode
+
+
+def _pack(mask: int, wide: int, ordered: Sequence[float]) -> bytes:
+    """Values in code order, those of ``wide`` as float64. Nothing as float32: the plain all-float64 form, shorter
+    by a mask (and the form of earlier versions)."""
+    if wide == mask:
+        return _MASK.pack(mask) + _floats(len(ordered)).pack(*ordered)
+    return _MASK.pack(mask | _MIXED) + _MASK.pack(wide) + _layout(mask, wide)[0].pack(*ordered)
+
+
+def decode_values(blob: bytes) -> dict[Quantity, float]:
+    mask, wide = value_masks(blob)
+    layout, present, narrow = _layout(mask, wide)
+    values = list(layout.unpack_from(blob, layout_size(mask, wide)[0]))
+    for i in narrow:
+        values[i] = shortest_f32(values[i])
+    return dict(zip(present, values, strict=True))
+
+
+def value_masks(blob: bytes) -> tuple[int, int]:
+    """(quantities present, those stored as float64) of encoded values."""
+    (mask,) = _MASK.unpack_from(blob)
+    if not mask & _MIXED:  # all float64 (also the form of earlier versions)
+        return mask, mask
+    return mask & ~_MIXED, _MASK.unpack_from(blob, _MASK.size)[0]
+
+
+def with_wide(blob: bytes, wide: int) -> bytes:
+    """The same values encoded with the float64 set ``wide`` (a superset of theirs: widening loses nothing)."""
+    mask, had = value_masks(blob)
+    if had == wide:
+        return blob
+    values = decode_values(blob)
+    return _pack(mask, wide, [values[q] for q in _present(mask)])
+
+
+def layout_size(mask: int, wide: int) -> tuple[int, int]:
+    """(bytes of masks, bytes of floats) of values with these quantities present and float64."""
+    return (_MASK.size if wide == mask else 2 * _MASK.size), _layout(mask, wide)[0].size
+
+
+@functools.cache
+def _layout(mask: int, wide: int) -> tuple[struct.Struct, tuple[Quantity, ...], tuple[int, ...]]:
+    """The struct of the values of one mask and float64 mask, the quantities, and the float32 positions."""
+    present = _present(mask)
+    kinds = ["d" if wide >> CODE[q] & 1 else "f" for q in present]
+    return struct.Struct("<" + "".join(kinds)), present, tuple(i for i, k in enumerate(kinds) if k == "f")
+
+
+@functools.cache
+def _present(mask: int) -> tuple[Quantity, ...]:
+    # A meter sends the same set of quantities every time: a handful of masks, each computed once.
+    return tuple(q for q in ALL if mask >> CODE[q] & 1)
+
+
+@functools.cache
+def _floats(n: int) -> struct.Struct:
+    return struct.Struct(f"<{n}d")
+
+
+# ------------------------------------------------------------ chunks
+
+
+#: A reading inside a chunk: milliseconds after the chunk's first reading, flags; then its values without their
+#: masks, which the chunk holds once (a meter sends the same quantities every time; one that does not starts a
+#: new chunk).
+_RECORD = struct.Struct("<IB")
+
+#: Largest chunk, in bytes. A row longer than about 990 bytes (with 1 KB pages) spills into overflow pages,
+#: rewritten whole; within it, a page holds one chunk.
+CHUNK_MAX_BYTES = 900
+
+
+def split(rows: Sequence[Row]) -> Iterator[Sequence[Row]]:
+    """Consecutive runs of readings that can share a chunk: the same quantities, within CHUNK_MAX_BYTES and 2^32 ms,
+    each run re-encoded with one set of float64 values (a value that does not fit a float32 in one reading, an
+    energy total say, makes that quantity float64 in the whole chunk: a chunk holds its masks once)."""
+    start, present, wide = 0, -1, 0
+    for i, (ts, _, v) in enumerate(rows):
+        mask, w = value_masks(v)
+        union = wide | w
+        if i > start:
+            head, floats = layout_size(mask, union)
+            size = head + (i + 1 - start) * (_RECORD.size + floats)
+            if mask != present or size > CHUNK_MAX_BYTES or ts - rows[start][0] >= 2**32:
+                yield widened(rows[start:i], wide)
+                start, union = i, w
+        present, wide = mask, union
+    yield widened(rows[start:], wide)
+
+
+def widened(rows: Sequence[Row], wide: int) -> Sequence[Row]:
+    return [(ts, flags, with_wide(v, wide)) for ts, flags, v in rows]
+
+
+def encode_chunk(rows: Sequence[Row]) -> bytes:
+    """One chunk of readings made by :func:`split`, as (ts_ms, flags, encoded values)."""
+    first, head = rows[0][0], layout_size(*value_masks(rows[0][2]))[0]
+    return rows[0][2][:head] + b"".join(_RECORD.pack(ts - first, flags) + v[head:] for ts, flags, v in rows)
+
+
+def decode_chunk(data: bytes, first_ts: int) -> Iterator[Row]:
+    """(ts_ms, flags, encoded values) of each reading of a chunk, in order."""
+    head, size = layout_size(*value_masks(data))
+    masks = data[:head]
+    pos, end = head, len(data)
+    while pos < end:
+        delta, flags = _RECORD.unpack_from(data, pos)
+        pos += _RECORD.size
+        yield first_ts + delta, flags, masks + data[pos:pos + size]
+        pos += size
+
+
+def reading_of(meter: str, ts_ms: int, flags: int, values: bytes) -> Reading:
+    return Reading.trusted(meter, ts_ms, decode_values(values), bool(flags & FLAG_CLOCK_SYNCED))
