@@ -133,11 +133,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from gateway.config.loader import secrets_readable_by_others
-    from gateway.config.modbus import ModbusMeter
-    from gateway.config.models import MqttMeter
-    from gateway.modbus import tools
     from gateway.monitor import base_url
-    from gateway.mqtt.tools import describe_broker, describe_subscription
+    from gateway.platforms.file.config import FileConfig
+    from gateway.platforms.modbus import tools
+    from gateway.platforms.modbus.config import ModbusMeterConfig
+    from gateway.platforms.mqtt.config import MqttMeterConfig
+    from gateway.platforms.mqtt.tools import describe_broker, describe_subscription
     from gateway.queue import queue_path
 
     c = _load(args)
@@ -165,16 +166,16 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"  {sub.name:<20} {describe_subscription(sub)}")
     print(f"meters:  {len(c.meters)}")
     for m in c.meters:
-        where = f", {m.describe()}" if isinstance(m, ModbusMeter) else ""
-        every = "" if isinstance(m, MqttMeter) else f", every {format_duration(m.interval)}"
-        print(f"  {m.name:<20} {m.type} {m.model}{where}{every}")
-        if isinstance(m, ModbusMeter):
+        where = f", {m.describe()}" if isinstance(m, ModbusMeterConfig) else ""
+        every = "" if isinstance(m, MqttMeterConfig) else f", every {format_duration(m.interval)}"
+        print(f"  {m.name:<20} {m.type} {getattr(m, 'model', '')}{where}{every}")
+        if isinstance(m, ModbusMeterConfig):
             for line in tools.describe_plan(m, buses[m.bus]):
                 print(f"  {'':<20} {line}")
     print(f"sinks:   {len(c.sinks)}")
     for name, meters in c.sink_meters().items():
         sc = next(s for s in c.sinks if s.name == name)
-        where = f" -> {sc.path}" if sc.type == "file" else ""
+        where = f" -> {sc.path}" if isinstance(sc, FileConfig) else ""
         print(f"  {name:<20} {sc.type}{where}; {len(meters)} meter(s): {', '.join(meters)}")
     return EXIT_OK
 
@@ -341,24 +342,18 @@ def _last_sent_now(config: GatewayConfig) -> tuple[dict[str, Any], str]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from gateway.config.voltaware import VoltawareSink
-    from gateway.config.wattics import WatticsSink
-    from gateway.sinks import voltaware_api, wattics
+    from gateway.platforms.all import SINKS
 
     config = _load(args)
     sent_by_sink, how = _last_sent_now(config)
     print(f"gateway's record of what it delivered last: {how}")
-    checks = [s for s in config.sinks if isinstance(s, WatticsSink | VoltawareSink)]
+    checks = [(s, verify) for s in config.sinks if (verify := SINKS[s.type].verify) is not None]
     if not checks:
         print("no platform sink to verify in this configuration")
         return EXIT_OK
     all_ok = True
-    for sink in checks:
-        sent = sent_by_sink.get(sink.name) or {}
-        if isinstance(sink, WatticsSink):
-            ok, lines = asyncio.run(wattics.verify(sink, sent))
-        else:
-            ok, lines = asyncio.run(voltaware_api.verify(sink, sent))
+    for sink, verify in checks:
+        ok, lines = asyncio.run(verify(sink, sent_by_sink.get(sink.name) or {}))
         all_ok = all_ok and ok
         print(REDACTOR.scrub("\n".join(lines)))
     return EXIT_OK if all_ok else EXIT_RUNTIME
@@ -409,8 +404,8 @@ sinks:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.daemon import Gateway
-    from gateway.modbus.simulator import MeterServer, SimMeter
-    from gateway.sources.simulated import single_value, three_phase
+    from gateway.platforms.modbus.simulator import MeterServer, SimMeter
+    from gateway.platforms.simulated.source import single_value, three_phase
     from gateway.statelock import StateLock
 
     with tempfile.TemporaryDirectory(prefix="meter-gateway-demo-") as tmp:
@@ -419,7 +414,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         path = state_dir / "demo.yaml"
 
         async def demo() -> int:
-            from gateway.config.models import ModbusMeter
+            from gateway.platforms.modbus.config import ModbusMeterConfig
 
             def text(power_port: int, gas_port: int) -> str:
                 return DEMO_CONFIG.format(state_dir=json.dumps(str(state_dir)),
@@ -429,7 +424,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             # The simulated meters hold exactly the registers the configuration reads (its profile and its inline
             # register); the ports are known once the servers listen.
             draft = load_config_text(text(502, 502), str(path))
-            meters = {m.name: m for m in draft.meters if isinstance(m, ModbusMeter)}
+            meters = {m.name: m for m in draft.meters if isinstance(m, ModbusMeterConfig)}
             servers = [
                 await MeterServer([SimMeter(1, meters["demo-main"].points, three_phase)]).start_tcp(),
                 await MeterServer([SimMeter(1, meters["demo-gas"].points,
@@ -454,10 +449,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _resolve(config: GatewayConfig, names: list[str] | None) -> list[Any]:
-    from gateway.config.models import ModbusMeter, MqttMeter
+    from gateway.platforms.modbus.config import ModbusMeterConfig
+    from gateway.platforms.mqtt.config import MqttMeterConfig
 
     if not names:
-        modbus = [m for m in config.meters if isinstance(m, ModbusMeter)]
+        modbus = [m for m in config.meters if isinstance(m, ModbusMeterConfig)]
         if not modbus:
             raise GatewayError("no Modbus meter in this configuration (for a meter that publishes to a broker,"
                                " name it: read --meter NAME)")
@@ -468,26 +464,27 @@ def _resolve(config: GatewayConfig, names: list[str] | None) -> list[Any]:
         m = by_name.get(n)
         if m is None:
             raise GatewayError(f"no meter named '{n}' (defined: {', '.join(by_name)})")
-        if not isinstance(m, ModbusMeter | MqttMeter):
+        if not isinstance(m, ModbusMeterConfig | MqttMeterConfig):
             raise GatewayError(f"meter '{n}' is of type {m.type}: 'read' reads Modbus and MQTT meters")
         out.append(m)
     return out
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from gateway.config.models import ModbusMeter, MqttMeter
-    from gateway.modbus import tools
-    from gateway.mqtt.tools import read_mqtt
+    from gateway.platforms.modbus import tools
+    from gateway.platforms.modbus.config import ModbusMeterConfig
+    from gateway.platforms.mqtt.config import MqttMeterConfig
+    from gateway.platforms.mqtt.tools import read_mqtt
 
     config = _load(args)
     meters = _resolve(config, args.meters)
-    modbus = [m for m in meters if isinstance(m, ModbusMeter)]
+    modbus = [m for m in meters if isinstance(m, ModbusMeterConfig)]
     results = asyncio.run(tools.read_meters(config, modbus)) if modbus else []
     ok = all(r.reading is not None and not r.problems for r in results)
     out: list[dict[str, Any]] = [r.to_json() for r in results]
     text = [tools.render_read(results, config)] if results else []
     for m in meters:
-        if isinstance(m, MqttMeter):
+        if isinstance(m, MqttMeterConfig):
             if not args.json:
                 print(f"waiting up to {format_duration(args.timeout)} for a message of {m.name} ...", file=sys.stderr)
             reading, problems = asyncio.run(read_mqtt(config, m, within=args.timeout))
@@ -517,8 +514,9 @@ def _units(spec: str) -> list[int]:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from gateway.config.modbus import RtuOverTcpBus, SerialBus, TcpBus
-    from gateway.modbus import profiles, tools
+    from gateway.config import profiles
+    from gateway.platforms.modbus import tools
+    from gateway.platforms.modbus.config import RtuOverTcpBus, SerialBus, TcpBus
 
     timeout = args.timeout
     units = _units(args.units)
@@ -546,7 +544,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
-    from gateway.modbus import profiles, tools
+    from gateway.config import profiles
+    from gateway.platforms.modbus import tools
 
     found, problems = profiles.load_all(Path(args.profiles_dir) if args.profiles_dir else None)
     for line in problems:

@@ -29,13 +29,12 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.forwarder import Forwarder
 from gateway.logs import REDACTOR
 from gateway.monitor import Monitor
+from gateway.platforms.all import create_sink, create_sources
+from gateway.platforms.source import Source
 from gateway.queue import AppendResult, DiskQueue, MeterCount, QueueStore, Released, open_store
 from gateway.queue.counters import meter_key
 from gateway.reading import Reading, iso_utc
 from gateway.sdnotify import SdNotify
-from gateway.sinks import create_sink
-from gateway.sources import ReportsHealth, Source, create_sources
-from gateway.sources.mqtt import MqttSource
 from gateway.statelock import StateLock
 from gateway.supervisor import Supervisor
 from gateway.timekeeper import TimeKeeper
@@ -216,8 +215,7 @@ class Gateway:
         self._sources_sup.on_change = self._beat_now.set
         self.sources = create_sources(self.config, self.keeper)
         for s in self.sources:
-            if isinstance(s, ReportsHealth):
-                s.on_change = self._beat_now.set
+            s.on_change = self._beat_now.set
             self._sources_sup.spawn(f"source:{s.name}", functools.partial(s.run, self._emit, stop))
 
     async def _stop_pipeline(self) -> None:
@@ -384,10 +382,8 @@ class Gateway:
             "heartbeat_ms": int(time.time() * 1000),
             "running": running,
             "sinks": self._sink_health(),
-            "meters": {name: h for s in self.sources if isinstance(s, ReportsHealth)
-                       for name, h in s.health().items()},
-            "subscriptions": {name: c for s in self.sources if isinstance(s, MqttSource)
-                              for name, c in s.subscriptions().items()},
+            "meters": {name: h for s in self.sources for name, h in s.health().items()},
+            "subscriptions": {name: c for s in self.sources for name, c in s.subscriptions().items()},
             "clock": self.keeper.health(),
             "accepted": dict(self._accepted),
             "tasks": self._task_health(),

@@ -28,10 +28,10 @@ from gateway.config.common import SinkBase
 from gateway.errors import QueueError
 from gateway.logs import REDACTOR
 from gateway.outcome import Delivered, Outcome, Reject, Retry, Skip
+from gateway.platforms.sink import Sink
 from gateway.queue import DiskQueue
 from gateway.queue.counters import SinkCount, sink_key
 from gateway.reading import Reading, iso_utc
-from gateway.sinks import Sink
 from gateway.stream import Stream
 from gateway.supervisor import Supervisor
 
@@ -234,7 +234,7 @@ class Forwarder:
         cursor, meter = stream.cursor, stream.meter
         event = self.queue.event(cursor, meter)
         position = await self.queue.cursor(cursor, meter)
-        depth = max(1, int(getattr(self.sink, "pipeline", 1)))
+        depth = max(1, self.sink.pipeline)
         # How far this stream may have sent before: recorded on disk ahead of sending, a chunk at a time. What is
         # sent again up to there may have reached the platform before a crash without its acknowledgement being
         # recorded: it is counted as re-sent (an upper bound of the duplicates a restart can cause).

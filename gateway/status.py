@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.config.units import format_duration
-from gateway.mqtt.formats import refusal_reasons
+from gateway.platforms.mqtt.formats import refusal_reasons
 from gateway.queue import MeterCount, SinkCount, Snapshot
 from gateway.queue.watch import peek_marker
 from gateway.reading import iso_utc

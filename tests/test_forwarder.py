@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.models import StdoutSink as SinkCfg
 from gateway.forwarder import Forwarder, backoff_delay
 from gateway.outcome import DELIVERED, Outcome, Reject, Retry
+from gateway.platforms.sink import BaseSink
+from gateway.platforms.stdout.config import StdoutConfig as SinkCfg
 from gateway.queue import DiskQueue, QueueStore, SinkCount
 from gateway.queue.counters import sent_mark_key
 from gateway.reading import Reading
@@ -22,7 +23,7 @@ from tests.conftest import reading
 from tests.helpers.rig import until
 
 
-class ScriptedSink:
+class ScriptedSink(BaseSink):
     """Answers each reading with ``answer(reading, attempt)``; records every send."""
 
     def __init__(self, answer: Callable[[Reading, int], Outcome] | None = None, max_batch: int = 1,

@@ -18,8 +18,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.platforms.simulated.source import three_phase
 from gateway.reading import Reading
-from gateway.sources.simulated import three_phase
 from tests.helpers.https import HttpsServer
 from tests.helpers.rig import Rig, until
 

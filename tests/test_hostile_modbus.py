@@ -19,13 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import gateway.modbus.plan as plan_module
-from gateway.config.modbus import TcpBus
-from gateway.modbus.bus import Bus
+import gateway.platforms.modbus.plan as plan_module
+from gateway.platforms.modbus.bus import Bus
+from gateway.platforms.modbus.config import TcpBus
+from gateway.platforms.modbus.source import MeterPoller, ModbusSource
+from gateway.platforms.simulated.source import three_phase
 from gateway.quantities import Quantity as Q
 from gateway.queue import DiskQueue
-from gateway.sources.modbus import MeterPoller, ModbusSource
-from gateway.sources.simulated import three_phase
 from tests.helpers.lying_modbus import Lie, LyingDevice
 from tests.helpers.modbus import profiles
 from tests.helpers.rig import RigFactory, until
@@ -173,7 +173,7 @@ async def test_an_answer_that_does_not_match_its_request_is_never_a_value(
 
 def _held() -> tuple[dict[Q, float], dict[tuple[int, int], int]]:
     """Values an SDM630 holds (constant, so every answer can be checked exactly) and its registers, word by word."""
-    from gateway.modbus.simulator import encode
+    from gateway.platforms.modbus.simulator import encode
 
     values = three_phase(1_795_000_000.0, 3)
     points = profiles()[SDM630].points

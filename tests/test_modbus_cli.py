@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.modbus.simulator import MeterServer, SimMeter
+from gateway.platforms.modbus.simulator import MeterServer, SimMeter
+from gateway.platforms.simulated.source import three_phase
 from gateway.quantities import Quantity as Q
-from gateway.sources.simulated import three_phase
 from tests.helpers.modbus import profiles, pty_pair
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import load_config
-from gateway.config.models import ModbusMeter
-from gateway.modbus.registers import Point
-from gateway.modbus.simulator import SimMeter
+from gateway.config.models import ModbusMeterConfig
+from gateway.platforms.modbus.registers import Point
+from gateway.platforms.modbus.simulator import SimMeter
+from gateway.platforms.simulated.source import single_value, three_phase
 from gateway.quantities import Quantity as Q
-from gateway.sources.simulated import single_value, three_phase
 from tests.helpers.daemon import Daemon, read_jsonl
 from tests.helpers.modbus import ServerThread, profiles
 
@@ -71,7 +71,7 @@ def test_modbus_readings_survive_sigkill_in_order_while_a_meter_fails_and_recove
     with ServerThread(meters) as server:
         path = write_config(tmp_path, server.port)
         gas = next(m for m in load_config(path).meters if m.name == "gas")
-        assert isinstance(gas, ModbusMeter) and gas.points == (GAS_POINT,)
+        assert isinstance(gas, ModbusMeterConfig) and gas.points == (GAS_POINT,)
 
         with Daemon(path).start() as d:
             ready = time.time()

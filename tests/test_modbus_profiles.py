@@ -16,14 +16,14 @@ import pytest
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from gateway.config import load_config_text
-from gateway.config.modbus import ModbusMeter, TcpBus
+from gateway.config.profiles import meter_for
 from gateway.errors import ConfigError
-from gateway.modbus.bus import Bus
-from gateway.modbus.profiles import meter_for
-from gateway.modbus.registers import Point
-from gateway.modbus.simulator import MeterServer, SimMeter
+from gateway.platforms.modbus.bus import Bus
+from gateway.platforms.modbus.config import ModbusMeterConfig, TcpBus
+from gateway.platforms.modbus.registers import Point
+from gateway.platforms.modbus.simulator import MeterServer, SimMeter
+from gateway.platforms.modbus.source import MeterPoller
 from gateway.quantities import Quantity as Q
-from gateway.sources.modbus import MeterPoller
 from tests.helpers.modbus import profiles
 
 #: Typical values per quantity; each profile's meter holds them rounded to what its registers can carry.
@@ -58,7 +58,7 @@ def close(read: float, expected: float, point: Point) -> bool:
     return math.isclose(read, expected, rel_tol=rel, abs_tol=abs(point.scale) * 1e-9)
 
 
-async def read_once(server: MeterServer, unit: int, meter: ModbusMeter) -> dict[Q, float]:
+async def read_once(server: MeterServer, unit: int, meter: ModbusMeterConfig) -> dict[Q, float]:
     bus = Bus(TcpBus(name="b", type="tcp", host="127.0.0.1", port=server.port))
     try:
         reading = await MeterPoller(meter, bus, report_health=False).poll()
@@ -68,7 +68,7 @@ async def read_once(server: MeterServer, unit: int, meter: ModbusMeter) -> dict[
     return dict(reading.values)
 
 
-def meter(profile: str, unit: int = 7, quantities: Iterable[Q] | None = None) -> ModbusMeter:
+def meter(profile: str, unit: int = 7, quantities: Iterable[Q] | None = None) -> ModbusMeterConfig:
     return meter_for(profiles()[profile], "m", unit, bus="b", quantities=quantities)
 
 
@@ -228,7 +228,7 @@ def test_a_good_own_profile_loads_and_replaces_nothing_else(tmp_path: Path) -> N
     (tmp_path / "profiles" / "mine.yaml").write_text(GOOD_PROFILE)
     config = load_config_text(CONFIG, "c.yaml", base_dir=tmp_path)
     meter = config.meters[0]
-    assert isinstance(meter, ModbusMeter)
+    assert isinstance(meter, ModbusMeterConfig)
     assert [p.quantity for p in meter.points] == [Q.VOLTAGE_L1, Q.CURRENT_L1]
 
 
@@ -247,7 +247,7 @@ def test_meter_registers_override_and_filter_the_profile(tmp_path: Path) -> None
         sinks: [{name: out, type: stdout}]
         """)
     meter = load_config_text(text, "c.yaml").meters[0]
-    assert isinstance(meter, ModbusMeter)
+    assert isinstance(meter, ModbusMeterConfig)
     by_q = {p.quantity: p for p in meter.points}
     assert set(by_q) == {Q.VOLTAGE_L1, Q.ENERGY_IMPORT_TOTAL}
     # The inline register takes the profile's defaults (input, float32, high word first) and replaces its twin.

@@ -17,23 +17,23 @@ from typing import Any
 import pytest
 import structlog
 
-from gateway.config.modbus import BusBase, ModbusMeter, RtuOverTcpBus, SerialBus, TcpBus
-from gateway.modbus.bus import Bus
-from gateway.modbus.plan import Planner, plan, wire_bytes
-from gateway.modbus.profiles import meter_for
-from gateway.modbus.registers import Point
-from gateway.modbus.simulator import MeterServer, SimMeter
+from gateway.config.profiles import meter_for
+from gateway.platforms.modbus.bus import Bus
+from gateway.platforms.modbus.config import BusBase, ModbusMeterConfig, RtuOverTcpBus, SerialBus, TcpBus
+from gateway.platforms.modbus.plan import Planner, plan, wire_bytes
+from gateway.platforms.modbus.registers import Point
+from gateway.platforms.modbus.simulator import MeterServer, SimMeter
+from gateway.platforms.modbus.source import MeterPoller, ModbusSource
+from gateway.platforms.simulated.source import three_phase
 from gateway.quantities import Quantity as Q
 from gateway.queue import DiskQueue
 from gateway.reading import Reading
-from gateway.sources.modbus import MeterPoller, ModbusSource
-from gateway.sources.simulated import three_phase
 from tests.helpers.modbus import profiles, pty_pair
 
 SDM630 = "eastron_sdm630"
 
 
-def meter(name: str, unit: int, profile: str = SDM630, bus: str = "b", interval: float = 1.0) -> ModbusMeter:
+def meter(name: str, unit: int, profile: str = SDM630, bus: str = "b", interval: float = 1.0) -> ModbusMeterConfig:
     return meter_for(profiles()[profile], name, unit, bus=bus, interval=f"{interval}s")
 
 
@@ -54,7 +54,7 @@ async def serving(*meters: SimMeter, framer: str = "socket") -> AsyncIterator[Me
         await server.stop()
 
 
-async def run_source(bus: BusBase, meters: list[ModbusMeter], queue: DiskQueue, seconds: float,
+async def run_source(bus: BusBase, meters: list[ModbusMeterConfig], queue: DiskQueue, seconds: float,
                      during: Callable[[], Any] | None = None) -> ModbusSource:
     source = ModbusSource(bus, meters)
     stop = asyncio.Event()
@@ -233,7 +233,7 @@ async def test_a_meter_that_refuses_reads_across_gaps_gets_split_reads_remembere
         queue: DiskQueue, monkeypatch: pytest.MonkeyPatch) -> None:
     # A meter whose gaps answer "illegal data address": every poll splits and reads everything; after three polls
     # in a row (the evidence; its minimum time is waived here) later polls use the split.
-    import gateway.modbus.plan as plan_module
+    import gateway.platforms.modbus.plan as plan_module
 
     monkeypatch.setattr(plan_module, "LEARN_AFTER_S", 0.0)
     async with serving(sim(1, holes=True)) as server:

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.errors import ConfigError
-from gateway.modbus.simulator import MeterServer
+from gateway.platforms.modbus.simulator import MeterServer
 from gateway.sdnotify import SdNotify
 from gateway.timekeeper import TimeKeeper
 from tests.helpers.mosquitto import free_port

@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config.mqtt import Subscription
-from gateway.mqtt.formats import BadMessage, Decoder, Ignored
+from gateway.platforms.mqtt.config import SubscriptionConfig
+from gateway.platforms.mqtt.formats import BadMessage, Decoder, Ignored
 from gateway.quantities import Quantity as Q
 from gateway.queue import DiskQueue
 from tests.helpers.mosquitto import Mosquitto
@@ -25,12 +25,12 @@ from tests.helpers.rig import until
 from tests.test_mqtt_source import Publisher, config, running, source, stop_source, wait_readings
 
 SUBS = [
-    Subscription(name="plc", broker="b", topic="plc/+/data", meter_level=2, format="json",
+    SubscriptionConfig(name="plc", broker="b", topic="plc/+/data", meter_level=2, format="json",
                  values={Q.POWER_ACTIVE_TOTAL: {"path": "P"}, Q.ENERGY_IMPORT_TOTAL: {"path": "E.imp", "scale": 1000}},
                  timestamp={"path": "ts"}),  # type: ignore[arg-type]
-    Subscription(name="plugs", broker="b", topic="tele/+/SENSOR", meter_level=2, format="tasmota"),
-    Subscription(name="shelly", broker="b", topic="shelly/events/rpc", meter="plc1", format="shelly_gen2"),
-    Subscription(name="heat", broker="b", topic="heat/value", meter="plc1", format="value"),
+    SubscriptionConfig(name="plugs", broker="b", topic="tele/+/SENSOR", meter_level=2, format="tasmota"),
+    SubscriptionConfig(name="shelly", broker="b", topic="shelly/events/rpc", meter="plc1", format="shelly_gen2"),
+    SubscriptionConfig(name="heat", broker="b", topic="heat/value", meter="plc1", format="value"),
 ]
 DECODERS = [Decoder(s, ZoneInfo("Europe/Dublin"), {"plc1", "kitchen"}) for s in SUBS]
 

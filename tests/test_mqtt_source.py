@@ -17,11 +17,11 @@ import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import GatewayConfig, load_config_text
-from gateway.config.models import MqttMeter
+from gateway.config.models import MqttMeterConfig
+from gateway.platforms.mqtt.source import MqttSource
 from gateway.quantities import Quantity as Q
 from gateway.queue import DiskQueue
 from gateway.reading import Reading
-from gateway.sources.mqtt import MqttSource
 from tests.helpers.mosquitto import Mosquitto
 from tests.helpers.rig import until
 
@@ -49,7 +49,7 @@ meters:
 
 
 def source(cfg: GatewayConfig) -> MqttSource:
-    meters = {m.name for m in cfg.meters if isinstance(m, MqttMeter)}
+    meters = {m.name for m in cfg.meters if isinstance(m, MqttMeterConfig)}
     return MqttSource(cfg.brokers[0], list(cfg.subscriptions), meters, ZoneInfo(TZ))
 
 
@@ -488,7 +488,7 @@ sinks: [{{name: out, type: stdout}}]
 
 async def test_qos0_messages_beyond_the_inbox_limit_are_dropped_counted_and_logged(
         broker: Mosquitto, queue: DiskQueue, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.sources.mqtt as source_module
+    import gateway.platforms.mqtt.source as source_module
 
     monkeypatch.setattr(source_module, "INBOX_LIMIT", 5)
     cfg = config(broker, "  - {name: heat, broker: site, topic: heat/value, meter: heat, format: value, qos: 0}\n",

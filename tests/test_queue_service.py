@@ -83,9 +83,9 @@ async def test_stop_commits_pending_acknowledgements(tmp_path: Path) -> None:
 async def test_delivery_goes_on_with_a_full_disk_and_makes_room_for_new_readings(tmp_path: Path) -> None:
     import random
 
-    from gateway.config.models import FileSink as FileSinkConfig
     from gateway.forwarder import Forwarder
-    from gateway.sinks.file import FileSink
+    from gateway.platforms.file.config import FileConfig as FileSinkConfig
+    from gateway.platforms.file.sink import FileSink
     from gateway.stream import Stream
     from tests.helpers.rig import until
 

@@ -18,7 +18,7 @@ from tests.helpers.wattics_emulator import WatticsEmulator
 WATTICS_PW = "W4ttics-Secret-pw"
 MQTT_PW = "Mqtt-Secret-pw-77"
 API_SECRET = "Api-Client-Secret-99"
-SOURCE_BROKER_PW = "Source-Broker-pw-31"
+SOURCE_BROKER_PW = "Source-BrokerConfig-pw-31"
 
 
 def test_no_secret_in_any_log_line_or_error(broker: Mosquitto, tmp_path: Path) -> None:

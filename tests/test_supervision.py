@@ -20,7 +20,7 @@ import gateway.supervisor as supervisor_module
 from gateway import status
 from gateway.errors import QueueFullError
 from gateway.forwarder import Forwarder
-from gateway.sources.simulated import SimulatedSource
+from gateway.platforms.simulated.source import SimulatedSource
 from gateway.timekeeper import TimeKeeper
 from tests.helpers.mosquitto import free_port
 from tests.test_monitor import running, until

@@ -23,12 +23,12 @@ import structlog
 
 from gateway.config import load_config
 from gateway.daemon import Gateway
-from gateway.modbus.simulator import MeterServer
+from gateway.platforms.modbus.simulator import MeterServer
+from gateway.platforms.modbus.source import ModbusSource
 from gateway.quantities import Quantity
 from gateway.queue import DiskQueue, MeterCount, QueueStore
 from gateway.reading import Reading, local_iso
 from gateway.sdnotify import SdNotify
-from gateway.sources.modbus import ModbusSource
 from gateway.timekeeper import TimeKeeper
 from tests.helpers.daemon import Daemon, read_jsonl
 from tests.test_modbus_source import sim

@@ -13,10 +13,10 @@ import pytest
 
 from gateway.config import load_config_text
 from gateway.errors import ConfigError
+from gateway.platforms.simulated.source import three_phase
 from gateway.quantities import Quantity as Q
 from gateway.queue import SinkCount
 from gateway.reading import Reading, iso_utc, local_iso
-from gateway.sources.simulated import three_phase
 from tests.helpers.mosquitto import Mosquitto, Subscriber
 from tests.helpers.rig import Rig, RigFactory, until
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from gateway.config.voltaware import VoltawareApi
+from gateway.platforms.voltaware.api import ApiError, VoltawareClient
+from gateway.platforms.voltaware.config import VoltawareApi
 from gateway.quantities import Quantity as Q
 from gateway.reading import Reading
-from gateway.sinks.voltaware_api import ApiError, VoltawareClient
 from tests.helpers.mosquitto import Mosquitto
 from tests.helpers.rig import Rig, until
 from tests.helpers.voltaware_api_emulator import Registrar, VoltawareApiEmulator

@@ -14,11 +14,11 @@ import pytest
 
 from gateway.config import load_config_text
 from gateway.errors import ConfigError
+from gateway.platforms.simulated.source import three_phase
+from gateway.platforms.wattics.sink import electrical_keys, electrical_packet, local_iso, retry_after
 from gateway.quantities import Quantity as Q
 from gateway.queue import SinkCount
 from gateway.reading import Reading
-from gateway.sinks.wattics import electrical_keys, electrical_packet, local_iso, retry_after
-from gateway.sources.simulated import three_phase
 from tests.helpers.rig import Rig, RigFactory, until
 from tests.helpers.wattics_emulator import WatticsEmulator
 

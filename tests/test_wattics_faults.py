@@ -9,10 +9,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from gateway.platforms.simulated.source import three_phase
 from gateway.quantities import Quantity
 from gateway.queue import QueueStore
 from gateway.reading import Reading
-from gateway.sources.simulated import three_phase
 from tests.helpers.daemon import Daemon, last_queued, read_jsonl, still_queued
 from tests.helpers.wattics_emulator import WatticsEmulator
 

@@ -7,7 +7,7 @@ import os
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -21,8 +21,11 @@ from pydantic import (
 )
 
 from gateway.config.units import format_duration, parse_duration, parse_size
-from gateway.quantities import VALUE_UNITS
+from gateway.quantities import ALL, VALUE_UNITS, Quantity
 from gateway.stream import Stream
+
+if TYPE_CHECKING:
+    from gateway.config.models import GatewayConfig
 
 
 def _positive(v: float) -> float:
@@ -124,13 +127,21 @@ def _meter_interval(v: float) -> float:
 
 
 class MeterBase(Strict):
+    #: the platform (gateway/platforms/all.py); each model narrows it to its own Literal
+    type: str
     name: Name
     interval: Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive),
                         AfterValidator(_meter_interval)] = 60.0
 
+    def offered_quantities(self, gateway: GatewayConfig) -> frozenset[Quantity] | None:
+        """Every quantity this meter can give, from the configuration alone; None when it cannot tell."""
+        return frozenset()
+
 
 
 class SinkBase(Strict):
+    #: the platform (gateway/platforms/all.py); each model narrows it to its own Literal
+    type: str
     name: Name
     #: Which meters this sink receives; all meters when absent.
     meters: list[Name] | None = None
@@ -156,7 +167,30 @@ class SinkBase(Strict):
             problems.append((("backoff_base",), "is longer than backoff_cap"))
         return problems
 
+    def problems_with(self, gateway: GatewayConfig) -> list[tuple[tuple[str | int, ...], str]]:
+        """Problems that need the whole configuration (what a meter can give...), as (key path, message)."""
+        return []
+
+    def dry_run_requested(self) -> bool:
+        """Print what would be sent instead of sending it (platforms with a preview have ``dry_run:``)."""
+        return False
+
     def secrets(self) -> list[str]:
         return [v.get_secret_value() for v in self.__dict__.values() if isinstance(v, SecretStr) and v]
 
 
+def _quantity(value: object) -> object:
+    if isinstance(value, str) and value not in Quantity.__members__.values():
+        close = difflib.get_close_matches(value, [q.value for q in ALL], n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ValueError(f"'{value}' is not a quantity ({hint}see docs/configuration.md 'Quantities')")
+    return value
+
+
+QuantityName = Annotated[Quantity, BeforeValidator(_quantity)]
+
+
+def nonzero(v: float) -> float:
+    if v == 0:
+        raise ValueError("must not be 0 (a scale of 0 turns every value into the offset)")
+    return v

@@ -77,7 +77,7 @@ def load_config_text(
     problems += _shell_variables(data, origins, filename)
     secret_files: list[Path] = []
     problems += _resolve_secret_files(data, origins, base_dir or Path("."), env, filename, files=secret_files)
-    from gateway.modbus.profiles import resolve_modbus_meters
+    from gateway.config.profiles import resolve_modbus_meters
 
     # Every problem at once, in file order: a key whose value is wrong is reported, then left out (its default
     # stands in) so that the rest of the file is checked too, across sections (a wrong duration and a data point

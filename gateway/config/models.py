@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import AfterValidator, Field, PrivateAttr, model_validator
 
@@ -22,21 +22,16 @@ from gateway.config.common import (
     SinkBase,
     Size,
     Strict,
-    check_value_unit,
     check_zone,
     system_timezone,
 )
-from gateway.config.modbus import BusBase, BusConfig, ModbusMeter, SerialLine, meter_problems
-from gateway.config.mqtt import Broker, MqttMeter, Subscription
-from gateway.config.voltaware import VoltawareSink
-from gateway.config.wattics import WatticsSink
+from gateway.platforms.all import SINKS, SOURCES
+from gateway.platforms.modbus.config import BusBase, BusConfig, ModbusMeterConfig, SerialLine, meter_problems
+from gateway.platforms.mqtt.config import BrokerConfig, MqttMeterConfig, SubscriptionConfig
 from gateway.quantities import Quantity
 from gateway.stream import Stream
 
-__all__ = [
-    "FileSink", "GatewayConfig", "MeterBase", "ModbusMeter", "MqttMeter", "SimulatedMeter", "SinkBase", "StdoutSink",
-    "VoltawareSink", "WatticsSink",
-]
+__all__ = ["GatewayConfig", "MeterBase", "MeterConfig", "SinkBase", "SinkConfig"]
 
 
 class SiteConfig(Strict):
@@ -84,42 +79,16 @@ def _is_loopback(host: str) -> bool:
         return False  # a name other than localhost may resolve anywhere
 
 
-# ---------------------------------------------------------------- meters
+# ---------------------------------------------------------------- meters and sinks: one model per platform
 
-
-class SimulatedMeter(MeterBase):
-    """A meter that exists only in software: plausible, changing, deterministic values (demo and tests)."""
-
-    type: Literal["simulated"]
-    model: Literal["three_phase", "gas", "water", "heat", "temperature"] = "three_phase"
-    seed: int = 0
-    value_unit: Annotated[str, AfterValidator(check_value_unit)] | None = None
-
-
-MeterConfig = Annotated[SimulatedMeter | ModbusMeter | MqttMeter, Field(discriminator="type")]
-
-
-# ---------------------------------------------------------------- sinks
-
-
-class FileSink(SinkBase):
-    """JSON Lines on local disk: an archive, or a dry run before a platform is connected."""
-
-    type: Literal["file"]
-    path: Path
-    #: fsync after every batch, so that "delivered" means "on disk".
-    fsync: bool = True
-    max_batch: Annotated[int, Field(ge=1, le=10000)] = 500
-
-
-class StdoutSink(SinkBase):
-    """JSON Lines on standard output (demo, debugging)."""
-
-    type: Literal["stdout"]
-    max_batch: Annotated[int, Field(ge=1, le=10000)] = 100
-
-
-SinkConfig = Annotated[FileSink | StdoutSink | WatticsSink | VoltawareSink, Field(discriminator="type")]
+# The ``type:`` of a meter or a sink picks its model among the platforms' (gateway/platforms/all.py). For the type
+# checker a meter is a MeterBase and a sink a SinkBase; code that needs a platform's own fields checks its class.
+if TYPE_CHECKING:
+    MeterConfig = MeterBase
+    SinkConfig = SinkBase
+else:
+    MeterConfig = Annotated[Union[tuple(p.config for p in SOURCES.values())], Field(discriminator="type")]  # noqa: UP007
+    SinkConfig = Annotated[Union[tuple(p.config for p in SINKS.values())], Field(discriminator="type")]  # noqa: UP007
 
 
 # ---------------------------------------------------------------- the file
@@ -139,8 +108,8 @@ class GatewayConfig(Strict):
     profiles_dir: Path | None = None
     buses: list[BusConfig] = Field(default_factory=list)
     #: MQTT brokers, and what to take from them: meters that publish their readings.
-    brokers: list[Broker] = Field(default_factory=list)
-    subscriptions: list[Subscription] = Field(default_factory=list)
+    brokers: list[BrokerConfig] = Field(default_factory=list)
+    subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
     meters: Annotated[list[MeterConfig], Field(min_length=1)]
     sinks: Annotated[list[SinkConfig], Field(min_length=1)]
 
@@ -166,7 +135,8 @@ class GatewayConfig(Strict):
     def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Problems that span the file, each with the key path it belongs to."""
         problems: list[tuple[tuple[str | int, ...], str]] = []
-        sections: tuple[tuple[str, Sequence[MeterBase | SinkBase | BusBase | Broker | Subscription]], ...] = (
+        Named = MeterBase | SinkBase | BusBase | BrokerConfig | SubscriptionConfig
+        sections: tuple[tuple[str, Sequence[Named]], ...] = (
             ("buses", self.buses), ("brokers", self.brokers), ("subscriptions", self.subscriptions),
             ("meters", self.meters), ("sinks", self.sinks))
         for section, items in sections:
@@ -183,17 +153,17 @@ class GatewayConfig(Strict):
         buses = {b.name: b for b in self.buses}
         units: dict[tuple[str, int], str] = {}
         for i, m in enumerate(self.meters):
-            if isinstance(m, ModbusMeter):
+            if isinstance(m, ModbusMeterConfig):
                 problems += [(("meters", i, *path), msg) for path, msg in meter_problems(m, buses)]
                 other = units.setdefault((m.bus, m.unit), m.name)
                 if other != m.name:
                     problems.append((("meters", i, "unit"), f"unit {m.unit} on bus '{m.bus}' is already meter"
                                                             f" '{other}' (one unit id per device on a bus)"))
-        mqtt_meters = {m.name for m in self.meters if isinstance(m, MqttMeter)}
+        mqtt_meters = {m.name for m in self.meters if isinstance(m, MqttMeterConfig)}
         broker_names = {b.name for b in self.brokers}
         for i, b in enumerate(self.brokers):
             problems += [(("brokers", i, *path), msg) for path, msg in b.problems()]
-        value_units = {m.name: m.value_unit for m in self.meters if isinstance(m, MqttMeter)}
+        value_units = {m.name: m.value_unit for m in self.meters if isinstance(m, MqttMeterConfig)}
         for i, sub in enumerate(self.subscriptions):
             problems += [(("subscriptions", i, *path), msg) for path, msg in sub.problems(broker_names, mqtt_meters)]
             if sub.meter is not None and sub.meter in value_units and value_units[sub.meter] is None \
@@ -205,8 +175,7 @@ class GatewayConfig(Strict):
                 problems += [(("buses", i, *path), msg) for path, msg in bus.timing_problems()]
         for i, sink in enumerate(self.sinks):
             problems += [(("sinks", i, *path), msg) for path, msg in sink.cross_check(self.meters)]
-            if isinstance(sink, WatticsSink):
-                problems += [(("sinks", i, *path), msg) for path, msg in sink.phase_problems(self.quantities_of)]
+            problems += [(("sinks", i, *path), msg) for path, msg in sink.problems_with(self)]
         return problems
 
     def quantities_of(self, meter: str) -> frozenset[Quantity] | None:
@@ -215,24 +184,7 @@ class GatewayConfig(Strict):
         totals or per-phase values as it is built). What a sink sends under a key follows from this, never from
         which values one reading happens to hold."""
         m = next((m for m in self.meters if m.name == meter), None)
-        if isinstance(m, ModbusMeter):
-            return frozenset(p.quantity for p in m.points)
-        if isinstance(m, SimulatedMeter):
-            from gateway.sources.simulated import values_at
-
-            return frozenset(values_at(m, 0.0))
-        if isinstance(m, MqttMeter):
-            from gateway.mqtt.formats import quantities_of
-
-            out: set[Quantity] = set()
-            for sub in self.subscriptions:
-                if sub.meter == meter or sub.meter_level is not None:
-                    got = quantities_of(sub)
-                    if got is None:
-                        return None
-                    out |= got
-            return frozenset(out)
-        return frozenset()  # no such meter (reported on its own)
+        return frozenset() if m is None else m.offered_quantities(self)  # no such meter: reported on its own
 
     def secrets(self) -> list[str]:
         out: list[str] = [b.password.get_secret_value() for b in self.brokers if b.password]

@@ -109,7 +109,7 @@ class DiskQueue:
 
     async def append(self, readings: Sequence[Reading], prompt: bool = True) -> AppendResult:
         """Write readings; returns once they are committed (or known dropped). Not ``prompt``: the commit may wait up
-        to ``lazy_commit`` for other writes (fewer, larger commits). A :class:`gateway.sources.Emit`."""
+        to ``lazy_commit`` for other writes (fewer, larger commits). A :class:`gateway.platforms.source.Emit`."""
         job = _Job(lambda st: st.append(readings), self._future(), readings, lazy=not prompt)
         outcome = await self._submit(job)
         if isinstance(outcome, AppendResult):  # dropped on a full disk

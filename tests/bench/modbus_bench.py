@@ -32,14 +32,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.config.modbus import ModbusMeter, SerialBus, TcpBus
+from gateway.config.profiles import load_all, meter_for
 from gateway.logs import configure
-from gateway.modbus.bus import Bus
-from gateway.modbus.plan import MAX_REGISTERS, Block, plan
-from gateway.modbus.profiles import load_all, meter_for
-from gateway.modbus.simulator import MeterServer, SimMeter
-from gateway.sources.modbus import MeterPoller
-from gateway.sources.simulated import three_phase
+from gateway.platforms.modbus.bus import Bus
+from gateway.platforms.modbus.config import ModbusMeterConfig, SerialBus, TcpBus
+from gateway.platforms.modbus.plan import MAX_REGISTERS, Block, plan
+from gateway.platforms.modbus.simulator import MeterServer, SimMeter
+from gateway.platforms.modbus.source import MeterPoller
+from gateway.platforms.simulated.source import three_phase
 
 BAUD = 9600
 CHAR_S = 11 / BAUD  # start bit, 8 data bits, parity-or-second-stop, stop: 11 bits per character in 8N1 framing
@@ -73,7 +73,7 @@ def strict_floor(points: list) -> tuple[int, int]:  # type: ignore[type-arg]
     return requests, requests * 13 + 2 * registers
 
 
-def meter(unit: int) -> ModbusMeter:
+def meter(unit: int) -> ModbusMeterConfig:
     return meter_for(load_all()[0][PROFILE], "sdm630", unit, bus="b")
 
 

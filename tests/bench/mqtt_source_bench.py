@@ -36,8 +36,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import load_config_text
 from gateway.logs import configure
+from gateway.platforms.mqtt.source import MqttSource
 from gateway.queue import DiskQueue, QueueStore
-from gateway.sources.mqtt import MqttSource
 from tests.helpers.mosquitto import Mosquitto
 
 TOPIC = "plant/meter-{n}/data"

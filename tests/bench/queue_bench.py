@@ -31,11 +31,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gateway.logs import configure
+from gateway.platforms.simulated.source import three_phase
 from gateway.quantities import Quantity
 from gateway.queue import DiskQueue, QueueStore
 from gateway.queue.codec import encode_values, shortest_f32
 from gateway.reading import Reading
-from gateway.sources.simulated import three_phase
 
 VALUES = three_phase(1_800_000_000.0)
 _F32 = struct.Struct("<f")

@@ -31,8 +31,8 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from gateway.logs import configure  # noqa: E402
+from gateway.platforms.simulated.source import three_phase  # noqa: E402
 from gateway.reading import Reading  # noqa: E402
-from gateway.sources.simulated import three_phase  # noqa: E402
 from tests.helpers.mosquitto import Mosquitto  # noqa: E402
 from tests.helpers.rig import Rig  # noqa: E402
 

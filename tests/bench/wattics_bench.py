@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 from gateway.config import load_config_text  # noqa: E402
 from gateway.forwarder import Forwarder  # noqa: E402
 from gateway.logs import configure  # noqa: E402
+from gateway.platforms.simulated.source import three_phase  # noqa: E402
+from gateway.platforms.wattics.sink import WatticsSink  # noqa: E402
 from gateway.queue import DiskQueue, QueueStore  # noqa: E402
 from gateway.reading import Reading  # noqa: E402
-from gateway.sinks.wattics import WatticsSink  # noqa: E402
-from gateway.sources.simulated import three_phase  # noqa: E402
 
 POINTS = 20
 

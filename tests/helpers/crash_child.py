@@ -16,14 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.config.models import FileSink as FileSinkConfig
 from gateway.config.models import GatewayConfig
 from gateway.forwarder import Forwarder
 from gateway.logs import configure
+from gateway.platforms.file.config import FileConfig as FileSinkConfig
+from gateway.platforms.file.sink import FileSink
 from gateway.quantities import Quantity
 from gateway.queue import DiskQueue, QueueStore
 from gateway.reading import Reading
-from gateway.sinks.file import FileSink
 
 METERS = ["m1", "m2", "m3"]
 

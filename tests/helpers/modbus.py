@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.modbus.profiles import Profile, load_all
-from gateway.modbus.simulator import MeterServer, SimMeter
+from gateway.config.profiles import Profile, load_all
+from gateway.platforms.modbus.simulator import MeterServer, SimMeter
 
 SOCAT = shutil.which("socat")
 

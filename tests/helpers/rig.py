@@ -10,8 +10,9 @@ from pathlib import Path
 
 from gateway.config import GatewayConfig, load_config_text
 from gateway.forwarder import Forwarder
+from gateway.platforms.all import create_sink
+from gateway.platforms.sink import Sink
 from gateway.queue import DiskQueue, QueueStore
-from gateway.sinks import Sink, create_sink
 
 
 class Rig:

@@ -17,9 +17,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.modbus.simulator import SimMeter
+from gateway.platforms.modbus.simulator import SimMeter
+from gateway.platforms.simulated.source import three_phase
 from gateway.quantities import Quantity as Q
-from gateway.sources.simulated import three_phase
 from tests.helpers.daemon import Daemon
 from tests.helpers.modbus import ServerThread, profiles
 from tests.helpers.mosquitto import Mosquitto, Subscriber, free_port

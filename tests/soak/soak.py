@@ -43,8 +43,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from gateway.platforms.wattics.sink import electrical_keys
 from gateway.quantities import Quantity as Q
-from gateway.sinks.wattics import electrical_keys
 from tests.helpers.daemon import queued, read_jsonl
 from tests.soak.site import Site, meter_values, voltage, wait
 

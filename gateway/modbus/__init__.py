@@ -1,1 +1,0 @@
-"""Modbus: registers, profiles, request planning, buses and simulated meters."""

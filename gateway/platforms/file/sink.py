@@ -1,0 +1,58 @@
+"""``file`` sink: JSON Lines on local disk, one line per reading; delivered means written and fsynced."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Sequence
+from typing import IO
+
+import structlog
+
+from gateway.outcome import DELIVERED, Outcome, Retry
+from gateway.platforms.file.config import FileConfig
+from gateway.platforms.sink import BaseSink
+from gateway.reading import Reading, json_lines
+from gateway.stream import Stream
+
+log = structlog.get_logger("gateway.platforms.file.sink")
+
+
+class FileSink(BaseSink):
+    def __init__(self, config: FileConfig, gateway: object = None) -> None:
+        self.name = config.name
+        self.max_batch = config.max_batch
+        self.path = config.path
+        self.fsync = config.fsync
+        self._fh: IO[str] | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
+
+    async def send(self, stream: Stream, readings: Sequence[Reading]) -> list[Outcome]:
+        text = json_lines(readings)
+        try:
+            await asyncio.to_thread(self._write, text)
+        except OSError as e:
+            self._reset()
+            return [Retry(f"cannot write {self.path}: {e.strerror}", after=5.0)] * len(readings)
+        return [DELIVERED] * len(readings)
+
+    def _write(self, text: str) -> None:
+        if self._fh is None:
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open between batches
+        self._fh.write(text)
+        self._fh.flush()
+        if self.fsync:
+            os.fsync(self._fh.fileno())
+
+    def _reset(self) -> None:
+        # After a failed write the file may end in a partial line; start a fresh line on the next write.
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            with contextlib.suppress(OSError):
+                fh.close()
+
+    async def close(self) -> None:
+        self._reset()

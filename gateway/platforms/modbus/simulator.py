@@ -1,0 +1,211 @@
+"""Simulated Modbus meters served by pymodbus: the demo's meters and the tests' peers.
+
+A :class:`SimMeter` holds a profile's registers and answers with the values a function of time gives, encoded by
+pymodbus' own codec (``convert_to_registers``), not by the gateway's decoder, so a test that reads them back checks
+one implementation against another. Gaps between registers answer zeros (as most meters do) or, with
+``holes=True``, "illegal data address" (as some do).
+
+:class:`MeterServer` serves meters on Modbus TCP, RTU over TCP, or a serial port (one end of a pseudo-terminal pair in
+tests), and injects the faults a real bus has: a unit that does not answer (at all, or from one register on),
+exception replies (for the whole unit, or for reads covering one register), answers with too few registers, RTU
+answers with a broken CRC, and the lies of a bad device or gateway: an answer for the other function code, a byte
+count beyond the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+from pymodbus.client.mixin import ModbusClientMixin
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from gateway.platforms.modbus.registers import Point
+from gateway.quantities import Quantity
+
+Values = Callable[[float], Mapping[Quantity, float]]
+_DT: Any = ModbusClientMixin.DATATYPE
+
+
+def encode(point: Point, value: float) -> list[int]:
+    """The words a meter holds for ``value`` at ``point``; NaN becomes the point's "not available" pattern."""
+    if math.isnan(value) and point.not_available:
+        pattern = min(point.not_available)
+        return [(pattern >> (16 * i)) & 0xFFFF for i in reversed(range(point.width))][
+            :: 1 if point.word_order == "big" else -1]
+    raw = (value - point.offset) / point.scale
+    dt = _DT[point.type.upper()]
+    if point.type.startswith("float"):
+        return ModbusClientMixin.convert_to_registers(raw, dt, word_order=point.word_order)
+    return ModbusClientMixin.convert_to_registers(round(raw), dt, word_order=point.word_order)
+
+
+class SimMeter:
+    """One simulated device at ``unit`` holding ``points``, answering ``values(now)``."""
+
+    def __init__(
+        self, unit: int, points: Sequence[Point], values: Values | Mapping[Quantity, float], *, holes: bool = False,
+        clock: Callable[[], float] = time.time, delay: float = 0.0,
+    ) -> None:
+        self.unit = unit
+        #: Seconds each answer takes (a slow meter, or a slow gateway in front of it).
+        self.delay = delay
+        self.points = tuple(points)
+        if callable(values):
+            self.values: Values = values
+        else:
+            fixed = dict(values)
+            self.values = lambda _t: fixed
+        self.holes = holes
+        self.clock = clock
+        #: What the meter held at its last answer, per quantity: what a reader should have got.
+        self.served: dict[Quantity, float] = {}
+        self.reads = 0
+
+    def device(self) -> SimDevice:
+        blocks: dict[str, list[SimData]] = {"holding": [], "input": []}
+        for function in blocks:
+            pts = sorted((p for p in self.points if p.function == function), key=lambda p: p.address)
+            if not pts:
+                blocks[function] = [SimData(0, count=1, datatype=DataType.INVALID)]
+            elif self.holes:
+                blocks[function] = [SimData(p.address, values=[0] * p.width, datatype=DataType.REGISTERS)
+                                    for p in _distinct(pts)]
+            else:
+                start, end = pts[0].address, max(p.end for p in pts)
+                blocks[function] = [SimData(start, values=[0] * (end - start), datatype=DataType.REGISTERS)]
+        bits = [SimData(0, values=False, datatype=DataType.BITS)]
+        return SimDevice(self.unit, simdata=(bits, list(bits), blocks["holding"], blocks["input"]),
+                         action=self._refresh)
+
+    async def _refresh(
+        self, function_code: int, start_address: int, address: int, count: int, registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        function = "holding" if function_code == 3 else "input"
+        now = self.values(self.clock())
+        self.reads += 1
+        for p in self.points:
+            if p.function != function or p.quantity not in now:
+                continue
+            words = encode(p, now[p.quantity])
+            at = p.address - start_address
+            if at >= 0 and at + len(words) <= len(registers):
+                registers[at: at + len(words)] = words
+                if address <= p.address and p.end <= address + count:
+                    self.served[p.quantity] = now[p.quantity]
+        return None
+
+
+def _distinct(points: Sequence[Point]) -> list[Point]:
+    out: list[Point] = []
+    for p in points:
+        if not out or p.address >= out[-1].end:
+            out.append(p)
+    return out
+
+
+class _FaultyContext:
+    """The server's datastore, with per-unit faults in front of it."""
+
+    def __init__(self, inner: Any, server: MeterServer) -> None:
+        self.inner = inner
+        self.server = server
+
+    async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1) -> Any:
+        s = self.server
+        if device_id in s.silent or device_id not in s.units:
+            raise NoSuchIdException(f"unit {device_id} is silent")  # ignore_missing_devices: no answer at all
+        if device_id in s.exceptions:
+            s.exception_replies[device_id] += 1
+            return ExcCodes(s.exceptions[device_id])
+        for (unit, at), fault in s.faults_at.items():
+            if unit == device_id and address <= at < address + count:
+                if fault == "silent":
+                    raise NoSuchIdException(f"unit {device_id} stops answering at {at}")
+                s.exception_replies[device_id] += 1
+                return ExcCodes(fault)
+        return await self.inner.async_getValues(device_id, func_code, address, count)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class MeterServer:
+    """Simulated meters on one Modbus server: TCP (``framer="socket"``), RTU over TCP (``"rtu"``) or a serial port."""
+
+    def __init__(self, meters: Sequence[SimMeter]) -> None:
+        self.meters = {m.unit: m for m in meters}
+        self.units = set(self.meters)
+        self.silent: set[int] = set()
+        self.exceptions: dict[int, int] = {}
+        #: Exception replies sent, per unit (what a test compares the gateway's counters with).
+        self.exception_replies: Counter[int] = Counter()
+        self.short: set[int] = set()
+        #: Units whose RTU answers go out with a broken CRC (line noise).
+        self.corrupt: set[int] = set()
+        #: (unit, address): a request covering that register gets this exception code, or no answer ("silent").
+        self.faults_at: dict[tuple[int, int], int | Literal["silent"]] = {}
+        #: Units that answer a read of input registers as if it were of holding registers, and the other way round.
+        self.wrong_function: set[int] = set()
+        #: Units whose Modbus TCP answers claim more bytes than they carry.
+        self.overlong: set[int] = set()
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
+        self.port = 0
+
+    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        if sending and pdu.dev_id in self.short and getattr(pdu, "registers", None):
+            pdu.registers = pdu.registers[:-1]
+        if sending and pdu.dev_id in self.wrong_function and pdu.function_code in (3, 4):
+            pdu.function_code = 7 - pdu.function_code
+        return pdu
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        if sending and self.corrupt and data and data[0] in self.corrupt:
+            return data[:-1] + bytes([data[-1] ^ 0xFF])
+        return data
+
+    def _trace_tcp(self, sending: bool, data: bytes) -> bytes:
+        # MBAP header (7 bytes: transaction, protocol, length, unit), then function and byte count.
+        if sending and len(data) > 8 and data[6] in self.overlong and data[7] in (3, 4):
+            return data[:8] + bytes([data[8] + 4]) + data[9:]
+        return data
+
+    async def start_tcp(self, host: str = "127.0.0.1", port: int = 0,
+                        framer: Literal["socket", "rtu"] = "socket") -> MeterServer:
+        ft = FramerType.SOCKET if framer == "socket" else FramerType.RTU
+        server = ModbusTcpServer([m.device() for m in self.meters.values()], framer=ft, address=(host, port),
+                                 ignore_missing_devices=True, trace_pdu=self._trace_pdu,
+                                 trace_packet=self._trace_tcp if framer == "socket" else self._trace_packet)
+        await self._serve(server)
+        transport: Any = server.transport
+        self.port = transport.sockets[0].getsockname()[1] if port == 0 else port
+        return self
+
+    async def start_serial(self, device: str, baudrate: int = 9600) -> MeterServer:
+        server = ModbusSerialServer([m.device() for m in self.meters.values()], framer=FramerType.RTU,
+                                    port=device, baudrate=baudrate, ignore_missing_devices=True,
+                                    trace_pdu=self._trace_pdu, trace_packet=self._trace_packet)
+        await self._serve(server)
+        return self
+
+    async def _serve(self, server: ModbusTcpServer | ModbusSerialServer) -> None:
+        server.context = _FaultyContext(server.context, self)  # type: ignore[assignment]
+        await server.serve_forever(background=True)
+        self._server = server
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.shutdown()  # type: ignore[no-untyped-call]
+            self._server = None
