@@ -10,7 +10,6 @@ queue stays open throughout, so no reading is lost and no tick is skipped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import signal
@@ -27,6 +26,7 @@ from gateway.config import GatewayConfig, load_config
 from gateway.config.loader import secrets_readable_by_others
 from gateway.errors import ConfigError, GatewayError
 from gateway.forwarder import Forwarder
+from gateway.heartbeat import Heartbeat
 from gateway.logs import REDACTOR
 from gateway.monitor import Monitor
 from gateway.platforms.all import create_sink, create_sources
@@ -43,11 +43,6 @@ log = structlog.get_logger("gateway.daemon")
 
 #: How long sends in flight may take to finish at a stop or reload.
 SEND_GRACE = 5.0
-HEARTBEAT_INTERVAL = 10.0
-#: What each stream delivered last (for ``verify`` and the next start) is written this often, and at a stop: it is
-#: the largest thing the daemon keeps (a packet per stream), and rewriting it with every heartbeat cost a page or more
-#: of SD-card writes each time.
-LAST_SENT_INTERVAL = 300.0
 
 
 class Gateway:
@@ -67,9 +62,6 @@ class Gateway:
         self.sources: list[Source] = []
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
-        self._beat_now = asyncio.Event()
-        #: 'verify' asked (SIGUSR1) for what each stream delivered last: the next heartbeat writes it at once.
-        self._sent_asked = False
         self._started = time.time()
         self._refusing: dict[str, int] = {}
         #: Readings refused as stamped in the future, per meter, and when the last one came (ms).
@@ -80,7 +72,8 @@ class Gateway:
         self.monitor: Monitor | None = None
         #: Per sink, what each stream delivered last: from the previous run at start, kept across a reload.
         self._last_sent: dict[str, Any] | None = None
-        self._last_sent_written = time.monotonic()
+        self.heartbeat = Heartbeat(self.queue, self._info, self._sent_by_sink)
+        self._beat_now = self.heartbeat.now
 
     # ------------------------------------------------------------ entry
 
@@ -90,7 +83,7 @@ class Gateway:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         # 'verify' asks for what each stream delivered last, as of now (the record is otherwise written every 5 min).
-        loop.add_signal_handler(signal.SIGUSR1, self._ask_sent)
+        loop.add_signal_handler(signal.SIGUSR1, self.heartbeat.ask_sent)
         exposed = secrets_readable_by_others(self.config_path, self.config) if self.config_path else None
         if exposed:
             log.warning("configuration file readable by everyone", problem=exposed)
@@ -105,7 +98,7 @@ class Gateway:
         await self._start_forwarders()
         await self._start_clock()
         self._start_sources()
-        self._helpers.spawn("heartbeat", self._heartbeat)
+        self._helpers.spawn("heartbeat", lambda: self.heartbeat.run(self._helpers_stop))
         self._helpers.spawn("clock", lambda: self.keeper.run(self._keeper_stop))
         if self.notify.watchdog_interval:
             interval = self.notify.watchdog_interval
@@ -132,7 +125,7 @@ class Gateway:
         self._helpers_stop.set()
         self._beat_now.set()
         await self._helpers.wait(0)
-        await self._write_heartbeat(running=False)
+        await self.heartbeat.write(running=False)
         await self.queue.stop()
         log.info("stopped")
         return 0
@@ -231,7 +224,7 @@ class Gateway:
 
     async def _stop_forwarders(self) -> None:
         await asyncio.gather(*(f.stop(SEND_GRACE) for f in self.forwarders))
-        self._last_sent = self._sent_by_sink()
+        self._last_sent = {f.name: dict(f.last_sent) for f in self.forwarders}
         self.forwarders = []
 
     async def _emit(self, readings: Sequence[Reading], prompt: bool = False) -> AppendResult:
@@ -335,44 +328,15 @@ class Gateway:
             self.notify.send("WATCHDOG=1")
             await asyncio.sleep(interval)
 
-    def _ask_sent(self) -> None:
-        self._sent_asked = True
-        self._beat_now.set()
-
-    async def _heartbeat(self) -> None:
-        # Every HEARTBEAT_INTERVAL, and at once when a meter starts or stops failing, so status shows it promptly.
-        while not self._helpers_stop.is_set():
-            self._beat_now.clear()
-            await self._write_heartbeat(running=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), HEARTBEAT_INTERVAL)
-
-    def _sent_by_sink(self) -> dict[str, Any]:
+    def _sent_by_sink(self) -> dict[str, Any] | None:
+        """What each stream delivered last, per sink; between a stop of the forwarders and the next start (a stop,
+        a reload), what they had when they stopped."""
+        if not self.forwarders:
+            return self._last_sent
         return {f.name: dict(f.last_sent) for f in self.forwarders}
 
     def _sink_health(self) -> dict[str, object]:
         return {f.name: {"failing": f.last_error is not None, "last_error": f.last_error} for f in self.forwarders}
-
-    async def _write_heartbeat(self, running: bool) -> None:
-        info = self._info(running)
-        sent: dict[str, Any] | None = None
-        if not running or time.monotonic() - self._last_sent_written >= LAST_SENT_INTERVAL:
-            self._last_sent_written = time.monotonic()
-            # At a stop the forwarders are gone: what they sent last was kept when they stopped.
-            sent = self._sent_by_sink() if self.forwarders else self._last_sent
-
-        kept = persisted(info)
-
-        asked, self._sent_asked = self._sent_asked, False
-        if asked:
-            sent = self._sent_by_sink() if self.forwarders else self._last_sent
-        written_ms = int(time.time() * 1000)
-
-        records: dict[str, dict[str, object]] = {"daemon": kept}
-        if sent is not None:
-            records.update(last_sent=sent, last_sent_at={"ms": written_ms})
-        # With the next commit; a stop's, and an answer to 'verify', at once.
-        await self.queue.write_records(records, lazy=running and not asked)
 
     def _info(self, running: bool) -> dict[str, Any]:
         return {
@@ -402,15 +366,3 @@ async def run_daemon(config: GatewayConfig, config_path: Path | None, notify: Sd
                      keeper: TimeKeeper | None = None, store: QueueStore | None = None) -> int:
     with StateLock(config.state_dir):  # one daemon per queue (see gateway/statelock.py)
         return await Gateway(config, config_path, notify, keeper, store).run()
-
-
-def persisted(info: dict[str, Any]) -> dict[str, Any]:
-    """The heartbeat as written to the queue file: without what ``status`` does not show of a meter (its poll and
-    reading counts, which change at every poll) and without meters that have nothing to report, so that the record
-    changes little between two beats and stays one or two pages."""
-    meters = {}
-    for name, h in (info.get("meters") or {}).items():
-        counts = {k: v for k, v in (h.get("counts") or {}).items() if k not in status.NOT_ERRORS}
-        if h.get("failing") or h.get("last_problem") or h.get("left_out") or counts:
-            meters[name] = {**h, "counts": counts}
-    return {**info, "meters": meters}

@@ -8,6 +8,11 @@ so callers handle a handful of types and the CLI can turn each into a one-line m
     ├── QueueError               the on-disk queue cannot be used
     │   └── QueueFullError       the disk (or the queue's own bound) refused a write
     ├── SinkError                a sink could not be set up (sending reports outcomes, never raises)
+    ├── PeerError                a platform's server could not be reached or answered nonsense
+    │   ├── HttpError            an HTTP request got no answer (connection refused, TLS, reset...)
+    │   │   └── HttpTimeout      ... none within the timeout
+    │   └── ApiError             a platform's REST API failed (no answer, a refused credential, an answer not
+    │                            understood): the caller retries or reports it, never a traceback
     └── ModbusError              a Modbus read gave no usable answer; .kind names why, for counters and logs
         ├── ModbusTimeout        no answer within the bus timeout (a dead meter, a CRC error, a wrong unit id)
         ├── ModbusExceptionReply the meter answered with a Modbus exception; .code (1-4, ...)
@@ -42,6 +47,23 @@ class QueueFullError(QueueError):
 
 class SinkError(GatewayError):
     """A sink could not be created or started."""
+
+
+class PeerError(GatewayError):
+    """A platform's server could not be reached or answered nonsense; ``str()`` is a line fit for a log (no
+    credential, no request body)."""
+
+
+class HttpError(PeerError):
+    """The request got no HTTP answer. ``str()`` says why."""
+
+
+class HttpTimeout(HttpError):
+    pass
+
+
+class ApiError(PeerError):
+    """A platform's REST API could not be reached or answered nonsense."""
 
 
 class ModbusError(GatewayError):

@@ -19,18 +19,12 @@ from urllib.parse import urlsplit
 import h11
 import httpx
 
+from gateway.errors import HttpError, HttpTimeout
+
 #: A connection unused for longer than this is closed rather than reused (servers drop idle ones).
 IDLE_EXPIRY = 30.0
 #: Larger answers are cut: a platform's answer is a status and a few words.
 MAX_BODY = 64 * 1024
-
-
-class HttpError(Exception):
-    """The request got no HTTP answer. ``str()`` says why, in a line fit for a log (never a credential)."""
-
-
-class HttpTimeout(HttpError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)

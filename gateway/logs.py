@@ -17,9 +17,6 @@ from urllib.parse import quote
 
 import structlog
 
-LEVELS = ("debug", "info", "warning", "error")
-
-
 #: Credentials in HTTP headers a peer may echo back (an error page listing the request's headers), whatever they
 #: decode to: ``Authorization: Basic dXNlcjpwYXNz`` becomes ``Authorization: Basic ***``.
 _AUTH_HEADER = re.compile(r"(?i)\b(basic|bearer|digest|token)(\s+|%20)[A-Za-z0-9+/=._~%-]{6,}")

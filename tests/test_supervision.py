@@ -63,7 +63,7 @@ meters: [{{name: a, type: simulated, interval: 100ms}}]
 sinks: [{{name: file, type: file, path: {out}}}]
 """
     async with running(tmp_path, text) as gw:
-        monkeypatch.setattr(gw, "_write_heartbeat", failing_once(gw._write_heartbeat, ValueError("heartbeat bug")))
+        monkeypatch.setattr(gw.heartbeat, "write", failing_once(gw.heartbeat.write, ValueError("heartbeat bug")))
         gw._beat_now.set()
         await until(lambda: len(gw._task_health()) == 5)
         report = await gw.snapshot()

@@ -17,24 +17,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import os
 import re
 import stat
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from gateway.config.models import GatewayConfig
+from gateway.config.problems import SECRET_FIELDS, problem_line, pydantic_problems, sort_key, strip_tags
 from gateway.config.yamlfile import KeyPath, format_path, parse_yaml, read_config_text
 from gateway.errors import ConfigError
 
 ENV_PREFIX = "METER_GATEWAY_"
-SECRET_FIELDS = frozenset({"password", "client_secret", "token", "api_key", "key_password"})
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -90,7 +87,7 @@ def load_config_text(
             config = GatewayConfig.model_validate(work)
             break
         except ValidationError as e:
-            problems += _pydantic_problems(e, data, origins, filename, GatewayConfig, skip=dropped)
+            problems += pydantic_problems(e, data, origins, filename, GatewayConfig, skip=dropped)
             if not _drop_wrong_keys(e, work, dropped):
                 break
     if config is not None:
@@ -100,7 +97,7 @@ def load_config_text(
         except ConfigError as e:
             problems += e.problems
     if problems or config is None:
-        raise ConfigError(sorted(dict.fromkeys(problems), key=_sort_key))
+        raise ConfigError(sorted(dict.fromkeys(problems), key=sort_key))
     config._secret_files = tuple(secret_files)
     return config
 
@@ -135,7 +132,7 @@ def _drop_wrong_keys(e: ValidationError, data: dict[str, Any], dropped: set[KeyP
     model (so the next try checks the rest); False when nothing could be removed (a required key is missing)."""
     removed = False
     for err in e.errors(include_url=False):
-        path, _ = _strip_tags(err["loc"], data, GatewayConfig)
+        path, _ = strip_tags(err["loc"], data, GatewayConfig)
         if err["type"] == "missing" or not path or not isinstance(path[-1], str):
             continue
         parent: Any = data
@@ -150,186 +147,6 @@ def _drop_wrong_keys(e: ValidationError, data: dict[str, Any], dropped: set[KeyP
             dropped.add(path)
             removed = True
     return removed
-
-
-@runtime_checkable
-class _Checked(Protocol):
-    def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]: ...
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def validate(
-    model: type[M], data: dict[str, Any], origins: dict[KeyPath, str], filename: str, cross_check: bool = True
-) -> M:
-    """``data`` as a ``model``, then its own ``cross_check()``; every problem one line, raised as ConfigError."""
-    try:
-        obj = model.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_pydantic_problems(e, data, origins, filename, model)) from None
-    if cross_check and isinstance(obj, _Checked) and (cross := obj.cross_check()):
-        raise ConfigError([problem_line(origins, path, filename, data, msg) for path, msg in cross])
-    return obj
-
-
-# ---------------------------------------------------------------- problems
-
-
-def problem_line(origins: dict[KeyPath, str], path: KeyPath, filename: str, data: Any, msg: str) -> str:
-    where = f"{filename}:1"
-    for n in range(len(path), -1, -1):
-        if path[:n] in origins:
-            where = origins[path[:n]]
-            break
-    return f"{where}: {format_path(path, data) or 'top level'}: {msg}"
-
-
-def _pydantic_problems(
-    e: ValidationError, data: Any, origins: dict[KeyPath, str], filename: str, root: type[BaseModel],
-    skip: set[KeyPath] | None = None,
-) -> list[str]:
-    """One line per error; none for the keys of ``skip`` (already reported, then left out to check the rest)."""
-    out: list[str] = []
-    for err in e.errors(include_url=False):
-        path, model = _strip_tags(err["loc"], data, root)
-        if skip and path in skip:
-            continue
-        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            path = (*path, str((err.get("ctx") or {}).get("discriminator", "type")).strip("'"))
-        out.append(problem_line(origins, path, filename, data, _message(err, path, model)))
-    # Line order reads best; pydantic reports by schema order.
-    return sorted(dict.fromkeys(out), key=_sort_key)
-
-
-def _sort_key(line: str) -> tuple[int, str]:
-    try:
-        return int(line.split(":", 2)[1]), line
-    except (IndexError, ValueError):
-        return 0, line
-
-
-def _strip_tags(
-    loc: tuple[int | str, ...], data: Any, root: type[BaseModel]
-) -> tuple[KeyPath, type[BaseModel] | None]:
-    """Map pydantic's error location onto the file's key path (dropping union tags such as ``'file'``).
-
-    Also returns the model class that owns the last key, so an unknown key can list the valid ones.
-    """
-    path: list[str | int] = []
-    cur = data
-    model: Any = root
-    for i, part in enumerate(loc):
-        if isinstance(cur, dict) and isinstance(part, str) and part not in cur and part in cur.values():
-            continue  # discriminated-union tag (the value of type:, key:...), not a key
-        if (isinstance(part, str) and part.startswith("function-")) or part in ("list[...]", "dict[...]"):
-            continue
-        path.append(part)
-        if i < len(loc) - 1:
-            model = _field_model(model, part, cur)
-        if isinstance(cur, dict):
-            cur = cur.get(part)
-        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
-            cur = cur[part]
-        else:
-            cur = None
-    return tuple(path), model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _field_model(model: Any, part: str | int, raw: Any) -> Any:
-    """The type found one step further down ``model`` (best effort, for listing valid keys)."""
-    if isinstance(model, type) and issubclass(model, BaseModel) and isinstance(part, str):
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        ann: Any = field.annotation
-        nxt = raw.get(part) if isinstance(raw, dict) else None
-        return _unwrap(ann, nxt)
-    if isinstance(part, int) and isinstance(model, list | tuple):
-        item = raw[part] if isinstance(raw, list) and 0 <= part < len(raw) else None
-        return _unwrap(model[0], item)
-    return None
-
-
-def _unwrap(ann: Any, raw: Any) -> Any:
-    origin = typing.get_origin(ann)
-    if origin is typing.Annotated:
-        return _unwrap(typing.get_args(ann)[0], raw)
-    if origin is list:
-        return [typing.get_args(ann)[0]]
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(ann) if a is not type(None)]
-        tag = raw.get("type") if isinstance(raw, dict) else None
-        for opt in options:
-            inner = _unwrap(opt, raw)
-            if isinstance(inner, type) and issubclass(inner, BaseModel):
-                tf = inner.model_fields.get("type")
-                if tf is None or tag is None or tag in typing.get_args(tf.annotation):
-                    return inner
-        return _unwrap(options[0], raw) if options else None
-    return ann
-
-
-_TYPE_WORDS = {
-    "int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",
-    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
-    "bool_parsing": "true or false", "string_type": "text", "list_type": "a list (- item lines)",
-    "dict_type": "a mapping (key: value lines)", "model_type": "a mapping (key: value lines)",
-    "model_attributes_type": "a mapping (key: value lines)", "path_type": "a file path",
-}
-
-
-def _message(err: Any, path: KeyPath, model: type[BaseModel] | None) -> str:
-    kind = err["type"]
-    ctx = err.get("ctx") or {}
-    secret = bool(path) and isinstance(path[-1], str) and path[-1] in SECRET_FIELDS
-    got = "" if secret else _show(err.get("input"))
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        valid = sorted(model.model_fields) if model else []
-        key = path[-1] if path else ""
-        close = difflib.get_close_matches(str(key), valid, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        return f"unknown key ({hint}expected one of: {', '.join(valid)})" if valid else "unknown key"
-    if kind == "union_tag_invalid":
-        return f"unknown type {ctx.get('tag')!r} (expected one of: {ctx.get('expected_tags', '')})"
-    if kind == "union_tag_not_found":
-        return f"required key {ctx.get('discriminator', 'type')} is missing"
-    if kind in _TYPE_WORDS:
-        return f"expected {_TYPE_WORDS[kind]}, got {got}" if got else f"expected {_TYPE_WORDS[kind]}"
-    if kind == "literal_error":
-        return f"{got} is not allowed (expected one of: {ctx.get('expected', '')})"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
-        bound = next(iter(ctx.values()), "")
-        return f"{got} is out of range (expected a value {op} {bound})"
-    if kind == "too_short":
-        return f"must have at least {ctx.get('min_length', 1)} item(s)"
-    if kind == "string_too_short":
-        return "must not be empty"
-    if kind == "string_too_long":
-        return f"is too long (at most {ctx.get('max_length')} characters)"
-    if kind == "string_pattern_mismatch":
-        return f"{got} is not a valid name (letters, digits, '_', '.', '-'; starting with a letter or digit)"
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    msg = str(err["msg"])
-    return f"{msg[0].lower()}{msg[1:]}" + (f" (got {got})" if got else "")
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing"
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-# ---------------------------------------------------------------- environment and secret files
 
 
 def _norm(name: str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.models import GatewayConfig
+from gateway.config.problems import problem_line, validate
 from gateway.config.yamlfile import KeyPath, parse_yaml, read_config_text
 from gateway.errors import ConfigError
 from gateway.platforms.modbus.config import ModbusMeterConfig, ProfileFile, RegisterDefaults
@@ -45,8 +46,6 @@ def available(profiles_dir: Path | None = None) -> dict[str, Path]:
 
 def load_profile(name: str, path: Path) -> Profile:
     """One profile file, validated; ConfigError with one line per problem otherwise."""
-    from gateway.config.loader import validate
-
     filename = str(path)
     data, lines = parse_yaml(read_config_text(path), filename)
     origins: dict[KeyPath, str] = {p: f"{filename}:{n}" for p, n in lines.items()}
@@ -71,8 +70,6 @@ def resolve_modbus_meters(
     config: GatewayConfig, data: dict[str, Any], origins: dict[KeyPath, str], filename: str, base_dir: Path
 ) -> GatewayConfig:
     """Every Modbus meter with its registers resolved (profile, inline registers, ``quantities``), or ConfigError."""
-    from gateway.config.loader import problem_line
-
     modbus = [(i, m) for i, m in enumerate(config.meters) if isinstance(m, ModbusMeterConfig)]
     if not modbus:
         return config

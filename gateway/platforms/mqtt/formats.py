@@ -23,11 +23,13 @@ import json
 import math
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from gateway.platforms.mqtt.config import SubscriptionConfig, TimestampSpec
 from gateway.quantities import Quantity as Q
+
+if TYPE_CHECKING:
+    from gateway.platforms.mqtt.config import SubscriptionConfig, TimestampSpec
 
 #: Earliest plausible reading time: a device whose clock says 1970 has not set it.
 EARLIEST_S = 946_684_800.0  # 2000-01-01

@@ -18,8 +18,6 @@ nothing of it enters the queue.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ssl
 import threading
 import time
 from collections import Counter, deque
@@ -29,8 +27,8 @@ from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.pahobridge import LoopCaller, new_client
 from gateway.platforms.mqtt.config import BrokerConfig, SubscriptionConfig
 from gateway.platforms.mqtt.formats import BadMessage, Decoded, Decoder, Ignored
 from gateway.platforms.source import BaseSource, Emit
@@ -44,17 +42,10 @@ SUMMARY_EVERY = 60.0
 
 
 def make_client(broker: BrokerConfig, client_id: str, clean: bool, manual_ack: bool) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
-                         manual_ack=manual_ack)
-    if broker.uses_tls:
-        ctx = ssl.create_default_context(cafile=str(broker.ca_file) if broker.ca_file else None)
-        if broker.client_cert is not None and broker.client_key is not None:
-            ctx.load_cert_chain(str(broker.client_cert), str(broker.client_key))
-        client.tls_set_context(ctx)
-    if broker.username:
-        client.username_pw_set(broker.username, broker.password.get_secret_value() if broker.password else None)
-    client.reconnect_delay_set(1, 60)
-    return client
+    return new_client(client_id, clean=clean, tls=broker.uses_tls, ca_file=broker.ca_file,
+                      client_cert=broker.client_cert, client_key=broker.client_key, username=broker.username,
+                      password=broker.password.get_secret_value() if broker.password else None,
+                      manual_ack=manual_ack)
 
 
 class SubscriptionState:
@@ -102,7 +93,8 @@ class MqttSource(BaseSource):
         self._closing = False
         self._lock = threading.Lock()
         self._wake: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        #: hands paho's callbacks to the event loop
+        self._call = LoopCaller()
         self._wake_pending = False
         self._connected = False
         self._down_since: float | None = time.monotonic()
@@ -139,12 +131,6 @@ class MqttSource(BaseSource):
                 return
             self._wake_pending = True
         self._call(self._set_wake)
-
-    def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(fn, *args)
 
     # ------------------------------------------------------------ event loop
 
@@ -216,7 +202,7 @@ class MqttSource(BaseSource):
         return []
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._call.bind()
         self._wake = asyncio.Event()
         self._closing = False
         b = self.broker
@@ -240,7 +226,7 @@ class MqttSource(BaseSource):
             self._closing = True
             client.disconnect()
             client.loop_stop()
-            self._loop = None
+            self._call.loop = None
 
     async def _drain(self, client: mqtt.Client, emit: Emit) -> None:
         assert self._wake is not None

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import TYPE_CHECKING
 
 import structlog
 
-from gateway.platforms.simulated.config import SimulatedMeterConfig
 from gateway.platforms.source import BaseSource, Committer, Emit
 from gateway.quantities import Quantity as Q
 from gateway.reading import Reading
 from gateway.schedule import next_tick, sleep_until
 from gateway.timekeeper import TimeKeeper
+
+if TYPE_CHECKING:
+    from gateway.platforms.simulated.config import SimulatedMeterConfig
 
 DAY = 86400.0
 TAU = 2 * math.pi

@@ -27,18 +27,14 @@ import httpx
 import structlog
 
 from gateway import __version__
+from gateway.errors import ApiError
 from gateway.platforms.voltaware.config import DeviceMetadata, VoltawareApi, VoltawareConfig
 from gateway.stream import stream_name
 
 log = structlog.get_logger("gateway.platforms.voltaware.sink")
 
-METADATA_KINDS = ("property", "appliances", "geolocation")
 #: Renew a token this long before it expires, so that a request never carries one about to lapse.
 EXPIRY_MARGIN = 60.0
-
-
-class ApiError(Exception):
-    """The API could not be reached or answered nonsense; ``str()`` is a line fit for a log (no secrets)."""
 
 
 class VoltawareClient:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -28,11 +27,12 @@ from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 
 from gateway.config.models import GatewayConfig
 from gateway.errors import SinkError
 from gateway.outcome import Delivered, Outcome, Retry, Skip
+from gateway.pahobridge import LoopCaller, new_client
 from gateway.platforms.sink import BaseSink, Preview
 from gateway.platforms.voltaware.api import Provisioner, VoltawareClient
 from gateway.platforms.voltaware.config import VoltawareConfig
@@ -66,6 +66,8 @@ class VoltawareSink(BaseSink):
         self.log = log.bind(sink=config.name)
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: hands paho's callbacks to the event loop
+        self._call = LoopCaller()
         self._connected = False
         self._down_since: float | None = None
         self._refused_logged = False
@@ -83,25 +85,15 @@ class VoltawareSink(BaseSink):
     # ------------------------------------------------------------ connection
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._loop = self._call.bind()
         c = self.config
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=c.effective_client_id, clean_session=True,
-            protocol=MQTTProtocolVersion.MQTTv311,
-        )
-        client.username_pw_set(c.username, c.password.get_secret_value())
-        ctx = ssl.create_default_context(cafile=str(c.ca_file) if c.ca_file else None)
-        if c.client_cert and c.client_key:
-            try:
-                ctx.load_cert_chain(str(c.client_cert), str(c.client_key))
-            except (OSError, ssl.SSLError) as e:
-                raise SinkError(f"cannot load the client certificate {c.client_cert}: {e}") from None
-        client.tls_set_context(ctx)
+        client = new_client(c.effective_client_id, clean=True, tls=True, ca_file=c.ca_file,
+                            client_cert=c.client_cert, client_key=c.client_key, username=c.username,
+                            password=c.password.get_secret_value())
         # The forwarder already bounds what is in flight (window x devices in parallel). A bound in paho as well
         # makes it scan every held message at each acknowledgement (measured: a third of the sink's CPU).
         client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(1, 60)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -133,11 +125,6 @@ class VoltawareSink(BaseSink):
             fut.cancel()
         self._pending.clear()
         self._by_mid.clear()
-
-    def _call(self, fn: Any, *args: Any) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(fn, *args)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:

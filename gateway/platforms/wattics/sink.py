@@ -26,8 +26,8 @@ import structlog
 
 from gateway import __version__
 from gateway.config.models import GatewayConfig
-from gateway.errors import SinkError
-from gateway.http11 import Http11Client, HttpError, Response
+from gateway.errors import HttpError, SinkError
+from gateway.http11 import Http11Client, Response
 from gateway.outcome import Delivered, Outcome, Reject, Retry, Skip
 from gateway.platforms.sink import BaseSink, Preview
 from gateway.platforms.wattics.config import WatticsConfig
@@ -48,10 +48,6 @@ _PHASED: tuple[tuple[str, tuple[Q, Q, Q], Q | None], ...] = (
 )
 _LINE_VOLTAGES = (("v_12", Q.VOLTAGE_L1_L2), ("v_13", Q.VOLTAGE_L3_L1), ("v_23", Q.VOLTAGE_L2_L3))
 
-ELECTRICAL_KEYS = frozenset(
-    {"id", "tsISO8601"} | {f"{p}_{i}" for p, _, _ in _PHASED for i in (1, 2, 3)} | {k for k, _ in _LINE_VOLTAGES}
-)
-VALUE_KEYS = frozenset({"id", "tsISO8601", "value"})
 
 #: For each key of an electrical packet, the one quantity sent under it.
 KeyMap = tuple[tuple[str, Q], ...]

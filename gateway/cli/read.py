@@ -1,0 +1,76 @@
+"""``meter-gateway read``: read meters once now and print their values (beside the daemon on TCP buses)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from gateway.cli.common import EXIT_OK, EXIT_RUNTIME, load
+from gateway.config import GatewayConfig
+from gateway.config.units import format_duration
+from gateway.errors import GatewayError
+from gateway.reading import iso_utc
+
+HELP = "read Modbus meters once now and print their values (works beside the daemon on TCP buses)"
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--meter", action="append", dest="meters", help="only this meter (may be repeated)")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an MQTT meter's next message")
+
+
+def _resolve(config: GatewayConfig, names: list[str] | None) -> list[Any]:
+    from gateway.platforms.modbus.config import ModbusMeterConfig
+    from gateway.platforms.mqtt.config import MqttMeterConfig
+
+    if not names:
+        modbus = [m for m in config.meters if isinstance(m, ModbusMeterConfig)]
+        if not modbus:
+            raise GatewayError("no Modbus meter in this configuration (for a meter that publishes to a broker,"
+                               " name it: read --meter NAME)")
+        return modbus
+    by_name = {m.name: m for m in config.meters}
+    out = []
+    for n in names:
+        m = by_name.get(n)
+        if m is None:
+            raise GatewayError(f"no meter named '{n}' (defined: {', '.join(by_name)})")
+        if not isinstance(m, ModbusMeterConfig | MqttMeterConfig):
+            raise GatewayError(f"meter '{n}' is of type {m.type}: 'read' reads Modbus and MQTT meters")
+        out.append(m)
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    from gateway.platforms.modbus import tools
+    from gateway.platforms.modbus.config import ModbusMeterConfig
+    from gateway.platforms.mqtt.config import MqttMeterConfig
+    from gateway.platforms.mqtt.tools import read_mqtt
+
+    config = load(args)
+    meters = _resolve(config, args.meters)
+    modbus = [m for m in meters if isinstance(m, ModbusMeterConfig)]
+    results = asyncio.run(tools.read_meters(config, modbus)) if modbus else []
+    ok = all(r.reading is not None and not r.problems for r in results)
+    out: list[dict[str, Any]] = [r.to_json() for r in results]
+    text = [tools.render_read(results, config)] if results else []
+    for m in meters:
+        if isinstance(m, MqttMeterConfig):
+            if not args.json:
+                print(f"waiting up to {format_duration(args.timeout)} for a message of {m.name} ...", file=sys.stderr)
+            reading, problems = asyncio.run(read_mqtt(config, m, within=args.timeout))
+            ok = ok and reading is not None
+            out.append({"meter": m.name, "ok": reading is not None, "problems": problems,
+                        "reading": reading.to_json_dict() if reading else None})
+            lines = [f"{m.name}  (published to a broker): " + (
+                f"message of {iso_utc(reading.ts_ms)}" if reading else "no reading")]
+            if reading is not None:
+                lines += tools.format_values(dict(reading.values), m.value_unit)
+            lines += [f"  ! {p}" for p in problems]
+            text.append("\n".join(lines))
+    print(json.dumps(out, indent=2) if args.json else "\n\n".join(text))
+    return EXIT_OK if ok else EXIT_RUNTIME

@@ -1,0 +1,72 @@
+"""``meter-gateway scan``: which Modbus unit ids answer on a line, and which profile fits each."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from gateway.cli.common import EXIT_OK, EXIT_RUNTIME
+from gateway.errors import GatewayError
+
+HELP = "which Modbus unit ids answer on a line, and which built-in profile fits each"
+CONFIGURED = False  # takes no configuration file
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--serial", metavar="DEVICE", help="a serial port, e.g. /dev/ttyUSB0")
+    where.add_argument("--host", help="a Modbus TCP device or an RTU-over-TCP converter")
+    p.add_argument("--port", type=int, default=502, help="TCP port (default 502)")
+    p.add_argument("--rtu-over-tcp", action="store_true", help="the host is a serial-to-TCP converter (RTU framing)")
+    p.add_argument("--baudrate", type=int, default=9600)
+    p.add_argument("--parity", choices=("N", "E", "O"), default="N")
+    p.add_argument("--stopbits", type=int, choices=(1, 2), default=1)
+    p.add_argument("--units", default="1-247", help="unit ids to try: 1-247, 1-10, 1,2,5 (default 1-247)")
+    p.add_argument("--timeout", default="300ms", help="wait per unit id (default 300ms)")
+    p.add_argument("--profiles-dir", help="your own profiles too")
+
+
+def _units(spec: str) -> list[int]:
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise GatewayError(f"--units {spec!r}: expected numbers and ranges such as 1-247 or 1,2,5")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    if not out or not all(0 <= u <= 255 for u in out):
+        raise GatewayError(f"--units {spec!r}: unit ids are 0 to 255 (1 to 247 on a serial line)")
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    from gateway.config import profiles
+    from gateway.platforms.modbus import tools
+    from gateway.platforms.modbus.config import RtuOverTcpBus, SerialBus, TcpBus
+
+    timeout = args.timeout
+    units = _units(args.units)
+    bus: SerialBus | TcpBus | RtuOverTcpBus
+    try:
+        if args.serial:
+            bus = SerialBus(name="rs485", type="serial", port=args.serial, baudrate=args.baudrate,
+                            parity=args.parity, stopbits=args.stopbits, timeout=timeout)
+        elif args.rtu_over_tcp:
+            bus = RtuOverTcpBus(name="converter", type="rtu_over_tcp", host=args.host, port=args.port,
+                                timeout=timeout, baudrate=args.baudrate)
+        else:
+            bus = TcpBus(name="modbus-tcp", type="tcp", host=args.host, port=args.port, timeout=timeout)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        msg = str((err.get("ctx") or {}).get("error", err["msg"]))
+        raise GatewayError(f"scan --{str(err['loc'][0]).replace('_', '-')}: {msg}") from None
+    found, problems = profiles.load_all(Path(args.profiles_dir) if args.profiles_dir else None)
+    for line in problems:
+        print(line, file=sys.stderr)
+    print(f"scanning {len(units)} unit ids on {tools.describe_bus(bus)} ...", file=sys.stderr)
+    hits = asyncio.run(tools.scan(bus, units, found))
+    print(tools.render_scan(hits, bus, len(units)))
+    return EXIT_OK if hits else EXIT_RUNTIME
