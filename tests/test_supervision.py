@@ -20,6 +20,7 @@ import gateway.supervisor as supervisor_module
 from gateway import status
 from gateway.errors import QueueFullError
 from gateway.forwarder import Forwarder
+from gateway.forwarder.streams import PlainStream
 from gateway.platforms.simulated.source import SimulatedSource
 from gateway.timekeeper import TimeKeeper
 from tests.helpers.mosquitto import free_port
@@ -48,7 +49,7 @@ def quick_restarts(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_a_fault_in_each_background_task_is_reported_and_the_task_runs_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(SimulatedSource, "run", failing_once(SimulatedSource.run, RuntimeError("source bug")))
-    monkeypatch.setattr(Forwarder, "_stream_plain", failing_once(Forwarder._stream_plain, KeyError("stream bug")))
+    monkeypatch.setattr(PlainStream, "run", failing_once(PlainStream.run, KeyError("stream bug")))
     # The bug of issue 15: the dead-letter retries died on the queue-full error and were never restarted.
     monkeypatch.setattr(Forwarder, "_dead_letter_retries",
                         failing_once(Forwarder._dead_letter_retries, QueueFullError("the disk is full"), times=2))
