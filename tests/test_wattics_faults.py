@@ -12,6 +12,7 @@ from pathlib import Path
 from gateway.platforms.simulated.source import three_phase
 from gateway.quantities import Quantity
 from gateway.queue import QueueStore
+from gateway.queue.counters import SinkCount, sink_key
 from gateway.reading import Reading
 from tests.helpers.daemon import Daemon, last_queued, read_jsonl, still_queued
 from tests.helpers.wattics_emulator import WatticsEmulator
@@ -107,7 +108,7 @@ def test_sigkill_20_times_while_draining_a_backlog(tmp_path: Path) -> None:
         assert not missing, f"{point}: {len(missing)} readings never reached Wattics, e.g. {sorted(missing)[:3]}"
     assert stats["out_of_order"] == 0
     db = sqlite3.connect(tmp_path / "queue.db")
-    resent = dict(db.execute("SELECT name, value FROM counters")).get("sink.wattics.resent", 0)
+    resent = dict(db.execute("SELECT name, value FROM counters")).get(sink_key("wattics", SinkCount.RESENT), 0)
     db.close()
     # The gateway counts what it sends again after a kill that may have gone out before: an upper bound (its record
     # of how far it sent runs a few packets ahead of what it sent).

@@ -13,7 +13,6 @@ agreeing.
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import threading
 import time
@@ -25,7 +24,7 @@ from typing import Any
 import structlog
 
 from gateway.errors import QueueError
-from gateway.queue import bounds, deadletters, held, schema, watch
+from gateway.queue import bounds, deadletters, held, meta, schema, watch
 from gateway.queue.codec import (
     FLAG_CLOCK_SYNCED,
     FLAG_RESTAMPED,
@@ -234,7 +233,7 @@ class QueueStore:
                                       " last checkpoint lost (number unknown)",
                               "at_ms": self.now_ms(), "abandoned": None})
         if incidents:
-            self.set_meta("queue_incidents", {"items": (self.incidents() + incidents)[-10:]})
+            self.set_meta("queue_incidents", {"items": (meta.incidents(self.conn) + incidents)[-10:]})
             self.counters.write(self.conn)
             self.counters.written()
 
@@ -428,30 +427,13 @@ class QueueStore:
         self.counters.set(key, value)
 
     def set_meta(self, key: str, value: dict[str, object]) -> None:
-        self.conn.execute(
-            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
-            (key, json.dumps(value)),
-        )
+        meta.put(self.conn, key, value)
 
     def get_meta(self, key: str) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
-
-    def incidents(self) -> list[Any]:
-        items = (self.get_meta("queue_incidents") or {}).get("items")
-        return list(items) if isinstance(items, list) else []
+        return meta.get(self.conn, key)
 
     def last_sent(self) -> dict[str, Any]:
-        """Per sink, what each of its streams delivered last (stream -> record), as the daemon last wrote it (every
-        few minutes and at a stop). Files of earlier versions kept it inside the heartbeat."""
-        kept = self.get_meta("last_sent")
-        if kept is not None:
-            return kept
-        sinks = (self.get_meta("daemon") or {}).get("sinks")
-        if not isinstance(sinks, dict):
-            return {}
-        return {name: h["streams"] for name, h in sinks.items()
-                if isinstance(h, dict) and isinstance(h.get("streams"), dict)}
+        return meta.last_sent(self.conn)
 
     # ------------------------------------------------------------ appending
 
@@ -596,7 +578,7 @@ class QueueStore:
             path=self.path,
             used_bytes=self.used_bytes(),
             gone=self.file.gone,
-            incidents=self.incidents(),
+            incidents=meta.incidents(self.conn),
             held=held.status(self.conn)[0],
             counters=CounterView(self.counters.snapshot()),
             last_ts={name: self.last_ts.get(mid, -1) for name, mid in self.meter_ids.items()},

@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gateway.platforms.wattics.sink import electrical_keys
 from gateway.quantities import Quantity as Q
+from gateway.queue.counters import MeterCount, SinkCount, meter_key, sink_key
 from tests.helpers.daemon import queued, read_jsonl
 from tests.soak.site import Site, meter_values, voltage, wait
 
@@ -251,12 +252,15 @@ class Soak:
         counters = dict(sqlite3.connect(f"file:{site.dir}/state/queue.db?mode=ro", uri=True)
                         .execute("SELECT name, value FROM counters").fetchall())
         dropped: dict[str, int] = defaultdict(int)
-        for name, value in counters.items():
-            for what in ("dropped_write_failed", "refused", "held_evicted", "unstampable"):
-                if name.startswith("meter.") and name.endswith("." + what):
-                    dropped[what] += value
-            if name.startswith("sink.") and name.count(".") == 3 and ".evicted." in name:
-                dropped[f"evicted ({name.rsplit('.', 1)[1]}, {name.split('.')[1]})"] += value
+        # Read from outside, like an auditor: the names the queue gives its counters (gateway/queue/counters.py).
+        for meter, _, _ in site.meters():
+            for what in (MeterCount.DROPPED_WRITE_FAILED, MeterCount.REFUSED, MeterCount.HELD_EVICTED,
+                         MeterCount.UNSTAMPABLE):
+                dropped[what.value] += counters.get(meter_key(meter, what), 0)
+        for sink in ("wattics", "voltaware"):
+            for what in (SinkCount.EVICTED_MAX_AGE, SinkCount.EVICTED_MAX_SIZE):
+                dropped[f"evicted ({what.value.rsplit('.', 1)[1]}, {sink})"] += counters.get(sink_key(sink, what), 0)
+        dropped = defaultdict(int, {k: v for k, v in dropped.items() if v})
         first_delivery = []
         slowest: dict[str, Any] | None = None
         all_arrivals = sorted(at for arrivals in platforms.values() for at, _, _ in arrivals)
