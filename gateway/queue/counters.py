@@ -67,6 +67,8 @@ class QueueCount(StrEnum):
     ABANDONED = "abandoned"
     #: a write-ahead log missing after an unclean stop
     WAL_LOST = "wal_lost"
+    #: readings a crash left uncommitted, recovered from the journal at the next start (see queue/journal.py)
+    REPLAYED = "journal_replayed"
 
 
 def sink_key(sink: str, what: SinkCount) -> CounterKey:

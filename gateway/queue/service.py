@@ -33,6 +33,7 @@ from gateway.errors import QueueError, QueueFullError
 from gateway.queue.counters import CounterKey, CounterView, MeterCount, SinkCount, meter_key, sent_mark_key, sink_key
 from gateway.queue.deadletters import DeadLetter
 from gateway.queue.held import Released
+from gateway.queue.journal import Journal
 from gateway.queue.schema import is_disk_full
 from gateway.queue.store import AppendOutcome, Backlog, QueueStore, Snapshot
 from gateway.reading import Reading
@@ -60,6 +61,8 @@ class _Job:
     on_commit: Callable[[QueueStore], None] | None = None
     #: may wait for the next commit (up to lazy_commit) although it has a future
     lazy: bool = False
+    #: for appends: the journal segment the readings were handed to the kernel in (see queue/journal.py)
+    segment: int | None = None
 
 
 _STOP = object()
@@ -68,6 +71,8 @@ _STOP = object()
 class DiskQueue:
     def __init__(self, store: QueueStore, lazy_commit: float = 0.2, bounds_interval: float = 10.0) -> None:
         self._store = store
+        #: every append is handed to the kernel at once: a process crash loses none (see queue/journal.py)
+        self._journal = Journal(store.path, store.boot)
         self.lazy_commit = lazy_commit
         self.bounds_interval = bounds_interval
         self._jobs: stdqueue.SimpleQueue[_Job | object] = stdqueue.SimpleQueue()
@@ -83,7 +88,7 @@ class DiskQueue:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self._store.open)
+        await asyncio.to_thread(self._open)
         self._thread = threading.Thread(target=self._run, name="queue-writer", daemon=True)
         self._thread.start()
 
@@ -95,6 +100,27 @@ class DiskQueue:
         await asyncio.to_thread(self._thread.join)
         self._thread = None
         await asyncio.to_thread(self._store.close)
+        self._journal.close()
+
+    def _open(self) -> None:
+        """Open the file, and put back what a crash left in the journal before anything else is written."""
+        self._store.open()
+        left = self._journal.left_over()
+        segments = self._journal.read(left)
+        if any(readings for _, readings in segments):
+            store = self._store
+            store.begin()
+            try:
+                replayed = sum(store.replay(readings, boot) for boot, readings in segments)
+                store.commit()
+            except sqlite3.Error as e:
+                store.rollback()
+                raise QueueError(f"cannot put back the readings the last run left in its journal: {e}") from None
+            if replayed:
+                log.warning("readings taken before the last run stopped uncleanly were not yet committed: put back"
+                            " from the queue's journal", readings=replayed, segments=len(left))
+        self._journal.discard(left)
+        self._journal.open(left)
 
     @property
     def path(self) -> Path:
@@ -111,6 +137,10 @@ class DiskQueue:
         """Write readings; returns once they are committed (or known dropped). Not ``prompt``: the commit may wait up
         to ``lazy_commit`` for other writes (fewer, larger commits). A :class:`gateway.platforms.source.Emit`."""
         job = _Job(lambda st: st.append(readings), self._future(), readings, lazy=not prompt)
+        if self._thread is None:
+            raise QueueError("the queue is not running")
+        if readings:
+            job.segment = self._journal.write(readings)
         outcome = await self._submit(job)
         if isinstance(outcome, AppendResult):  # dropped on a full disk
             return outcome
@@ -290,6 +320,8 @@ class DiskQueue:
                 self._hand_back()
 
     def _process(self, jobs: list[_Job]) -> None:
+        # What is appended from now on goes to a new journal segment: the current one can go once settled.
+        self._journal.rotate()
         if self._store.file.is_gone(self._store.undelivered):
             # Readings written now would vanish at the next restart: refused (counted as dropped). Acknowledgements
             # and the rest go on, so the backlog the open file holds is still delivered.
@@ -325,6 +357,8 @@ class DiskQueue:
         for job, value, err in results:
             if job.on_commit is not None and err is None:
                 job.on_commit(self._store)
+            if job.readings is not None:  # committed or refused (or failed, and its caller told): out of the journal
+                self._journal.settle(job.segment, len(job.readings))
             self._resolve(job, value, err)
 
     def _run_jobs(self, jobs: list[_Job]) -> list[tuple[_Job, Any, BaseException | None]]:
@@ -419,6 +453,7 @@ class DiskQueue:
         readings = job.readings or ()
         for r in readings:
             self._store.count(meter_key(r.meter, MeterCount.DROPPED_WRITE_FAILED))
+        self._journal.settle(job.segment, len(readings))
         self._resolve(job, AppendResult(dropped=len(readings)), None)
         return len(readings)
 

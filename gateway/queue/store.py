@@ -247,7 +247,10 @@ class QueueStore:
                 self.rollback()
             self._db.close()
             self._db = None
-            if self._owner:  # closed cleanly: SQLite checkpointed and removed the write-ahead log itself
+            if self._owner or watch.wal_missing(self.path):
+                # Closed cleanly, or a command closed the last connection after the daemon stopped (a crash, then
+                # 'status'): SQLite checkpointed the write-ahead log into the file and removed it. Nothing is lost,
+                # and the next start must not say so.
                 with contextlib.suppress(OSError):
                     self.file.running_flag.unlink()
                 self._owner = False
@@ -462,6 +465,27 @@ class QueueStore:
             held.hold(self.conn, holding)
         out.accepted = accepted + len(holding)
         return out
+
+    def replay(self, readings: Sequence[Reading], boot: str) -> int:
+        """Readings a crash left in the journal (inside a transaction, before anything else): those not yet in the
+        queue go in; returns how many. A reading already queued is not newer than the last one of its meter, or is
+        already held; neither is counted as refused."""
+        n = 0
+        db = self.conn
+        for r in readings:
+            mid = self._meter_id(r.meter)
+            values = encode_values(r.values)
+            if not r.clock_synced and r.mono_ms is not None:
+                if db.execute("SELECT 1 FROM held WHERE meter_id=? AND boot=? AND mono_ms=?",
+                              (mid, boot, r.mono_ms)).fetchone() is None:
+                    held.hold(db, [(mid, boot, r.mono_ms, r.ts_ms, values)])
+                    self.count(meter_key(r.meter, MeterCount.HELD))
+                    n += 1
+            elif self.queue_row(mid, r.ts_ms, FLAG_CLOCK_SYNCED if r.clock_synced else 0, values):
+                n += 1
+        if n:
+            self.count(queue_key(QueueCount.REPLAYED), n)
+        return n
 
     def queue_row(self, mid: int, ts_ms: int, flags: int, values: bytes) -> bool:
         """Queue one encoded reading for the commit; False (nothing done) unless it is newer than the meter's last."""

@@ -3,7 +3,8 @@ emulator) and Voltaware (TLS mosquitto), everything on loopback, the gateway as 
 
 Measured from /proc for the gateway process only (all its threads): CPU as % of one core, resident memory (steady:
 the median of one sample a second; peak: the kernel's high-water mark), bytes written to storage per reading
-(``write_bytes``: what reaches the block device, the figure that wears an SD card), and fsyncs per second (strace,
+(``write_bytes`` less ``cancelled_write_bytes``: what reaches the block device, the figure that wears an SD card;
+the journal's segments, deleted before writeback, never do), and fsyncs per second (strace,
 in a window of its own after the CPU window, since tracing slows the process). Readings per second come from the
 gateway's own ``/metrics``.
 
@@ -77,7 +78,10 @@ def main() -> None:
         elapsed = t1 - t0
         readings = r1 - r0
         cpu = (s1["cpu_ticks"] - s0["cpu_ticks"]) / tick / elapsed * 100
-        written = s1["write_bytes"] - s0["write_bytes"]
+        # What reached the storage: pages dirtied less those dropped before writeback (the journal's segments,
+        # deleted once committed; Linux counts them in cancelled_write_bytes).
+        cancelled = s1["cancelled_write_bytes"] - s0["cancelled_write_bytes"]
+        written = s1["write_bytes"] - s0["write_bytes"] - cancelled
         per_reading = written / readings if readings else float("nan")
         per_day = per_reading * n * 86400
         fsyncs = fs.get("fsyncs", -1) / fs["seconds"] if fs.get("seconds") else float("nan")
@@ -88,6 +92,7 @@ def main() -> None:
             "cpu_percent_of_one_core": round(cpu, 1),
             "rss_steady_mb": round(statistics.median(rss) / 1024, 1), "rss_peak_mb": round(s1["hwm_kb"] / 1024, 1),
             "bytes_written_per_reading": round(per_reading), "gb_written_per_day_32_meters_1s": round(per_day / GB, 2),
+            "journal_bytes_dropped_per_reading": round(cancelled / readings) if readings else None,
             "fsyncs_per_s": round(fsyncs, 1), "commit_interval": args.commit_interval or "default",
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         }

@@ -206,7 +206,9 @@ class SerialServerThread(ServerThread):
 
 
 def proc_stats(pid: int) -> dict[str, int]:
-    """CPU ticks (user+system, all threads), resident and peak memory, bytes written to storage."""
+    """CPU ticks (user+system, all threads), resident and peak memory, bytes written to storage (``write_bytes``:
+    pages dirtied, and ``cancelled_write_bytes``: those dropped before they reached the storage, a file truncated or
+    deleted first, as the queue's journal segments are)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
@@ -215,6 +217,7 @@ def proc_stats(pid: int) -> dict[str, int]:
         "rss_kb": int(status["VmRSS"].split()[0]),
         "hwm_kb": int(status["VmHWM"].split()[0]),
         "write_bytes": int(io["write_bytes"]),
+        "cancelled_write_bytes": int(io["cancelled_write_bytes"]),
     }
 
 
