@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -28,7 +28,6 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.forwarder import Forwarder
 from gateway.heartbeat import Heartbeat
 from gateway.logs import REDACTOR
-from gateway.monitor import Monitor
 from gateway.platforms.all import create_sink, create_sources
 from gateway.platforms.source import Source
 from gateway.queue import AppendResult, DiskQueue, MeterCount, QueueStore, Released, open_store
@@ -38,6 +37,9 @@ from gateway.sdnotify import SdNotify
 from gateway.statelock import StateLock
 from gateway.supervisor import Supervisor
 from gateway.timekeeper import TimeKeeper
+
+if TYPE_CHECKING:
+    from gateway.monitor import Monitor
 
 log = structlog.get_logger("gateway.daemon")
 
@@ -137,6 +139,8 @@ class Gateway:
 
     async def _start_monitor(self) -> None:
         if self.config.monitoring.enabled:
+            from gateway.monitor import Monitor  # prometheus-client only when monitoring is on
+
             self.monitor = Monitor(self.config.monitoring, self.snapshot)
             await self.monitor.start()
 

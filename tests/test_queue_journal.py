@@ -1,7 +1,9 @@
-"""The queue's journal: a reading handed to the queue survives a SIGKILL although its commit waits ``commit_interval``."""
+"""The queue's journal: a reading handed to the queue survives a SIGKILL, although its commit waits for
+``commit_interval``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -10,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import structlog
 
 from gateway.quantities import Quantity as Q
@@ -56,7 +59,7 @@ def readings_of(path: Path, meter: str) -> list[Reading]:
         store.close()
 
 
-async def test_a_sigkill_before_the_commit_loses_no_reading_handed_to_the_queue(tmp_path: Path) -> None:
+def test_a_sigkill_before_the_commit_loses_no_reading_handed_to_the_queue(tmp_path: Path) -> None:
     path = tmp_path / "queue.db"
     base = int(time.time()) * 1000 - 3_600_000
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(base)], cwd=ROOT, stdout=subprocess.PIPE,
@@ -72,28 +75,32 @@ async def test_a_sigkill_before_the_commit_loses_no_reading_handed_to_the_queue(
     assert handed == list(range(1, 201))
     assert readings_of(path, "m") == [], "nothing was committed: the journal alone holds the readings"
 
-    store = QueueStore(path)
-    q = DiskQueue(store, lazy_commit=0.01)
-    with structlog.testing.capture_logs() as logs:
-        await q.start()
-    await q.configure({"s": ["m", "h"]})
-    got = await q.read("m", -1, 1000)
-    assert [r.ts_ms for r in got] == [base + i * 1000 for i in handed]
-    assert [r.values for r in got] == [{Q.ENERGY_IMPORT_TOTAL: 1000.0 + i / 8, Q.VOLTAGE_L1: 230.1} for i in handed]
-    snapshot = await q.snapshot({})
-    assert snapshot.held == 200, "readings taken before the clock was trusted are held again, dated by their boot"
-    counters = await q.counters()
-    assert counters.values[queue_key(QueueCount.REPLAYED)] == 400
-    assert counters.meter("m", MeterCount.REFUSED) == 0
-    await q.stop()
-    assert list(tmp_path.glob("queue.db.journal.*")) == [], "a clean stop leaves no journal"
-    assert not any("write-ahead log" in e.get("event", "") for e in logs), "reading the file after a crash is no loss"
+    async def reopen() -> None:
+        store = QueueStore(path)
+        q = DiskQueue(store, lazy_commit=0.01)
+        with structlog.testing.capture_logs() as logs:
+            await q.start()
+        await q.configure({"s": ["m", "h"]})
+        got = await q.read("m", -1, 1000)
+        assert [r.ts_ms for r in got] == [base + i * 1000 for i in handed]
+        assert [r.values for r in got] == [{Q.ENERGY_IMPORT_TOTAL: 1000.0 + i / 8, Q.VOLTAGE_L1: 230.1} for i in handed]
+        snapshot = await q.snapshot({})
+        assert snapshot.held == 200, "readings taken before the clock was trusted are held again, dated by their boot"
+        counters = await q.counters()
+        assert counters.values[queue_key(QueueCount.REPLAYED)] == 400
+        assert counters.meter("m", MeterCount.REFUSED) == 0
+        await q.stop()
+        assert list(tmp_path.glob("queue.db.journal.*")) == [], "a clean stop leaves no journal"
+        assert not any("write-ahead log" in e.get("event", "") for e in logs), \
+            "reading the file after a crash is no loss"
 
-    # Replayed once only: a second start finds nothing to put back.
-    q = DiskQueue(QueueStore(path), lazy_commit=0.01)
-    await q.start()
-    assert len(await q.read("m", -1, 1000)) == 200 and (await q.snapshot({})).held == 200
-    await q.stop()
+        # Replayed once only: a second start finds nothing to put back.
+        q = DiskQueue(QueueStore(path), lazy_commit=0.01)
+        await q.start()
+        assert len(await q.read("m", -1, 1000)) == 200 and (await q.snapshot({})).held == 200
+        await q.stop()
+
+    asyncio.run(reopen())
 
 
 async def test_a_replay_skips_what_is_already_queued_and_a_damaged_tail(tmp_path: Path) -> None:
@@ -122,17 +129,19 @@ async def test_a_replay_skips_what_is_already_queued_and_a_damaged_tail(tmp_path
     await q.stop()
 
 
-async def test_segments_go_once_their_readings_are_committed(tmp_path: Path) -> None:
+async def test_segments_go_once_their_readings_are_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.queue.journal.ROTATE_AFTER", 0.05)
     path = tmp_path / "queue.db"
     q = DiskQueue(QueueStore(path), lazy_commit=0.01)
     await q.start()
     base = int(time.time() * 1000)
     for t in range(1, 50):
         await q.append([Reading("m", base + t, {Q.VALUE: t})], prompt=t % 2 == 0)
-    await q.flush()
-    await q.flush()  # a transaction after the last append rotates the segment it went to
+        await asyncio.sleep(0.01)
+    assert len(list(tmp_path.glob("queue.db.journal.*"))) <= 2, "segments go as their readings are committed"
+    await asyncio.sleep(0.1)
+    await q.flush()  # a transaction after the last append rotates the segment it went to, which then goes
     left = sorted(tmp_path.glob("queue.db.journal.*"))
-    assert len(left) == 1, f"only the segment being written stays: {left}"
-    assert Journal.read(left)[0][1] == [], "and nothing in it is still needed"
+    assert len(left) == 1 and Journal.read(left)[0][1] == [], f"only an empty segment being written stays: {left}"
     await q.stop()
     assert list(tmp_path.glob("queue.db.journal.*")) == []

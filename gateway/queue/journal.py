@@ -6,10 +6,13 @@ SIGKILL, the OOM killer, a bug in a C library) lost up to ``commit_interval`` of
 written at once, with one ``write()`` and no fsync, to a *journal segment* beside the queue file
 (``queue.db.journal.<n>``). A ``write()`` that returned is in the kernel's page cache: it survives the process.
 
-Segments rotate at every queue transaction; a segment is deleted as soon as every reading written to it is settled
-(committed, refused or counted as dropped). Its pages, never flushed, are then dropped by the kernel without reaching
-the storage: Linux counts them as ``cancelled_write_bytes``, and the SD card never sees them (the kernel writes dirty
-pages back after about 30 s; a segment lives about ``commit_interval``). At start, segments left by a crash are
+A new segment is started at a queue transaction once the current one is ROTATE_AFTER old, and a segment is deleted
+as soon as every reading written to it is settled (committed, refused or counted as dropped). Its pages, never
+flushed, are then dropped by the kernel without reaching the storage: Linux counts them as
+``cancelled_write_bytes``, and the SD card never sees them (the kernel writes dirty pages back once they are about
+30 s old; a segment lives ROTATE_AFTER plus one ``commit_interval``). Rotating no more often than that keeps the
+file system's own bookkeeping (a file created and deleted) to one file every ten seconds, however often the queue
+commits (an MQTT batch commits at once). At start, segments left by a crash are
 replayed into the queue before anything else runs: a reading already committed is not newer than the last one queued
 for its meter (or is already held, for the clock) and is skipped, so a replay is idempotent.
 
@@ -29,8 +32,9 @@ import contextlib
 import os
 import struct
 import threading
+import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import structlog
@@ -46,6 +50,8 @@ _BOOT = struct.Struct("<H")
 _HEAD = struct.Struct("<II")
 _BODY = struct.Struct("<BqqH")
 _SYNCED, _HAS_MONO = 1, 2
+#: A segment takes new readings for this long (seconds), then the next one does.
+ROTATE_AFTER = 10.0
 #: A record longer than this is garbage (a reading is a few hundred bytes).
 _MAX_RECORD = 1 << 16
 
@@ -98,8 +104,12 @@ def decode(data: bytes, pos: int = 0) -> Iterator[Reading]:
 class Journal:
     """The segments of one queue file. :meth:`write` is called on the event loop, the rest in the writer thread."""
 
-    def __init__(self, queue_path: Path, boot: str) -> None:
+    def __init__(self, queue_path: Path, boot: str, rotate_after: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.boot = boot
+        self.rotate_after = ROTATE_AFTER if rotate_after is None else rotate_after
+        self.clock = clock
+        self._opened_at = 0.0
         self.directory = queue_path.parent
         self.prefix = f"{queue_path.name}.journal."
         self._lock = threading.Lock()
@@ -184,9 +194,9 @@ class Journal:
 
     def rotate(self) -> None:
         """A transaction starts: what is written from now on goes to a new segment (when the current one holds
-        anything), so that the current one can go once this transaction settles it."""
+        anything and is ROTATE_AFTER old), so that the current one can go once this transaction settles it."""
         with self._lock:
-            if self._fd is None or not self._used:
+            if self._fd is None or not self._used or self.clock() - self._opened_at < self.rotate_after:
                 return
             os.close(self._fd)
             self._fd = None
@@ -215,6 +225,7 @@ class Journal:
 
     def _start_segment(self) -> None:
         self._used = False
+        self._opened_at = self.clock()
         try:
             self._fd = os.open(self._path(self._current), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC
                                | os.O_CLOEXEC, 0o600)

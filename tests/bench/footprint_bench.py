@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.bench.wal_pages import follow, print_report
-from tests.soak.site import Site, counting_fsyncs, proc_stats, wait
+from tests.soak.site import Site, counting_fsyncs, device_written, proc_stats, wait
 
 GB = 1e9
 
@@ -65,11 +65,13 @@ def main() -> None:
             raise SystemExit("the platforms received too little during warm-up")
         time.sleep(2.0)  # past the start: memory and caches settled
         r0, s0, t0 = readings_total(site.monitor_port), proc_stats(pid), time.monotonic()
+        dev0 = device_written(Path(tmp))
         rss: list[int] = []
         while time.monotonic() - t0 < window:
             time.sleep(1.0)
             rss.append(proc_stats(pid)["rss_kb"])
         r1, s1, t1 = readings_total(site.monitor_port), proc_stats(pid), time.monotonic()
+        dev1 = device_written(Path(tmp))
         with counting_fsyncs(pid) as fs:
             time.sleep(fsync_window)
         pages = follow(Path(tmp) / "state" / "queue.db", fsync_window) if args.pages else None
@@ -93,6 +95,10 @@ def main() -> None:
             "rss_steady_mb": round(statistics.median(rss) / 1024, 1), "rss_peak_mb": round(s1["hwm_kb"] / 1024, 1),
             "bytes_written_per_reading": round(per_reading), "gb_written_per_day_32_meters_1s": round(per_day / GB, 2),
             "journal_bytes_dropped_per_reading": round(cancelled / readings) if readings else None,
+            # Everything the device took meanwhile, from every process, file system metadata included: an upper
+            # bound, noisy on a shared machine.
+            "device_bytes_per_reading_upper_bound": round((dev1 - dev0) / readings) if readings and dev0 is not None
+            and dev1 is not None else None,
             "fsyncs_per_s": round(fsyncs, 1), "commit_interval": args.commit_interval or "default",
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         }

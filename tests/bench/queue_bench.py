@@ -10,7 +10,8 @@
 - persist-queue:  ``SQLiteAckQueue`` (put, get, ack per reading), what a Python developer would otherwise pick.
 
 All at equal durability (WAL, ``synchronous`` FULL, then NORMAL), on the same disk, with the same three-phase
-reading (30 values). Bytes written to storage per reading come from /proc/self/io. The last line is one JSON object.
+reading (30 values). Bytes written to storage per reading come from /proc/self/io (``write_bytes`` less
+``cancelled_write_bytes``). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -51,14 +52,14 @@ READ_BATCH = 100
 
 
 def write_bytes() -> int:
+    """Bytes this process sent toward the storage: pages dirtied (``write_bytes``) less those dropped before they
+    were written back (``cancelled_write_bytes``: the queue's journal segments, deleted once committed)."""
     try:
         with open("/proc/self/io") as f:
-            for line in f:
-                if line.startswith("write_bytes:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+            io = dict(line.split(": ") for line in f.read().splitlines())
+        return int(io["write_bytes"]) - int(io["cancelled_write_bytes"])
+    except (OSError, KeyError, ValueError):
+        return 0
 
 
 def bench_gateway(d: Path, durability: str, n: int, meters: int, batch: int) -> tuple[float, int]:
@@ -137,7 +138,7 @@ def bench_persist_queue(d: Path, durability: str, n: int) -> tuple[float, int]:
 
     w0, t0 = write_bytes(), time.perf_counter()
     q = SQLiteAckQueue(str(d / "pq"), auto_commit=True, multithreading=False)
-    q.conn.execute(f"PRAGMA synchronous={durability.upper()}")
+    q._conn.execute(f"PRAGMA synchronous={durability.upper()}")
     for i in range(n):
         q.put({"meter": "m", "ts": i, "values": {k.value: v for k, v in VALUES.items()}})
     for _ in range(n):

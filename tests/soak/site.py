@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -219,6 +220,17 @@ def proc_stats(pid: int) -> dict[str, int]:
         "write_bytes": int(io["write_bytes"]),
         "cancelled_write_bytes": int(io["cancelled_write_bytes"]),
     }
+
+
+def device_written(path: Path) -> int | None:
+    """Bytes written to the block device holding ``path``, by everything on this machine (file system metadata and
+    its journal included): an upper bound of what the gateway costs the storage, noisy on a shared machine."""
+    st = os.stat(path)
+    try:
+        fields = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/stat").read_text().split()
+        return int(fields[6]) * 512
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 @contextlib.contextmanager
