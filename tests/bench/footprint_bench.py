@@ -10,6 +10,7 @@ gateway's own ``/metrics``.
 
     python tests/bench/footprint_bench.py            # full form: 5 minutes measured
     python tests/bench/footprint_bench.py --quick    # under 60 s in all
+    python tests/bench/footprint_bench.py --long     # an hour measured: RSS at 5 minutes and at the end
 
 The last line is one JSON object.
 """
@@ -48,10 +49,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--meters", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=None, help="measured window (default 300, quick 25)")
+    ap.add_argument("--long", action="store_true",
+                    help="an hour measured: is memory flat? (RSS at 5 minutes and at the end, and their ratio)")
     ap.add_argument("--commit-interval", default=None, help="queue.commit_interval (default: the gateway's)")
     ap.add_argument("--pages", action="store_true", help="then follow the queue's WAL: pages per commit, by table")
     args = ap.parse_args()
-    window = args.seconds or (25.0 if args.quick else 300.0)
+    window = args.seconds or (25.0 if args.quick else 3600.0 if args.long else 300.0)
     fsync_window = 6.0 if args.quick else 30.0
     tick = os.sysconf("SC_CLK_TCK")
     with tempfile.TemporaryDirectory(dir=os.environ.get("FOOTPRINT_DIR", "/var/tmp")) as tmp, \
@@ -100,6 +103,9 @@ def main() -> None:
             "device_bytes_per_reading_upper_bound": round((dev1 - dev0) / readings) if readings and dev0 is not None
             and dev1 is not None else None,
             "fsyncs_per_s": round(fsyncs, 1), "commit_interval": args.commit_interval or "default",
+            # Flat over the run? The median RSS of the minute after the fifth, and of the last minute.
+            "rss_at_5_min_mb": round(statistics.median(rss[300:360]) / 1024, 1) if len(rss) >= 420 else None,
+            "rss_at_end_mb": round(statistics.median(rss[-60:]) / 1024, 1) if len(rss) >= 420 else None,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         }
     print(f"{n} Modbus TCP meters (full SDM630 map, 35 values) at 1 s -> Wattics + Voltaware; {round(elapsed)} s"
@@ -110,6 +116,11 @@ def main() -> None:
     print(f"  bytes written/reading  {result['bytes_written_per_reading']:>10}   ->"
           f" {result['gb_written_per_day_32_meters_1s']} GB/day for 32 meters at 1 s (target < 1)")
     print(f"  fsyncs/s               {result['fsyncs_per_s']:>10}")
+    if result["rss_at_5_min_mb"] is not None:
+        growth = (result["rss_at_end_mb"] / result["rss_at_5_min_mb"] - 1) * 100
+        result["rss_growth_percent"] = round(growth, 1)
+        print(f"  RSS at 5 min / end, MB {result['rss_at_5_min_mb']:>5} / {result['rss_at_end_mb']:<5}"
+              f" ({growth:+.1f} %; flat: within 5 %)")
     if pages is not None:
         print_report(pages)
         result["wal"] = pages

@@ -59,13 +59,15 @@ async def gateway_run(broker: Mosquitto, state: Path, devices: int, per_device: 
     sink = rig.sink
     # The same payloads for the plain loop, rendered by the sink itself.
     payloads = [sink.render(st, Reading(st.meter, start, three_phase(start / 1000))) for st in rig.streams]  # type: ignore[union-attr]
-    # Done when every stream's cursor reached its meter's last reading (in memory: polling with SQL would compete
-    # with the path being measured).
-    def done(st: object) -> bool:
-        return all(st.cursors.get(s.cursor, {}).get(st.meter_ids[s.meter], -1) >= st.last_ts[st.meter_ids[s.meter]]  # type: ignore[attr-defined]
-                   for s in rig.streams)
+    # Done when every stream's cursor reached its meter's last reading (the queue answers from memory, every stream
+    # in one transaction: polling with SQL would compete with the path being measured).
+    last = start + (per_device - 1) * 1000
 
-    while not await rig.queue.run(done):
+    async def done() -> bool:
+        positions = await asyncio.gather(*(rig.queue.cursor(s.cursor, s.meter) for s in rig.streams))
+        return all(p >= last for p in positions)
+
+    while not await done():
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - t0
     await rig.stop()
