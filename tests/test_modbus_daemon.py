@@ -60,6 +60,25 @@ def status(path: Path) -> dict[str, Any]:
     return result
 
 
+def assert_every_tick(rows: list[dict[str, Any]], windows: list[tuple[float, float]],
+                      logs: list[dict[str, Any]]) -> None:
+    """Nothing lost: every 500 ms tick of the incomer while the daemon ran (after its first second, until one poll and
+    its answers before the kill) is in the archive, or was reported skipped (a poll ran past it on this loaded 2-core
+    machine: no reading was ever taken, and the daemon said so, with the tick). Counted per window, not tick by tick:
+    a poll retried under load is stamped when its answer came, which can be in the next tick's slot (that tick then
+    being reported skipped). A lost reading leaves the count short."""
+    skipped = {e["first_skipped_ms"] + i * 500 for e in logs if e.get("meter") == "incomer" and "skipped" in e
+               for i in range(e["skipped"])}
+    incomer = {r["ts_ms"] for r in rows if r["meter"] == "incomer"}
+    for ready, killed in windows:
+        ticks = range(int((ready + 1.0) * 2) + 1, int((killed - 0.6) * 2))
+        start, end = ticks.start * 500, ticks.stop * 500
+        read = {ts for ts in incomer if start <= ts < end}
+        skips = {ts for ts in skipped if start <= ts < end}
+        assert len(read) + len(skips) >= len(ticks), (
+            f"between {ready:.1f} and {killed:.1f}: {len(ticks)} ticks, {len(read)} readings, skipped {sorted(skips)}")
+
+
 def test_modbus_readings_survive_sigkill_in_order_while_a_meter_fails_and_recovers(tmp_path: Path) -> None:
     rng = random.Random(8)
     meters = [
@@ -113,21 +132,7 @@ def test_modbus_readings_survive_sigkill_in_order_while_a_meter_fails_and_recove
             seen.add(t)
             newest = max(newest, t)
         assert len(ts) - len(seen) <= 4 * len(windows), f"{name}: {len(ts) - len(seen)} sent again"
-    # Nothing lost: every 500 ms tick of the incomer while the daemon ran (after its first second, until just before
-    # the kill) is in the archive, or was reported skipped (a poll ran past it on this loaded 2-core machine: no
-    # reading was ever taken, and the daemon said so, with the tick).
-    skipped = {e["first_skipped_ms"] + i * 500 for e in logs if e.get("meter") == "incomer" and "skipped" in e
-               for i in range(e["skipped"])}
-    # Counted per window, not tick by tick: a poll retried under load is stamped when its answer came, which can be
-    # in the next tick's slot (that tick then being reported skipped). A lost reading leaves the count short.
-    incomer = {r["ts_ms"] for r in rows if r["meter"] == "incomer"}
-    for ready, killed in windows:
-        ticks = range(int((ready + 1.0) * 2) + 1, int((killed - 0.6) * 2))
-        start, end = ticks.start * 500, ticks.stop * 500
-        read = {ts for ts in incomer if start <= ts < end}
-        skips = {ts for ts in skipped if start <= ts < end}
-        assert len(read) + len(skips) >= len(ticks), (
-            f"between {ready:.1f} and {killed:.1f}: {len(ticks)} ticks, {len(read)} readings, skipped {sorted(skips)}")
+    assert_every_tick(rows, windows, logs)
     assert all(len(r["values"]) == len(profiles()["eastron_sdm630"].points) for r in rows if r["meter"] == "incomer")
     # In time order (a re-sent reading after a kill repeats an earlier one in the file: at-least-once).
     gas = dict(sorted((r["ts_ms"], r["values"]["value"]) for r in rows if r["meter"] == "gas"))
@@ -163,17 +168,7 @@ def test_a_sigkill_loses_no_reading_taken_at_the_default_commit_interval(tmp_pat
             assert rc == 0
             logs += d.events()
     assert sum(1 for e in logs if "put back from the queue's journal" in e.get("event", "")) >= 4
-    incomer = {r["ts_ms"] for r in read_jsonl(tmp_path / "archive.jsonl") if r["meter"] == "incomer"}
-    skipped = {e["first_skipped_ms"] + i * 500 for e in logs if e.get("meter") == "incomer" and "skipped" in e
-               for i in range(e["skipped"])}
-    for ready, killed in windows:
-        # From the first second of the run to one poll (and its answers) before the kill: every tick is there.
-        ticks = range(int((ready + 1.0) * 2) + 1, int((killed - 0.6) * 2))
-        start, end = ticks.start * 500, ticks.stop * 500
-        read = {ts for ts in incomer if start <= ts < end}
-        skips = {ts for ts in skipped if start <= ts < end}
-        assert len(read) + len(skips) >= len(ticks), (
-            f"between {ready:.1f} and {killed:.1f}: {len(ticks)} ticks, {len(read)} readings, skipped {sorted(skips)}")
+    assert_every_tick(read_jsonl(tmp_path / "archive.jsonl"), windows, logs)
 
 
 def test_a_reload_that_changes_only_a_bus_moves_its_meters_to_the_new_line(tmp_path: Path) -> None:
