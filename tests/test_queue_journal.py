@@ -145,3 +145,37 @@ async def test_segments_go_once_their_readings_are_committed(tmp_path: Path, mon
     assert len(left) == 1 and Journal.read(left)[0][1] == [], f"only an empty segment being written stays: {left}"
     await q.stop()
     assert list(tmp_path.glob("queue.db.journal.*")) == []
+
+
+async def test_a_full_disk_at_start_puts_the_journal_back_once_space_returns(tmp_path: Path) -> None:
+    """The soak found it: a crash, then a start on a full disk. The gateway starts all the same, new readings are
+    dropped and counted while the disk is full, and the readings the crash left go back in first when space
+    returns, so they stay in order."""
+    path = tmp_path / "queue.db"
+    store = QueueStore(path, boot="boot-1")
+    q = DiskQueue(store, lazy_commit=0.01)
+    await q.start()
+    await q.configure({"s": ["m"]})
+    b = int(time.time() * 1000)
+    await q.append([Reading("m", b + 1, {Q.VALUE: 1.0})])
+    await q.stop()
+    (tmp_path / "queue.db.journal.3").write_bytes(
+        header("boot-1") + encode([Reading("m", b + t, {Q.VALUE: float(t)}) for t in range(2, 200)]))
+
+    pages = QueueStore(path)
+    pages.open(repair=False)
+    full = [int(pages.conn.execute("PRAGMA page_count").fetchone()[0])]  # the file may not grow by one page
+    pages.close()
+    with structlog.testing.capture_logs() as logs:
+        q = DiskQueue(QueueStore(path, boot="boot-1", page_cap=lambda: full[0]), lazy_commit=0.01)
+        await q.start()
+    assert any("disk is full" in e["event"] for e in logs), logs
+    assert (tmp_path / "queue.db.journal.3").exists(), "kept until it can go back in"
+    dropped = await q.append([Reading("m", b + 500, {Q.VALUE: 500.0})])
+    assert dropped.dropped == 1
+    full[0] = 0  # space returns
+    later = await q.append([Reading("m", b + 600, {Q.VALUE: 600.0})])
+    assert later.accepted == 1
+    assert [r.ts_ms - b for r in await q.read("m", -1, 1000)] == [*range(1, 200), 600]
+    assert not (tmp_path / "queue.db.journal.3").exists()
+    await q.stop()

@@ -73,6 +73,9 @@ class DiskQueue:
         self._store = store
         #: every append is handed to the kernel at once: a process crash loses none (see queue/journal.py)
         self._journal = Journal(store.path, store.boot)
+        #: segments a crash left, not yet put back (a full disk at start): (their files, their readings per boot)
+        self._replay: tuple[list[Path], list[tuple[str, list[Reading]]]] | None = None
+        self._replayed_n = 0
         self.lazy_commit = lazy_commit
         self.bounds_interval = bounds_interval
         self._jobs: stdqueue.SimpleQueue[_Job | object] = stdqueue.SimpleQueue()
@@ -103,24 +106,44 @@ class DiskQueue:
         self._journal.close()
 
     def _open(self) -> None:
-        """Open the file, and put back what a crash left in the journal before anything else is written."""
+        """Open the file, and put back what a crash left in the journal before anything else is written. On a full
+        disk the gateway starts all the same: the segments stay, and go back in with the first transaction that can
+        be written, before the readings it holds (so they stay in order)."""
         self._store.open()
         left = self._journal.left_over()
-        segments = self._journal.read(left)
-        if any(readings for _, readings in segments):
-            store = self._store
-            store.begin()
-            try:
-                replayed = sum(store.replay(readings, boot) for boot, readings in segments)
-                store.commit()
-            except sqlite3.Error as e:
-                store.rollback()
-                raise QueueError(f"cannot put back the readings the last run left in its journal: {e}") from None
-            if replayed:
-                log.warning("readings taken before the last run stopped uncleanly were not yet committed: put back"
-                            " from the queue's journal", readings=replayed, segments=len(left))
-        self._journal.discard(left)
+        self._replay = (left, self._journal.read(left))
         self._journal.open(left)
+        if not any(readings for _, readings in self._replay[1]):
+            self._journal.discard(left)
+            self._replay = None
+            return
+        store = self._store
+        store.begin()
+        try:
+            self._put_back()
+            store.commit()
+        except sqlite3.Error as e:
+            store.rollback()
+            if not is_disk_full(e):
+                raise QueueError(f"cannot put back the readings the last run left in its journal: {e}") from None
+            log.error("the queue's disk is full: the readings the last run left in its journal go back in as soon"
+                      " as space returns", segments=len(left), error=str(e))
+            return
+        self._replayed()
+
+    def _put_back(self) -> None:
+        """Inside a transaction, before any other write: the readings a crash left in the journal."""
+        assert self._replay is not None
+        self._replayed_n = sum(self._store.replay(readings, boot) for boot, readings in self._replay[1])
+
+    def _replayed(self) -> None:
+        """The transaction that put them back is committed."""
+        assert self._replay is not None
+        left, self._replay = self._replay[0], None
+        self._journal.discard(left)
+        if self._replayed_n:
+            log.warning("readings taken before the last run stopped uncleanly were not yet committed: put back"
+                        " from the queue's journal", readings=self._replayed_n, segments=len(left))
 
     @property
     def path(self) -> Path:
@@ -332,6 +355,8 @@ class DiskQueue:
                 return
         try:
             self._store.begin()
+            if self._replay is not None:
+                self._put_back()
             results = self._run_jobs(jobs)
             now = time.monotonic()
             if now - self._last_bounds >= self.bounds_interval:
@@ -349,6 +374,8 @@ class DiskQueue:
                 return
             self._disk_full(jobs, e)
             return
+        if self._replay is not None:
+            self._replayed()
         self._recovered()
         self._committed(results)
 
