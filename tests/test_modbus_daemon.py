@@ -161,13 +161,14 @@ def test_a_sigkill_loses_no_reading_taken_at_the_default_commit_interval(tmp_pat
                 logs += d.events()
         with Daemon(path).start() as d:
             ready = time.time()
-            d.wait_log(lambda e: "put back from the queue's journal" in e.get("event", ""))
-            time.sleep(1.0)
+            time.sleep(2.0)
             windows.append((ready, time.time()))
             rc, _ = d.stop()
             assert rc == 0
             logs += d.events()
-    assert sum(1 for e in logs if "put back from the queue's journal" in e.get("event", "")) >= 4
+    # Most kills leave readings not yet committed (a commit forced by a forwarder's prompt write may have taken all
+    # of them just before a kill: then there is nothing to put back, and nothing lost either).
+    assert any("put back from the queue's journal" in e.get("event", "") for e in logs)
     assert_every_tick(read_jsonl(tmp_path / "archive.jsonl"), windows, logs)
 
 
