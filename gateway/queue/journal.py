@@ -149,7 +149,7 @@ class Journal:
     def open(self, after: Sequence[Path] = ()) -> None:
         """Start a new segment, numbered after any left over."""
         last = max((int(p.name[len(self.prefix):]) for p in after), default=0)
-        self._current = last
+        self._current = last + 1  # never one of the files left over: they are deleted once put back
         self._start_segment()
 
     def close(self) -> None:
