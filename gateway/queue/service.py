@@ -75,7 +75,6 @@ class DiskQueue:
         self._journal = Journal(store.path, store.boot)
         #: segments a crash left, not yet put back (a full disk at start): (their files, their readings per boot)
         self._replay: tuple[list[Path], list[tuple[str, list[Reading]]]] | None = None
-        self._replayed_n = 0
         self.lazy_commit = lazy_commit
         self.bounds_interval = bounds_interval
         self._jobs: stdqueue.SimpleQueue[_Job | object] = stdqueue.SimpleQueue()
@@ -120,7 +119,7 @@ class DiskQueue:
         store = self._store
         store.begin()
         try:
-            self._put_back()
+            n = self._put_back()
             store.commit()
         except sqlite3.Error as e:
             store.rollback()
@@ -129,21 +128,21 @@ class DiskQueue:
             log.error("the queue's disk is full: the readings the last run left in its journal go back in as soon"
                       " as space returns", segments=len(left), error=str(e))
             return
-        self._replayed()
+        self._replayed(n)
 
-    def _put_back(self) -> None:
-        """Inside a transaction, before any other write: the readings a crash left in the journal."""
+    def _put_back(self) -> int:
+        """Inside a transaction, before any other write: the readings a crash left in the journal; how many."""
         assert self._replay is not None
-        self._replayed_n = sum(self._store.replay(readings, boot) for boot, readings in self._replay[1])
+        return sum(self._store.replay(readings, boot) for boot, readings in self._replay[1])
 
-    def _replayed(self) -> None:
-        """The transaction that put them back is committed."""
+    def _replayed(self, n: int) -> None:
+        """The transaction that put ``n`` readings back is committed."""
         assert self._replay is not None
         left, self._replay = self._replay[0], None
         self._journal.discard(left)
-        if self._replayed_n:
+        if n:
             log.warning("readings taken before the last run stopped uncleanly were not yet committed: put back"
-                        " from the queue's journal", readings=self._replayed_n, segments=len(left))
+                        " from the queue's journal", readings=n, segments=len(left))
 
     @property
     def path(self) -> Path:
@@ -355,8 +354,7 @@ class DiskQueue:
                 return
         try:
             self._store.begin()
-            if self._replay is not None:
-                self._put_back()
+            put_back = self._put_back() if self._replay is not None else None
             results = self._run_jobs(jobs)
             now = time.monotonic()
             if now - self._last_bounds >= self.bounds_interval:
@@ -374,8 +372,8 @@ class DiskQueue:
                 return
             self._disk_full(jobs, e)
             return
-        if self._replay is not None:
-            self._replayed()
+        if put_back is not None:
+            self._replayed(put_back)
         self._recovered()
         self._committed(results)
 
