@@ -15,11 +15,12 @@ carry the same quantities, and a chunk stays under :data:`CHUNK_MAX_BYTES` (one 
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from gateway.f32 import shortest_decimal
+from gateway.f32 import shortest_decimal, shortest_decimals
 from gateway.quantities import ALL, CODE, Quantity
 from gateway.reading import Reading
 
@@ -47,38 +48,35 @@ _MIXED = 1 << 63
 _F32 = struct.Struct("<f")
 
 
-#: Memos of the two checks below (a meter's values repeat: voltages, power factors, idle powers), emptied when full.
-#: ``_short`` is keyed by the float32's bytes, as 0.0 and -0.0 are equal keys with different answers. Bounded small:
-#: at 65,536 entries the two grew to about 11 MB over the first minutes of a site (values that vary never repeat),
-#: the growth issue 23 measured; at 4,096 they hold under 1 MB, and a miss costs a few microseconds.
-_short: dict[bytes, float] = {}
-_fits: dict[float, bool] = {}
-_MEMO_MAX = 1 << 12
-
-
 def shortest_f32(x: float) -> float:
     """The shortest decimal that is the same float32 as ``x`` (``x`` itself when that takes more than 9 digits)."""
-    raw = _F32.pack(x)
-    short = _short.get(raw)
-    if short is None:
-        short = shortest_decimal(x)[0]
-        if len(_short) >= _MEMO_MAX:
-            _short.clear()
-        _short[raw] = short
-    return short
+    return shortest_decimal(x)[0]
 
 
 def _fits_f32(x: float) -> bool:
-    fits = _fits.get(x)  # NaN is never found (nor equal to itself): float64 keeps it
-    if fits is None:
-        try:
-            fits = shortest_f32(_F32.unpack(_F32.pack(x))[0]) == x
-        except OverflowError:
-            fits = False
-        if len(_fits) >= _MEMO_MAX:
-            _fits.clear()
-        _fits[x] = fits
-    return fits
+    try:
+        return shortest_f32(_F32.unpack(_F32.pack(x))[0]) == x  # NaN is never equal to itself: float64 keeps it
+    except OverflowError:
+        return False
+
+
+@functools.lru_cache(maxsize=256)
+def _f32s(n: int) -> struct.Struct:
+    return struct.Struct(f"<{n}f")
+
+
+def _wide_bits(codes: Sequence[int], vals: Sequence[float]) -> int:
+    """The mask bits of the values a float32 would not give back as themselves. All values are checked at once
+    (:func:`shortest_decimals`); only a reading with a value past the float32 range is checked one by one."""
+    try:
+        back = shortest_decimals(_f32s(len(vals)).pack(*vals))
+    except OverflowError:
+        back = [shortest_f32(v) if _fits_f32(v) else math.nan for v in vals]
+    wide = 0
+    for code, v, b in zip(codes, vals, back, strict=True):
+        if v != b:  # NaN included
+            wide |= 1 << code
+    return wide
 
 
 @functools.lru_cache(maxsize=1024)
@@ -97,11 +95,7 @@ def _encoder(keys: tuple[Quantity, ...]) -> Callable[[Mapping[Quantity, float]],
     def encode(values: Mapping[Quantity, float]) -> bytes:
         got = getter(values)
         vals = got if len(order) > 1 else (got,)
-        wide = 0
-        for code, v in zip(codes, vals, strict=True):
-            if not _fits_f32(v):
-                wide |= 1 << code
-        return _pack(mask, wide, vals)
+        return _pack(mask, _wide_bits(codes, vals), vals)
 
     return encode
 
@@ -118,9 +112,22 @@ def decode_values(blob: bytes) -> dict[Quantity, float]:
     mask, wide = value_masks(blob)
     layout, present, narrow = _layout(mask, wide)
     values = list(layout.unpack_from(blob, layout_size(mask, wide)[0]))
-    for i in narrow:
-        values[i] = shortest_f32(values[i])
+    _shorten(values, narrow, 1)
     return dict(zip(present, values, strict=True))
+
+
+def _shorten(values: list[float], narrow: Sequence[int], readings: int) -> None:
+    """Replace the float32 values (positions ``narrow`` in each of ``readings`` runs of equal length laid end to
+    end) by their shortest decimals, all in one :func:`shortest_decimals`."""
+    if not narrow:
+        return
+    if len(narrow) * readings == len(values):
+        values[:] = shortest_decimals(_f32s(len(values)).pack(*values))
+        return
+    width = len(values) // readings
+    at = [k * width + i for k in range(readings) for i in narrow]
+    for i, v in zip(at, shortest_decimals(_f32s(len(at)).pack(*[values[i] for i in at])), strict=True):
+        values[i] = v
 
 
 def value_masks(blob: bytes) -> tuple[int, int]:
@@ -219,3 +226,28 @@ def decode_chunk(data: bytes, first_ts: int) -> Iterator[Row]:
 
 def reading_of(meter: str, ts_ms: int, flags: int, values: bytes) -> Reading:
     return Reading.trusted(meter, ts_ms, decode_values(values), bool(flags & FLAG_CLOCK_SYNCED))
+
+
+@functools.cache
+def _records(mask: int, wide: int) -> struct.Struct:
+    """A chunk's reading record with its values: offset, flags, then the floats (one unpack for a whole chunk)."""
+    return struct.Struct(_RECORD.format + _layout(mask, wide)[0].format[1:])
+
+
+def chunk_readings(meter: str, data: bytes, first_ts: int, after_ts: int, limit: int) -> list[Reading]:
+    """The readings of a chunk after ``after_ts``, at most ``limit``, decoded together: the chunk's records in
+    one unpack, its float32 values' shortest decimals in one :func:`shortest_decimals`."""
+    mask, wide = value_masks(data)
+    head = layout_size(mask, wide)[0]
+    _, present, narrow = _layout(mask, wide)
+    rows = [row for row in _records(mask, wide).iter_unpack(memoryview(data)[head:])
+            if first_ts + row[0] > after_ts][:limit]
+    if not rows:
+        return []
+    width = len(present)
+    values = [v for row in rows for v in row[2:]]
+    _shorten(values, narrow, len(rows))
+    trusted = Reading.trusted
+    return [trusted(meter, first_ts + row[0], dict(zip(present, values[k * width:(k + 1) * width], strict=True)),
+                    bool(row[1] & FLAG_CLOCK_SYNCED))
+            for k, row in enumerate(rows)]

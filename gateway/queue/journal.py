@@ -56,12 +56,14 @@ ROTATE_AFTER = 10.0
 _MAX_RECORD = 1 << 16
 
 
-def encode(readings: Sequence[Reading]) -> bytes:
+def encode(readings: Sequence[Reading], blobs: Sequence[bytes] | None = None) -> bytes:
+    """Records of ``readings``; ``blobs``: their values already encoded (the queue encodes them once, for both)."""
     out = []
-    for r in readings:
+    for i, r in enumerate(readings):
         name = r.meter.encode()
         flags = (_SYNCED if r.clock_synced else 0) | (_HAS_MONO if r.mono_ms is not None else 0)
-        body = _BODY.pack(flags, r.ts_ms, r.mono_ms or 0, len(name)) + name + encode_values(r.values)
+        values = blobs[i] if blobs is not None else encode_values(r.values)
+        body = _BODY.pack(flags, r.ts_ms, r.mono_ms or 0, len(name)) + name + values
         out.append(_HEAD.pack(len(body), zlib.crc32(body)) + body)
     return b"".join(out)
 
@@ -170,10 +172,10 @@ class Journal:
 
     # ------------------------------------------------------------ while running
 
-    def write(self, readings: Sequence[Reading]) -> int | None:
+    def write(self, readings: Sequence[Reading], blobs: Sequence[bytes] | None = None) -> int | None:
         """Hand readings to the kernel; returns the segment to :meth:`settle` them against (None: not journaled,
-        the reading is as safe as the queue's commit makes it)."""
-        data = encode(readings)
+        the reading is as safe as the queue's commit makes it). ``blobs``: as for :func:`encode`."""
+        data = encode(readings, blobs)
         with self._lock:
             if self._fd is None:
                 return None

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import structlog
 
 from gateway.errors import QueueError, QueueFullError
+from gateway.queue.codec import encode_values
 from gateway.queue.counters import CounterKey, CounterView, MeterCount, SinkCount, meter_key, sent_mark_key, sink_key
 from gateway.queue.deadletters import DeadLetter
 from gateway.queue.held import Released
@@ -58,6 +59,8 @@ class _Job:
     future: asyncio.Future[Any] | None
     #: set for appends: what to count as dropped if the write fails
     readings: Sequence[Reading] | None = None
+    #: for appends: the readings' values encoded (once, on the event loop, for the journal and the store)
+    blobs: Sequence[bytes] = ()
     on_commit: Callable[[QueueStore], None] | None = None
     #: may wait for the next commit (up to lazy_commit) although it has a future
     lazy: bool = False
@@ -158,11 +161,12 @@ class DiskQueue:
     async def append(self, readings: Sequence[Reading], prompt: bool = True) -> AppendResult:
         """Write readings; returns once they are committed (or known dropped). Not ``prompt``: the commit may wait up
         to ``lazy_commit`` for other writes (fewer, larger commits). A :class:`gateway.platforms.source.Emit`."""
-        job = _Job(lambda st: st.append(readings), self._future(), readings, lazy=not prompt)
         if self._thread is None:
             raise QueueError("the queue is not running")
+        blobs = [encode_values(r.values) for r in readings]  # once, for the journal and the store
+        job = _Job(lambda st: st.append(readings, blobs), self._future(), readings, lazy=not prompt, blobs=blobs)
         if readings:
-            job.segment = self._journal.write(readings)
+            job.segment = self._journal.write(readings, blobs)
         outcome = await self._submit(job)
         if isinstance(outcome, AppendResult):  # dropped on a full disk
             return outcome
@@ -404,7 +408,7 @@ class DiskQueue:
 
     def _append_together(self, jobs: list[_Job]) -> list[tuple[_Job, Any, BaseException | None]]:
         merged = [r for job in jobs for r in job.readings or ()]
-        outcome = self._store.append(merged)
+        outcome = self._store.append(merged, [b for job in jobs for b in job.blobs])
         refused = {id(r): why for r, why in outcome.refused}
         results: list[tuple[_Job, Any, BaseException | None]] = []
         for job in jobs:

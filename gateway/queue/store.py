@@ -29,6 +29,7 @@ from gateway.queue.codec import (
     FLAG_CLOCK_SYNCED,
     FLAG_RESTAMPED,
     Row,
+    chunk_readings,
     decode_chunk,
     encode_chunk,
     encode_values,
@@ -440,23 +441,26 @@ class QueueStore:
 
     # ------------------------------------------------------------ appending
 
-    def append(self, readings: Sequence[Reading]) -> AppendOutcome:
-        """Insert readings (inside a transaction); refuse any not newer than the last queued for its meter."""
+    def append(self, readings: Sequence[Reading], blobs: Sequence[bytes] | None = None) -> AppendOutcome:
+        """Insert readings (inside a transaction); refuse any not newer than the last queued for its meter.
+        ``blobs``: their values already encoded (:func:`encode_values`), when the caller has them."""
         out = AppendOutcome()
         accepted = 0
         holding = []
-        for r in readings:
+        if blobs is None:
+            blobs = [encode_values(r.values) for r in readings]
+        for r, blob in zip(readings, blobs, strict=True):
             mid = self._meter_id(r.meter)
             ts, flags = r.ts_ms, FLAG_CLOCK_SYNCED if r.clock_synced else 0
             if not r.clock_synced and r.mono_ms is not None:
                 if self.offset_ms is None:
-                    holding.append((mid, self.boot, r.mono_ms, r.ts_ms, encode_values(r.values)))
+                    holding.append((mid, self.boot, r.mono_ms, r.ts_ms, blob))
                     self.count(meter_key(r.meter, MeterCount.HELD))
                     continue
                 # Stamped just before the clock was trusted, queued just after: re-stamped on arrival.
                 ts, flags = r.mono_ms + self.offset_ms, FLAG_CLOCK_SYNCED | FLAG_RESTAMPED
                 self.count(meter_key(r.meter, MeterCount.RESTAMPED))
-            if not self.queue_row(mid, ts, flags, encode_values(r.values)):
+            if not self.queue_row(mid, ts, flags, blob):
                 out.refused.append((r, f"timestamp {ts} is not newer than the last queued ({self.last_ts_of(mid)})"))
                 self.count(meter_key(r.meter, MeterCount.REFUSED))
                 continue
@@ -542,11 +546,9 @@ class QueueStore:
             return out
         for first, data in db.execute("SELECT first_ts, data FROM readings WHERE meter_id=? AND ts_ms>? ORDER BY ts_ms",
                                       (mid, after_ts)):
-            for ts, flags, v in decode_chunk(data, first):
-                if ts > after_ts:
-                    out.append(reading_of(meter, ts, flags, v))
-                    if len(out) >= limit:
-                        return out
+            out += chunk_readings(meter, data, first, after_ts, limit - len(out))
+            if len(out) >= limit:
+                break
         return out
 
     def count_between(self, mid: int, after_ts: int, before_ts: int | None = None) -> tuple[int, int | None]:

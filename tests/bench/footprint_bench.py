@@ -70,9 +70,12 @@ def main() -> None:
         r0, s0, t0 = readings_total(site.monitor_port), proc_stats(pid), time.monotonic()
         dev0 = device_written(Path(tmp))
         rss: list[int] = []
+        anon: list[int] = []
         while time.monotonic() - t0 < window:
             time.sleep(1.0)
-            rss.append(proc_stats(pid)["rss_kb"])
+            sample = proc_stats(pid)
+            rss.append(sample["rss_kb"])
+            anon.append(sample["rss_anon_kb"])
         r1, s1, t1 = readings_total(site.monitor_port), proc_stats(pid), time.monotonic()
         dev1 = device_written(Path(tmp))
         with counting_fsyncs(pid) as fs:
@@ -96,6 +99,7 @@ def main() -> None:
             "delivered_wattics": w0, "delivered_voltaware": v0,
             "cpu_percent_of_one_core": round(cpu, 1),
             "rss_steady_mb": round(statistics.median(rss) / 1024, 1), "rss_peak_mb": round(s1["hwm_kb"] / 1024, 1),
+            "rss_anon_steady_mb": round(statistics.median(anon) / 1024, 1),
             "bytes_written_per_reading": round(per_reading), "gb_written_per_day_32_meters_1s": round(per_day / GB, 2),
             "journal_bytes_dropped_per_reading": round(cancelled / readings) if readings else None,
             # Everything the device took meanwhile, from every process, file system metadata included: an upper
@@ -113,6 +117,7 @@ def main() -> None:
     print(f"  readings/s             {result['readings_per_s']:>10}")
     print(f"  CPU, % of one core     {result['cpu_percent_of_one_core']:>10}   (target < 10)")
     print(f"  RSS steady / peak, MB  {result['rss_steady_mb']:>5} / {result['rss_peak_mb']:<5} (target < 80)")
+    print(f"  of which anonymous, MB {result['rss_anon_steady_mb']:>10}   (the rest: mapped code, shared)")
     print(f"  bytes written/reading  {result['bytes_written_per_reading']:>10}   ->"
           f" {result['gb_written_per_day_32_meters_1s']} GB/day for 32 meters at 1 s (target < 1)")
     print(f"  fsyncs/s               {result['fsyncs_per_s']:>10}")

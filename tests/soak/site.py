@@ -217,6 +217,10 @@ def proc_stats(pid: int) -> dict[str, int]:
         "cpu_ticks": int(fields[11]) + int(fields[12]),
         "rss_kb": int(status["VmRSS"].split()[0]),
         "hwm_kb": int(status["VmHWM"].split()[0]),
+        # The resident set's two halves: the process's own memory, and pages of mapped files (the interpreter's
+        # and the libraries' code, shared with any other process that maps them, and reclaimable).
+        "rss_anon_kb": int(status["RssAnon"].split()[0]),
+        "rss_file_kb": int(status["RssFile"].split()[0]),
         "write_bytes": int(io["write_bytes"]),
         "cancelled_write_bytes": int(io["cancelled_write_bytes"]),
     }
