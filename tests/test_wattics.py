@@ -215,6 +215,23 @@ async def test_every_packet_arrives_once_in_order_on_kept_alive_connections(emu:
     assert s["connections"] <= 2  # one per data point in flight, kept alive, not one per packet
 
 
+async def test_many_data_points_share_at_most_max_in_flight_connections(emu: WatticsEmulator,
+                                                                         rig_factory: Any) -> None:
+    """A site of many data points holds no more kept-alive connections than sends that may run at once: each
+    data point's packets still arrive once and in order."""
+    points = "".join(f"      - {{id: e{i}, meter: main, format: electrical}}\n" for i in range(10))
+    rig = await rig_factory(config_text(emu.url, emu.ca_file, extra_sink="    max_in_flight: 2\n", points=points))
+    for i in range(20):
+        await rig.queue.append([elec(BASE_MS + i * 10_000)])
+    await until(lambda: emu.count() == 200, within=30)
+    for i in range(10):
+        assert [p["tsISO8601"] for p in emu.packets[f"e{i}"]] == [
+            local_iso(BASE_MS + k * 10_000, ZoneInfo("UTC")) for k in range(20)]
+    s = emu.stats()
+    assert s["duplicates"] == 0 and s["out_of_order"] == 0
+    assert s["connections"] <= 2, f"{s['connections']} connections for 2 sends at a time"
+
+
 async def test_server_errors_and_retry_after_are_retried_until_200(emu: WatticsEmulator, rig_factory: Any) -> None:
     emu.answer(500, times=2)
     emu.answer(503, times=1, retry_after="1")

@@ -112,8 +112,11 @@ class WatticsSink(BaseSink):
         self.tz = ZoneInfo(gateway.site.timezone)
         self.points = {dp.id: dp for dp in config.data_points}
         self.keys = {dp.id: electrical_keys(gateway.quantities_of(dp.meter), dp.phases) for dp in config.data_points}
-        # One kept-alive connection per data point: data points go in parallel, each one's packets in order.
-        self._clients: dict[str, Http11Client] = {}
+        # Kept-alive connections, at most max_in_flight (the sends that may run at once: data points go in
+        # parallel, each one's packets in order). A send takes an idle one, or opens one; a site of 1,000 data
+        # points does not hold 1,000 TLS connections (each with its buffers) for a handful of sends at a time.
+        self._idle: list[Http11Client] = []
+        self._clients: set[Http11Client] = set()
         self._cookies = httpx.Cookies()
         self._ssl: ssl.SSLContext | None = None
         self._bad_requests: dict[tuple[str, int], int] = {}
@@ -128,26 +131,32 @@ class WatticsSink(BaseSink):
         self._ssl = ssl_context(str(self.config.ca_file) if self.config.ca_file else None)
 
     async def close(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
+        clients, self._clients, self._idle = list(self._clients), set(), []
         for client in clients:
             await client.aclose()
 
-    def _client(self, point: str) -> Http11Client:
-        client = self._clients.get(point)
-        if client is None:
-            if self._ssl is None:
-                raise SinkError("the Wattics sink is not started")
-            auth = base64.b64encode(
-                f"{self.config.username}:{self.config.password.get_secret_value()}".encode()
-            ).decode()
-            headers = [
-                ("Content-Type", "application/json"),
-                ("Authorization", f"Basic {auth}"),
-                ("User-Agent", f"meter-gateway/{__version__}"),
-            ]
-            client = Http11Client(self.config.url, self._ssl, self.config.request_timeout, headers, self._cookies)
-            self._clients[point] = client
+    def _take(self) -> Http11Client:
+        """An idle kept-alive connection, or a new one."""
+        if self._idle:
+            return self._idle.pop()  # the most recently used: the likeliest to be alive
+        if self._ssl is None:
+            raise SinkError("the Wattics sink is not started")
+        auth = base64.b64encode(f"{self.config.username}:{self.config.password.get_secret_value()}".encode()).decode()
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Authorization", f"Basic {auth}"),
+            ("User-Agent", f"meter-gateway/{__version__}"),
+        ]
+        client = Http11Client(self.config.url, self._ssl, self.config.request_timeout, headers, self._cookies)
+        self._clients.add(client)
         return client
+
+    async def _give_back(self, client: Http11Client) -> None:
+        if client in self._clients and len(self._idle) < self.config.max_in_flight:
+            self._idle.append(client)
+            return
+        self._clients.discard(client)
+        await client.aclose()
 
     def preview(self, stream: Stream, reading: Reading) -> Preview | Skip:
         packet = self.packet(stream, reading)
@@ -168,17 +177,19 @@ class WatticsSink(BaseSink):
         return [await self._post(stream, r) for r in readings]
 
     async def _post(self, stream: Stream, reading: Reading) -> Outcome:
-        client = self._client(stream.key)
         packet = self.packet(stream, reading)
         if packet is None:
             dp = self.points[stream.key]
             what = f"no {dp.quantity or Q.VALUE}" if dp.format == "value" else "no electrical quantity"
             return Reject(f"reading of {reading.meter} has {what} for data point {dp.id}")
         body = json.dumps(packet, separators=(",", ":"))
+        client = self._take()
         try:
             resp = await client.post(body.encode())
         except HttpError as e:
             return Retry(str(e))
+        finally:
+            await self._give_back(client)
         return self._outcome(stream.key, reading.ts_ms, resp, body)
 
     def _outcome(self, point: str, ts_ms: int, resp: Response, body: str) -> Outcome:
