@@ -155,6 +155,8 @@ class _ReportCollector(Collector):
         family(G, "readings_held", "Readings held until the clock is synchronised.", [], [([], r.get("held", 0))])
         family(C, "read_errors", "Failed meter reads since the daemon started, per kind.", ["meter", "kind"],
                (([m, k], n) for m, v in meters.items() for k, n in v["read_errors"].items()))
+        family(C, "ticks_skipped", "Ticks of a meter's interval with no reading: the poll before still ran.",
+               ["meter"], (([m], v.get("skipped_ticks", 0)) for m, v in meters.items()))
         family(G, "meter_failing", "1 while the meter does not answer.", ["meter"],
                (([m], int(v["failing"])) for m, v in meters.items()))
         family(C, "mqtt_messages", "MQTT messages per subscription and outcome since the daemon started.",

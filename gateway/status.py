@@ -71,6 +71,8 @@ def collect(queue: Snapshot, config: GatewayConfig, now: float | None = None,
             "failing": bool(health.get("failing")) if isinstance(health, dict) else False,
             "last_problem": health.get("last_problem") if isinstance(health, dict) else None,
             "read_errors": {k: v for k, v in counts.items() if k not in NOT_ERRORS},
+            # Ticks of the meter's interval with no reading, because the poll before was still running.
+            "skipped_ticks": counts.get("skipped_ticks", 0),
             # Quantities of its profile the meter refuses for good (learned from its answers, asked again hourly).
             "left_out": health.get("left_out") or [] if isinstance(health, dict) else [],
         }

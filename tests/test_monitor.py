@@ -124,6 +124,8 @@ sinks:
             assert value(m, "meter_gateway_queue_depth", sink="wattics") == 0
             assert value(m, "meter_gateway_meter_failing", meter="good") == 1
             assert value(m, "meter_gateway_read_errors_total", meter="good", kind="timeout") >= 1
+            # a silent meter's poll waits out its 300 ms timeout: longer than the 200 ms interval
+            assert value(m, "meter_gateway_ticks_skipped_total", meter="good") >= 1
             assert value(m, "meter_gateway_dead_letters", sink="wattics") == 0
             assert value(m, "meter_gateway_clock_synchronised") == 1
             assert value(m, "meter_gateway_health_problems") == 1
