@@ -76,6 +76,8 @@ class WatticsEmulator:
         #: set as a cookie on the first answer; requests carrying it back are counted
         self.cookie: str | None = None
         self.with_cookie = 0
+        #: False: keep no packet's content (a long benchmark's millions), only that it came
+        self.keep_packets = True
         self.https = HttpsServer(cert_dir, "wattics-ca.pem")
         self.ca_file = self.https.ca_file
 
@@ -157,6 +159,16 @@ class WatticsEmulator:
                 "first_accept_at": self.first_accept_at,
             }
 
+    def lag(self, since: float) -> dict[str, Any]:
+        """Delivery lag of the packets accepted since ``since`` (Unix time): arrival less the packet's time, in s."""
+        with self.lock:
+            recent = [(at, ts) for at, _, ts in self._arrivals if at >= since]
+        lags = sorted(at - datetime.fromisoformat(ts).timestamp() for at, ts in recent)
+        if not lags:
+            return {"n": 0}
+        return {"n": len(lags), "p50": lags[len(lags) // 2], "p99": lags[min(len(lags) - 1, len(lags) * 99 // 100)],
+                "max": lags[-1]}
+
     def __enter__(self) -> WatticsEmulator:
         return self
 
@@ -204,7 +216,7 @@ class WatticsEmulator:
             else:
                 self.last_ts[pid] = ts
                 self.seen[pid].add(ts)
-                self.packets[pid].append(packet)
+                self.packets[pid].append(packet if self.keep_packets else {})
                 self.last_accept_at = time.time()
                 self.first_accept_at = self.first_accept_at or self.last_accept_at
 
@@ -239,6 +251,9 @@ def _handler(emu: WatticsEmulator) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             if parts.path == "/_stats":
                 self._reply(200, json.dumps(emu.stats()))
+                return
+            if parts.path == "/_lag":
+                self._reply(200, json.dumps(emu.lag(float(parse_qs(parts.query).get("since", ["0"])[0]))))
                 return
             if not self._authorised():
                 self._reply(401, "unauthorised", {"WWW-Authenticate": 'Basic realm="wattics"'})
@@ -304,12 +319,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("dir", type=Path)
     ap.add_argument("--latency", type=float, default=0.0)
+    ap.add_argument("--light", action="store_true", help="keep no packet's content, only counts (long runs)")
     args = ap.parse_args()
     # Many handler threads wake at once after the added latency; a short GIL switch interval keeps the one that
     # holds the GIL from delaying the others by the default 5 ms each (the emulator, not the gateway, is measured
     # otherwise).
     sys.setswitchinterval(0.0002)
-    emu = WatticsEmulator(args.dir, latency=args.latency).start()
+    emu = WatticsEmulator(args.dir, latency=args.latency)
+    emu.keep_packets = not args.light
+    emu.start()
     print(emu.url.split(":")[2].split("/")[0], flush=True)
     try:
         while True:
