@@ -85,10 +85,11 @@ def at_commit(port: int, timeout: float = 30.0) -> tuple[dict[str, float], float
     return now, time.monotonic()
 
 
-def cpu_ticks(pid: int) -> int:
+def cpu_ticks(pid: int, system_only: bool = False) -> int:
+    """CPU ticks of a process, all threads (user + system, or system only: time in the kernel)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
+        return int(fields[12]) + (0 if system_only else int(fields[11]))
     except (OSError, IndexError):
         return 0
 
@@ -199,6 +200,7 @@ def measure(size: int, window: float, workdir: Path, lean: bool = True) -> dict[
         time.sleep(3.0)
         m0, t0 = at_commit(port)
         s0, w0, v0 = proc_stats(pid), peers.wattics("/_stats"), len(peers.watcher.events())
+        sys0 = cpu_ticks(pid, system_only=True)
         peer_ticks0 = sum(cpu_ticks(p) for p in peers.pids) + cpu_ticks(os.getpid())
         wall0 = time.time()
         rss: list[int] = []
@@ -207,6 +209,7 @@ def measure(size: int, window: float, workdir: Path, lean: bool = True) -> dict[
             rss.append(proc_stats(pid)["rss_kb"])
         m1, t1 = at_commit(port)
         s1, w1, v1 = proc_stats(pid), peers.wattics("/_stats"), len(peers.watcher.events())
+        sys1 = cpu_ticks(pid, system_only=True)
         peer_ticks1 = sum(cpu_ticks(p) for p in peers.pids) + cpu_ticks(os.getpid())
         elapsed = t1 - t0
         wl, vl = peers.wattics(f"/_lag?since={wall0}"), voltaware_lag(peers.watcher.events(), wall0)
@@ -223,6 +226,7 @@ def measure(size: int, window: float, workdir: Path, lean: bool = True) -> dict[
             "ticks_skipped": int(delta("meter_gateway_ticks_skipped_total")),
             "read_errors": int(delta("meter_gateway_read_errors_total")),
             "cpu_percent_of_one_core": round((s1["cpu_ticks"] - s0["cpu_ticks"]) / TICK / elapsed * 100, 1),
+            "cpu_in_kernel_percent": round((sys1 - sys0) / max(1, s1["cpu_ticks"] - s0["cpu_ticks"]) * 100),
             "rss_steady_mb": round(statistics.median(rss) / 1024, 1),
             "rss_peak_mb": round(s1["hwm_kb"] / 1024, 1),
             "bytes_written_per_reading": round(written / readings) if readings else None,
