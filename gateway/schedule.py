@@ -30,5 +30,6 @@ async def sleep_until(
         if remaining <= 0 or (horizon is not None and remaining > horizon + 0.5):
             return True
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), min(remaining, max_step))
+            async with asyncio.timeout(min(remaining, max_step)):  # no task of its own: every meter, every tick
+                await stop.wait()
     return False

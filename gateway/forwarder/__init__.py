@@ -157,7 +157,8 @@ class Forwarder:
     async def send(self, stream: Stream, batch: list[Reading], log: structlog.typing.FilteringBoundLogger
                     ) -> list[Outcome]:
         try:
-            outcomes = await asyncio.wait_for(self.sink.send(stream, batch), self.config.send_timeout)
+            async with asyncio.timeout(self.config.send_timeout):  # no task of its own, unlike wait_for
+                outcomes = await self.sink.send(stream, batch)
         except TimeoutError:
             return [Retry(f"no answer within {self.config.send_timeout:g}s")] * len(batch)
         except Exception as e:  # a sink bug must cost a retry, never a reading
