@@ -1,12 +1,14 @@
 """The knee of one box: the footprint site (SDM630s, full map, read every second over Modbus TCP, delivered to
 Wattics and Voltaware) at growing sizes, until the gateway stops keeping every tick or the platforms fall behind.
 
-    python tests/bench/capacity_bench.py                          # 32, 128, 512, 1024 meters, 120 s measured each
+    python tests/bench/capacity_bench.py                          # 32 to 1024 meters, 120 s measured each
     python tests/bench/capacity_bench.py --quick                  # 32 and 128 meters, 20 s each (CI)
     python tests/bench/capacity_bench.py --sizes 256,512 --seconds 60
 
-The peers run in processes of their own so that they are not the limit within the gateway's process: the meters
-32 to a Modbus TCP server (a bus of the gateway, 4 connections), four servers to a process, each a lean Modbus TCP
+Each meter is a Modbus TCP device of its own (a bus of the gateway, one connection), as Modbus TCP meters are
+installed; ``--shared-endpoint`` puts 32 behind each endpoint read over 4 connections instead (the footprint site's
+layout: a Modbus TCP gateway with meters behind it). The peers run in processes of their own so that they are not
+the limit within the gateway's process: the meters 32 to a server port, four ports to a process, each a lean Modbus TCP
 responder (``tests/helpers/meter_farm.py --lean``: pymodbus's server costs about a millisecond of CPU a request, and
 a thousand meters polled at the same second would measure the simulators; ``--pymodbus`` uses it); the Wattics emulator
 (HTTPS, ``--light``: it keeps counts, not packets); a TLS mosquitto for Voltaware with a subscriber in this process.
@@ -145,12 +147,19 @@ class Peers:
                 p.kill()
 
 
-def config(peers: Peers, monitor_port: int) -> str:
+def config(peers: Peers, monitor_port: int, per_meter: bool = False) -> str:
+    """The site's configuration: 32 meters behind each Modbus TCP endpoint read over 4 connections (the footprint
+    site's layout: a Modbus TCP gateway with meters behind it), or with ``per_meter`` a bus of one connection per
+    meter (Modbus TCP meters, each at its own address)."""
     names = [f"m{i:04d}" for i in range(peers.meters)]
-    buses = "".join(f"  - {{name: b{b}, type: tcp, host: 127.0.0.1, port: {port}, max_parallel: 4, timeout: 1s}}\n"
-                    for b, port in enumerate(peers.ports))
-    meters = "".join(f"  - {{name: {n}, type: modbus, bus: b{i // PER_BUS}, unit: {i % PER_BUS + 1},"
-                     f" profile: {PROFILE}, interval: 1s}}\n" for i, n in enumerate(names))
+    if per_meter:
+        buses = "".join(f"  - {{name: b{i}, type: tcp, host: 127.0.0.1, port: {peers.ports[i // PER_BUS]},"
+                        f" timeout: 1s}}\n" for i in range(peers.meters))
+    else:
+        buses = "".join(f"  - {{name: b{b}, type: tcp, host: 127.0.0.1, port: {port}, max_parallel: 4,"
+                        f" timeout: 1s}}\n" for b, port in enumerate(peers.ports))
+    meters = "".join(f"  - {{name: {n}, type: modbus, bus: b{i if per_meter else i // PER_BUS},"
+                     f" unit: {i % PER_BUS + 1}, profile: {PROFILE}, interval: 1s}}\n" for i, n in enumerate(names))
     points = "".join(f"      - {{id: e-{n}, meter: {n}, format: electrical}}\n" for n in names)
     devices = "".join(f"      - {{meter: {n}, device_id: {n}}}\n" for n in names)
     return f"""\
@@ -183,13 +192,13 @@ def voltaware_lag(events: list[tuple[float, dict[str, Any]]], since: float) -> d
             "max": lags[-1]}
 
 
-def measure(size: int, window: float, workdir: Path, lean: bool = True) -> dict[str, Any]:
+def measure(size: int, window: float, workdir: Path, lean: bool = True, per_meter: bool = False) -> dict[str, Any]:
     peers = Peers(workdir, size, lean)
     gateway: Daemon | None = None
     try:
         port = free_port()
         cfg = workdir / "config.yaml"
-        cfg.write_text(config(peers, port))
+        cfg.write_text(config(peers, port, per_meter))
         gateway = Daemon(cfg).start(timeout=120)
         assert gateway.proc is not None
         pid = gateway.proc.pid
@@ -256,12 +265,15 @@ def measure(size: int, window: float, workdir: Path, lean: bool = True) -> dict[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="32 and 128 meters, 20 s each")
-    ap.add_argument("--sizes", default=None, help="comma-separated meter counts (default 32,128,512,1024)")
+    ap.add_argument("--sizes", default=None, help="comma-separated meter counts (default 32,128,256,384,512,1024)")
     ap.add_argument("--seconds", type=float, default=None, help="measured window per size (default 120, quick 20)")
     ap.add_argument("--pymodbus", action="store_true",
                     help="meters on pymodbus's server (the tests' simulator) instead of the lean responder")
+    ap.add_argument("--shared-endpoint", action="store_true",
+                    help="32 meters behind each Modbus TCP endpoint, read over 4 connections (a Modbus TCP gateway"
+                         " with meters behind it), instead of each meter a device of its own")
     args = ap.parse_args()
-    sizes = [int(s) for s in (args.sizes or ("32,128" if args.quick else "32,128,512,1024")).split(",")]
+    sizes = [int(s) for s in (args.sizes or ("32,128" if args.quick else "32,128,256,384,512,1024")).split(",")]
     window = args.seconds or (20.0 if args.quick else 120.0)
     rows = []
     head = (f"{'meters':>6} {'read/s':>7} {'skipped':>7} {'errors':>6} {'CPU %':>6} {'RSS MB':>11} {'B/read':>6}"
@@ -272,7 +284,7 @@ def main() -> None:
     print(head)
     for size in sizes:
         with tempfile.TemporaryDirectory(dir=os.environ.get("CAPACITY_DIR", "/var/tmp")) as tmp:
-            r = measure(size, window, Path(tmp), lean=not args.pymodbus)
+            r = measure(size, window, Path(tmp), lean=not args.pymodbus, per_meter=not args.shared_endpoint)
         rows.append(r)
         print(f"{r['meters']:>6} {r['readings_per_s']:>7} {r['ticks_skipped']:>7} {r['read_errors']:>6}"
               f" {r['cpu_percent_of_one_core']:>6} {r['rss_steady_mb']:>5}/{r['rss_peak_mb']:<5}"
@@ -285,6 +297,7 @@ def main() -> None:
     print(f"largest size that keeps every tick with both platforms delivering: {knee}")
     print(json.dumps({"bench": "capacity", "window_s": round(window), "largest_keeping_up": knee, "sizes": rows,
                       "meters_on": "pymodbus" if args.pymodbus else "lean",
+                      "layout": "32 meters per endpoint, 4 connections" if args.shared_endpoint else "a bus per meter",
                       "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}))
 
 
