@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -262,6 +263,21 @@ def measure(size: int, window: float, workdir: Path, lean: bool = True, per_mete
         peers.close()
 
 
+def calibration_ms() -> float:
+    """A fixed piece of the gateway's kind of work in pure Python (dicts, JSON, struct, number formatting), best of
+    five: the ratio of this figure on another machine to this one's scales the knee (one core, one thread)."""
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for i in range(5_000):
+            d = {f"k{j}": (i + j) * 1.5 for j in range(30)}
+            json.dumps(d)
+            struct.pack("<30d", *d.values())
+            f"{i / 7:.6g} {i / 3:.6g}"
+        best = min(best, time.perf_counter() - t)
+    return round(best * 1000, 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="32 and 128 meters, 20 s each")
@@ -279,8 +295,10 @@ def main() -> None:
     head = (f"{'meters':>6} {'read/s':>7} {'skipped':>7} {'errors':>6} {'CPU %':>6} {'RSS MB':>11} {'B/read':>6}"
             f" {'Wattics/s':>9} {'lag p50/p99 s':>13} {'Voltaware/s':>11} {'lag p50/p99 s':>13} {'peers CPU %':>11}"
             f" {'keeps up':>8}")
+    calibration = calibration_ms()
     print(f"SDM630s (full map) over Modbus TCP at 1 s -> Wattics + Voltaware; {round(window)} s measured per size;"
-          f" {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+          f" {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()};"
+          f" calibration {calibration} ms")
     print(head)
     for size in sizes:
         with tempfile.TemporaryDirectory(dir=os.environ.get("CAPACITY_DIR", "/var/tmp")) as tmp:
@@ -296,6 +314,7 @@ def main() -> None:
     knee = max(kept) if kept else None
     print(f"largest size that keeps every tick with both platforms delivering: {knee}")
     print(json.dumps({"bench": "capacity", "window_s": round(window), "largest_keeping_up": knee, "sizes": rows,
+                      "calibration_ms": calibration,
                       "meters_on": "pymodbus" if args.pymodbus else "lean",
                       "layout": "32 meters per endpoint, 4 connections" if args.shared_endpoint else "a bus per meter",
                       "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}))
