@@ -21,9 +21,9 @@ Per size, over the measured window (after a warm-up that waits for both platform
 - readings per second, ticks skipped (a poll still running at the next tick: a reading not taken), read errors;
 - per platform: deliveries per second, delivery lag (arrival at the platform less the reading's time) p50 / p99,
   and the backlog left at the end;
-- "keeps up": no tick skipped, no read error, both platforms delivering as fast as readings come (within 5 %: the
-  counts are taken at commits, when a commit's worth is still to send), a backlog at the end of at most 10 s of
-  readings, and a p99 lag under 10 s (readings are sent once committed, every ``commit_interval``: 5 s by default).
+- "keeps up": no tick skipped, no read error, both platforms delivering as fast as readings come (their backlog at
+  the end at most 10 s of readings: a platform slower than the meters ends further behind), and a p99 lag under
+  10 s (readings are sent once committed, every ``commit_interval``: 5 s by default).
 
 Readings are counted when committed, so the window runs from just after one commit to just after another.
 
@@ -253,7 +253,8 @@ def measure(size: int, window: float, workdir: Path, lean: bool = True, per_mete
         rate = result["readings_per_s"]
         result["keeps_up"] = bool(
             result["ticks_skipped"] == 0 and result["read_errors"] == 0 and rate >= 0.95 * size
-            and min(result["wattics_per_s"], result["voltaware_per_s"]) >= 0.95 * rate
+            # Delivering as fast as readings come: what is left to send stays within 10 s of readings (rates taken
+            # over a short window are off by the commit's worth still to send when it closes).
             and max(result["wattics_backlog"], result["voltaware_backlog"]) <= MAX_LAG_S * size
             and max(result["wattics_lag_p99_s"], result["voltaware_lag_p99_s"]) < MAX_LAG_S)
         return result
