@@ -70,7 +70,7 @@ def persisted(view: dict[str, Any]) -> dict[str, Any]:
     changes little between two beats and stays one or two pages."""
     meters = {}
     for name, h in (view.get("meters") or {}).items():
-        counts = {k: v for k, v in (h.get("counts") or {}).items() if k not in NOT_ERRORS}
-        if h.get("failing") or h.get("last_problem") or h.get("left_out") or counts:
+        counts = {k: v for k, v in (h.get("counts") or {}).items() if k not in NOT_ERRORS or k == "skipped_ticks"}
+        if h.get("failing") or h.get("last_problem") or h.get("left_out") or counts or h.get("skipped_at_ms"):
             meters[name] = {**h, "counts": counts}
     return {**view, "meters": meters}

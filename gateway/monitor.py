@@ -75,6 +75,15 @@ def evaluate(report: dict[str, Any], config: MonitoringConfig, now: float | None
             problems.append({"check": "meter_clock_ahead", "meter": name, "refused": m.get("future"),
                              "detail": f"meter {name} sends readings stamped in the future (its clock is wrong):"
                                        " they are refused"})
+    skipping = sorted(name for name, m in report["meters"].items()
+                      if isinstance(m.get("skipped_last_ms"), int) and not m["failing"]
+                      and now - m["skipped_last_ms"] / 1000 < config.ticks_skipped_within)
+    if skipping:
+        problems.append({"check": "ticks_skipped", "meters": skipping,
+                         "skipped": sum(report["meters"][m].get("skipped_ticks", 0) for m in skipping),
+                         "detail": f"{len(skipping)} meter(s) answer too slowly for their interval: polls run past"
+                                   " the next tick and those readings are not taken (a bus or a machine too busy:"
+                                   " a longer interval, fewer meters per bus, a faster baud rate)"})
     for name, t in (report.get("tasks") or {}).items():
         if t.get("failing"):
             problems.append({"check": "task_failing", "task": name, "restarts": t.get("restarts"),

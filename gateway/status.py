@@ -73,6 +73,7 @@ def collect(queue: Snapshot, config: GatewayConfig, now: float | None = None,
             "read_errors": {k: v for k, v in counts.items() if k not in NOT_ERRORS},
             # Ticks of the meter's interval with no reading, because the poll before was still running.
             "skipped_ticks": counts.get("skipped_ticks", 0),
+            "skipped_last_ms": health.get("skipped_at_ms") if isinstance(health, dict) else None,
             # Quantities of its profile the meter refuses for good (learned from its answers, asked again hourly).
             "left_out": health.get("left_out") or [] if isinstance(health, dict) else [],
         }
@@ -168,6 +169,10 @@ def render(report: dict[str, Any], now: float | None = None) -> str:
                          f" {ago(m['future_last_ms'])}); see 'meter-gateway future'")
         if m["left_out"]:
             lines.append(f"{'':<20} left out (the meter refuses them): {', '.join(m['left_out'])}")
+        if m["skipped_ticks"]:
+            last = f" (last {ago(m['skipped_last_ms'])})" if isinstance(m["skipped_last_ms"], int) else ""
+            lines.append(f"{'':<20} {m['skipped_ticks']} ticks skipped since the start{last}: polls ran past the"
+                         " next tick, those readings not taken")
     subs = report.get("subscriptions") or {}
     if subs:
         lines += ["", f"{'SUBSCRIPTION':<20} {'MESSAGES':>9} {'READINGS':>9} {'IGNORED':>8} {'REFUSED':>8}"

@@ -139,6 +139,44 @@ sinks:
         emu.stop()
 
 
+async def test_health_says_when_meters_that_answer_skip_ticks(tmp_path: Path) -> None:
+    """A meter that answers, but too slowly for its interval, loses readings without failing: /health says so
+    (status and /metrics count them), and says nothing once its polls fit in the interval again."""
+    port = free_port()
+    slow, fine = sim(1), sim(2)
+    slow.delay = 0.25  # three requests a poll: 0.75 s, past the next tick of a 500 ms interval
+    server = await MeterServer([slow, fine]).start_tcp()
+    try:
+        async with running(tmp_path, f"""\
+state_dir: {tmp_path}
+monitoring: {{enabled: true, port: {port}, ticks_skipped_within: 2s}}
+buses:
+  - {{name: a, type: tcp, host: 127.0.0.1, port: {server.port}, timeout: 2s}}
+  - {{name: b, type: tcp, host: 127.0.0.1, port: {server.port}, timeout: 2s}}
+meters:
+  - {{name: slow, type: modbus, bus: a, unit: 1, profile: eastron_sdm630, interval: 500ms}}
+  - {{name: fine, type: modbus, bus: b, unit: 2, profile: eastron_sdm630, interval: 500ms}}
+sinks: [{{name: out, type: file, path: {tmp_path}/out.jsonl}}]
+""") as gw:
+            deadline = time.monotonic() + 15
+            while (health := await get(port, "/health")).status_code != 503:
+                assert time.monotonic() < deadline, "no problem reported while ticks are skipped"
+                await asyncio.sleep(0.2)
+            problems = health.json()["problems"]
+            assert [p["check"] for p in problems] == ["ticks_skipped"]
+            assert problems[0]["meters"] == ["slow"] and problems[0]["skipped"] >= 1
+            m = samples((await get(port, "/metrics")).text)
+            assert value(m, "meter_gateway_ticks_skipped_total", meter="slow") >= 1
+            assert value(m, "meter_gateway_ticks_skipped_total", meter="fine") == 0
+            assert value(m, "meter_gateway_meter_failing", meter="slow") == 0, "it answers: not failing"
+            assert value(m, "meter_gateway_readings_total", meter="slow") > 0
+
+            slow.delay = 0.0  # its polls fit again: healthy once the last skip is older than 2 s
+            await until_healthy(port)
+    finally:
+        await server.stop()
+
+
 async def until_healthy(port: int, within: float = 15.0) -> None:
     deadline = time.monotonic() + within
     while (r := await get(port, "/health")).status_code != 200:

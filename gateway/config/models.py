@@ -61,6 +61,9 @@ class MonitoringConfig(Strict):
     clock_unsynced_after: PositiveDuration = 600.0
     #: ... when the queue file uses more than this share of queue.max_size.
     queue_full_ratio: Annotated[float, Field(gt=0, le=1)] = 0.9
+    #: ... when a meter that answers skipped a tick this recently (its poll ran past the next tick: a reading not
+    #: taken, because its bus or the machine is too busy for its interval).
+    ticks_skipped_within: PositiveDuration = 900.0
 
     @model_validator(mode="after")
     def _loopback_unless_asked(self) -> MonitoringConfig:

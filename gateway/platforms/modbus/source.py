@@ -62,6 +62,8 @@ class MeterPoller:
         self.retry_at = 0.0
         self.down_since: float | None = None
         self.missed_at: float | None = None
+        #: when (wall clock, ms) a tick was last skipped while the meter answered
+        self.skipped_at_ms: int | None = None
         self._last_kind = ""
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
@@ -104,6 +106,8 @@ class MeterPoller:
         """No reading at these ticks: the poll before them ran past them (a busy bus or machine). Counted, and
         logged with the ticks it concerns: at warning the first time, at debug after that."""
         self.counts["skipped_ticks"] += ticks
+        if not self.failures:  # a meter that answers, too slowly for its interval (a failing one says so itself)
+            self.skipped_at_ms = round(time.time() * 1000)
         first = self.counts["skipped_ticks"] == ticks
         (self.log.warning if first else self.log.debug)(
             "a poll ran past the next tick: ticks skipped (interval too short for this bus?)", skipped=ticks,
@@ -190,6 +194,7 @@ class MeterPoller:
             "down_s": round(time.monotonic() - self.down_since, 1) if self.down_since is not None else None,
             "last_problem": str(self.last_problems[0]) if down and self.last_problems else None,
             "counts": dict(self.counts),
+            "skipped_at_ms": self.skipped_at_ms,
             "left_out": self.planner.left_out,
         }
 
