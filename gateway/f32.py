@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Sequence
 
 _F32 = struct.Struct("<f")
 _SPECS = tuple((digits, f".{digits}g") for digits in range(6, 10))
@@ -59,6 +60,11 @@ def shortest_decimals(raw: bytes) -> list[float]:
         else:  # none within 9 digits (NaN): the value itself
             out[i] = x
     return out
+
+
+def shortest_of(values: Sequence[float]) -> list[float]:
+    """:func:`shortest_decimals` of ``values`` taken as float32 (OverflowError: one is beyond float32's range)."""
+    return shortest_decimals(_many(len(values))[0].pack(*values))
 
 
 def _same(x: float, raw: bytes, i: int) -> bool:

@@ -15,12 +15,11 @@ carry the same quantities, and a chunk stays under :data:`CHUNK_MAX_BYTES` (one 
 from __future__ import annotations
 
 import functools
-import math
 import operator
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from gateway.f32 import shortest_decimal, shortest_decimals
+from gateway.f32 import shortest_decimal, shortest_of
 from gateway.quantities import ALL, CODE, Quantity
 from gateway.reading import Reading
 
@@ -60,21 +59,16 @@ def _fits_f32(x: float) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=256)
-def _f32s(n: int) -> struct.Struct:
-    return struct.Struct(f"<{n}f")
-
-
 def _wide_bits(codes: Sequence[int], vals: Sequence[float]) -> int:
     """The mask bits of the values a float32 would not give back as themselves. All values are checked at once
-    (:func:`shortest_decimals`); only a reading with a value past the float32 range is checked one by one."""
+    (:func:`shortest_of`); only a reading with a value past the float32 range is checked one by one."""
     try:
-        back = shortest_decimals(_f32s(len(vals)).pack(*vals))
+        fits = [v == b for v, b in zip(vals, shortest_of(vals), strict=True)]  # NaN is never equal: float64
     except OverflowError:
-        back = [shortest_f32(v) if _fits_f32(v) else math.nan for v in vals]
+        fits = [_fits_f32(v) for v in vals]
     wide = 0
-    for code, v, b in zip(codes, vals, back, strict=True):
-        if v != b:  # NaN included
+    for code, ok in zip(codes, fits, strict=True):
+        if not ok:
             wide |= 1 << code
     return wide
 
@@ -118,15 +112,15 @@ def decode_values(blob: bytes) -> dict[Quantity, float]:
 
 def _shorten(values: list[float], narrow: Sequence[int], readings: int) -> None:
     """Replace the float32 values (positions ``narrow`` in each of ``readings`` runs of equal length laid end to
-    end) by their shortest decimals, all in one :func:`shortest_decimals`."""
+    end) by their shortest decimals, all in one :func:`shortest_of`."""
     if not narrow:
         return
     if len(narrow) * readings == len(values):
-        values[:] = shortest_decimals(_f32s(len(values)).pack(*values))
+        values[:] = shortest_of(values)
         return
     width = len(values) // readings
     at = [k * width + i for k in range(readings) for i in narrow]
-    for i, v in zip(at, shortest_decimals(_f32s(len(at)).pack(*[values[i] for i in at])), strict=True):
+    for i, v in zip(at, shortest_of([values[i] for i in at]), strict=True):
         values[i] = v
 
 
@@ -236,7 +230,7 @@ def _records(mask: int, wide: int) -> struct.Struct:
 
 def chunk_readings(meter: str, data: bytes, first_ts: int, after_ts: int, limit: int) -> list[Reading]:
     """The readings of a chunk after ``after_ts``, at most ``limit``, decoded together: the chunk's records in
-    one unpack, its float32 values' shortest decimals in one :func:`shortest_decimals`."""
+    one unpack, its float32 values' shortest decimals in one :func:`shortest_of`."""
     mask, wide = value_masks(data)
     head = layout_size(mask, wide)[0]
     _, present, narrow = _layout(mask, wide)
