@@ -42,13 +42,18 @@ class FileSink(BaseSink):
     def _write(self, text: str) -> None:
         if self._fh is None:
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open between batches
+            if self._fh.tell() > 0 and not _ends_a_line(self.path):
+                # A line torn by a crash (or a failed write) stays alone, broken; the next reading is not glued to
+                # it but starts a line of its own (that torn reading was never acknowledged: it is sent again).
+                self._fh.write("\n")
         self._fh.write(text)
         self._fh.flush()
         if self.fsync:
             os.fsync(self._fh.fileno())
 
     def _reset(self) -> None:
-        # After a failed write the file may end in a partial line; start a fresh line on the next write.
+        # After a failed write the file may end in a partial line: the next write opens it again, and starts a
+        # fresh line.
         fh, self._fh = self._fh, None
         if fh is not None:
             with contextlib.suppress(OSError):
@@ -56,3 +61,9 @@ class FileSink(BaseSink):
 
     async def close(self) -> None:
         self._reset()
+
+
+def _ends_a_line(path: os.PathLike[str] | str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
