@@ -21,6 +21,7 @@ from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.errors import ConfigError
 from gateway.platforms.modbus.simulator import MeterServer
+from gateway.platforms.modbus.source import ModbusSource
 from gateway.sdnotify import SdNotify
 from gateway.timekeeper import TimeKeeper
 from tests.helpers.mosquitto import free_port
@@ -173,6 +174,39 @@ sinks: [{{name: out, type: file, path: {tmp_path}/out.jsonl}}]
 
             slow.delay = 0.0  # its polls fit again: healthy once the last skip is older than 2 s
             await until_healthy(port)
+    finally:
+        await server.stop()
+
+
+async def test_a_meter_slowed_by_a_silent_neighbour_is_not_blamed(tmp_path: Path) -> None:
+    """Two meters on one line, one of them silent: the other waits out its neighbour's timeouts and skips ticks
+    (counted), but /health does not call it too slow for its interval: the silent meter is the cause, and is
+    reported failing. Found by CI: a meter that had just answered again was flagged for 15 minutes."""
+    port = free_port()
+    server = await MeterServer([sim(1), sim(2)]).start_tcp()
+    server.silent = {2}
+    try:
+        async with running(tmp_path, f"""\
+state_dir: {tmp_path}
+monitoring: {{enabled: true, port: {port}}}
+buses: [{{name: b, type: tcp, host: 127.0.0.1, port: {server.port}, timeout: 400ms, retry_cap: 200ms}}]
+meters:
+  - {{name: fine, type: modbus, bus: b, unit: 1, profile: eastron_sdm630, interval: 200ms}}
+  - {{name: dead, type: modbus, bus: b, unit: 2, profile: eastron_sdm630, interval: 200ms}}
+sinks: [{{name: out, type: file, path: {tmp_path}/out.jsonl}}]
+""") as gw:
+            source = gw.sources[0]
+            assert isinstance(source, ModbusSource)
+            fine = next(p for p in source.pollers if p.meter.name == "fine")
+            # the dead meter's 400 ms timeouts hold the line past fine's next tick, again and again
+            await until(lambda: fine.counts["skipped_ticks"] >= 3 and fine.counts["readings"] >= 3)
+            m = samples((await get(port, "/metrics")).text)
+            assert value(m, "meter_gateway_meter_failing", meter="dead") == 1
+            assert value(m, "meter_gateway_meter_failing", meter="fine") == 0
+            assert value(m, "meter_gateway_ticks_skipped_total", meter="fine") >= 3, "counted all the same"
+            health = await get(port, "/health")
+            assert "ticks_skipped" not in [p["check"] for p in health.json()["problems"]], health.json()
+            assert fine.skipped_at_ms is None
     finally:
         await server.stop()
 

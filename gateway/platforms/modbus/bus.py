@@ -112,6 +112,7 @@ class _Connection:
             else:
                 rr = await client.read_holding_registers(block.address, count=block.count, device_id=unit)
         except ModbusIOException as e:
+            bus.troubled_at = time.monotonic()
             garbled = _garbled.pop(client.ctx, None)
             if garbled is not None:  # the answer could not be decoded (pymodbus dropped the connection)
                 self.close()
@@ -120,9 +121,11 @@ class _Connection:
                 raise ModbusTimeout(f"{what}: no answer within {bus.config.timeout:g}s") from None
             raise ModbusBadAnswer(f"{what}: {_short(e)}") from None
         except ConnectionException:
+            bus.troubled_at = time.monotonic()
             self.close()
             raise bus.connect_failed("connection lost") from None
         except (OSError, ModbusException) as e:
+            bus.troubled_at = time.monotonic()
             self.close()
             raise bus.connect_failed(_short(e)) from None
         finally:
@@ -156,6 +159,9 @@ class Bus:
         self.rtu = isinstance(config, SerialLine)
         self.gap = config.gap if isinstance(config, SerialLine) else 0.0
         self.stats = WireStats()
+        #: when (monotonic) a request on this line last went unanswered or broke the connection: the polls that
+        #: waited for the line meanwhile were slowed by that meter, not by their own
+        self.troubled_at = -1.0
         n = config.max_parallel if isinstance(config, TcpBus) else 1
         self._free: asyncio.Queue[_Connection] = asyncio.Queue()
         self._all = [_Connection(self) for _ in range(n)]

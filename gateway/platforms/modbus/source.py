@@ -77,12 +77,14 @@ class MeterPoller:
         interval = self.meter.interval
         last_tick: float | None = None
         last_mono = 0.0
+        polled_at = 0.0  # monotonic, when the last poll began
         while not stop.is_set():
             tick = next_tick(self.clock(), interval)
             # Skipped only if the poll really took that long: a clock stepped forward skips no tick.
             if last_tick is not None and tick - last_tick > 1.5 * interval \
                     and self.keeper.mono() - last_mono > interval:
-                self._skipped(last_tick + interval, round((tick - last_tick) / interval) - 1)
+                self._skipped(last_tick + interval, round((tick - last_tick) / interval) - 1,
+                              slowed_by_trouble=self.bus.troubled_at >= polled_at)
             last_tick = tick
             if not await sleep_until(tick, stop, self.clock, horizon=interval):
                 return
@@ -90,6 +92,7 @@ class MeterPoller:
             if tick < self.retry_at:
                 continue
             healthy = not self.failures
+            polled_at = time.monotonic()
             reading = await self.poll()
             if reading is None and healthy and self.failures:
                 # It answered last time: one lost frame (noise, a CRC error) should not cost a reading. Asked again
@@ -102,11 +105,15 @@ class MeterPoller:
                 cap = max(self.bus.config.retry_cap, interval)
                 self.retry_at = tick + min(cap, interval * 2 ** min(self.failures - 1, 20))
 
-    def _skipped(self, first_tick: float, ticks: int) -> None:
+    def _skipped(self, first_tick: float, ticks: int, slowed_by_trouble: bool = False) -> None:
         """No reading at these ticks: the poll before them ran past them (a busy bus or machine). Counted, and
-        logged with the ticks it concerns: at warning the first time, at debug after that."""
+        logged with the ticks it concerns: at warning the first time, at debug after that.
+
+        Only a meter that answers, too slowly for its interval, is marked for /health: a failing one says so
+        itself, and one that waited for the line while a neighbour's request went unanswered (a timeout, a broken
+        connection) was slowed by that neighbour, whose failure /health reports."""
         self.counts["skipped_ticks"] += ticks
-        if not self.failures:  # a meter that answers, too slowly for its interval (a failing one says so itself)
+        if not self.failures and not slowed_by_trouble:
             self.skipped_at_ms = round(time.time() * 1000)
         first = self.counts["skipped_ticks"] == ticks
         (self.log.warning if first else self.log.debug)(
