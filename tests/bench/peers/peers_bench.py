@@ -94,6 +94,15 @@ def outage(program: Program, site: Site, key: str, n: int, seconds: float = 30.0
             "share": round(len(got) / expected, 2)}
 
 
+def cell(row: dict[str, Any], base: dict[str, Any] | None, f: str, width: int) -> str:
+    """A median, with its ratio to meter-gateway's."""
+    v = row.get(f)
+    if v is None:
+        return f"{'-':>{width}}"
+    ratio = f" ({v / base[f]:.1f}x)" if base and base.get(f) else ""
+    return f"{v:g}{ratio}".rjust(width)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prefix", type=Path, default=Path("/var/tmp/meter-gateway-peers"))
@@ -138,14 +147,10 @@ def main() -> None:
           " medians (ratio to meter-gateway)")
     print(f"{'':<38}{'CPU % core':>16}{'RSS steady MB':>18}{'RSS peak MB':>16}{'bytes/reading':>18}{'readings/s':>12}")
     for key, row in table.items():
-        def cell(f: str, w: int) -> str:
-            v = row.get(f)
-            if v is None:
-                return f"{'-':>{w}}"
-            ratio = f" ({v / base[f]:.1f}x)" if base and key != "gateway" and base.get(f) else ""
-            return f"{v:g}{ratio}".rjust(w)
-        print(f"{row['name']:<38}{cell('cpu_percent_of_one_core', 16)}{cell('rss_steady_mb', 18)}"
-              f"{cell('rss_peak_mb', 16)}{cell('bytes_written_per_reading', 18)}{cell('readings_per_s', 12)}")
+        ref = base if key != "gateway" else None
+        print(f"{row['name']:<38}{cell(row, ref, 'cpu_percent_of_one_core', 16)}"
+              f"{cell(row, ref, 'rss_steady_mb', 18)}{cell(row, ref, 'rss_peak_mb', 16)}"
+              f"{cell(row, ref, 'bytes_written_per_reading', 18)}{cell(row, ref, 'readings_per_s', 12)}")
     for key, o in outages.items():
         print(f"{table[key]['name']:<38} after a {o['outage_s']:g} s outage: {o['readings_of_the_outage_delivered']}"
               f" of {o['of']} readings of the outage delivered ({o['share']:.0%})")

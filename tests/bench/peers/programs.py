@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from gateway.platforms.modbus.config import TCP_MAX_GAP
 from gateway.platforms.modbus.plan import Planner
@@ -158,7 +158,7 @@ class SessionLimits(Subscriber):
     telemetry until the answer comes. The answer here sets no rate limit (the most favourable one for the peer);
     its shape is ThingsBoard's (``maxPayloadSize``, ``maxInflightMessages``, ``rateLimits``, ``gatewayRateLimits``)."""
 
-    ANSWER = {"maxPayloadSize": 65536, "maxInflightMessages": 100,
+    ANSWER: ClassVar[dict[str, Any]] = {"maxPayloadSize": 65536, "maxInflightMessages": 100,
               "rateLimits": {"messages": "", "telemetryMessages": "", "telemetryDataPoints": ""},
               "gatewayRateLimits": {"messages": "", "telemetryMessages": "", "telemetryDataPoints": ""}}
 
