@@ -1,0 +1,155 @@
+"""Consumption per calendar period (a local day, or a local month) from a cumulative counter.
+
+A meter gives its counter (energy in Wh, or a volume) at the instants it was read; a platform such as Wegowise wants
+what was consumed between two local midnights. The counter's value at a boundary is rarely read: it lies between
+the last reading before and the first one after. Both are used as a *segment*: the increase between two consecutive
+readings, spread evenly over the time between them. A period's consumption is the sum of its share of every segment
+it overlaps. Read at the boundary, or on both sides of it, that is the difference of the counter between the
+period's boundaries, interpolated linearly where readings straddle one.
+
+- **A period is closed** once a reading at or after its end exists: its end is covered. Until then it stays open,
+  whatever the clock says (a meter that stopped answering sends its period late, never short).
+- **The first period** is sent only if a reading lies on its start boundary: otherwise what was consumed between
+  its start and the first reading is unknown, and a short value under the period's dates would be wrong. It is
+  skipped (``first_partial``) and the next boundary starts the first period sent.
+- **A long gap** between two readings (longer than ``max_gap``) is a segment whose spread over time is unknown:
+  a boundary inside it cannot be valued, so the periods it touches become one period spanning them all (its dates
+  say so: a raw datum from the first day to the last), never values invented by spreading the gap evenly.
+- **A counter that goes backwards** (a meter replaced, a counter rolled over or reset) contributes nothing for the
+  segment over which it went back (what was consumed between those two readings is unknown; at most one poll's
+  worth), and counting goes on from the new value. Never a negative consumption. Each is counted in ``resets`` of
+  the period it falls in, and logged by the caller.
+
+Boundaries are local midnights in the site's time zone, found with :mod:`zoneinfo`: a day is 23 or 25 hours long
+across a daylight-saving change, and a midnight that does not exist (a zone whose clocks jump at midnight) is the
+instant the clock jumps. The builder's state is a few numbers (:meth:`PeriodBuilder.state`), so it can be kept
+on disk and taken up again after a restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+PeriodKind = Literal["day", "month"]
+
+
+class Calendar:
+    """The boundaries of local days or months in one time zone, as epoch milliseconds."""
+
+    def __init__(self, kind: PeriodKind, tz: ZoneInfo) -> None:
+        self.kind = kind
+        self.tz = tz
+
+    def midnight_ms(self, d: date) -> int:
+        """The instant local date ``d`` begins."""
+        return round(datetime(d.year, d.month, d.day, tzinfo=self.tz).timestamp() * 1000)
+
+    def local_date(self, ts_ms: int) -> date:
+        return datetime.fromtimestamp(ts_ms / 1000, self.tz).date()
+
+    def _next_start(self, d: date) -> date:
+        if self.kind == "day":
+            return d + timedelta(days=1)
+        return date(d.year + (d.month == 12), d.month % 12 + 1, 1)
+
+    def boundary_after(self, ts_ms: int) -> int:
+        """The first boundary strictly after ``ts_ms``."""
+        d = self.local_date(ts_ms)
+        start = d if self.kind == "day" else d.replace(day=1)
+        b = self.midnight_ms(self._next_start(start))
+        # Around a change of offset, the local date of an instant and its midnight can disagree by an hour.
+        while b <= ts_ms:
+            b = self.midnight_ms(self._next_start(self.local_date(b)))
+        return b
+
+    def is_boundary(self, ts_ms: int) -> bool:
+        d = self.local_date(ts_ms)
+        return self.midnight_ms(d if self.kind == "day" else d.replace(day=1)) == ts_ms
+
+    def dates(self, start_ms: int, end_ms: int) -> tuple[date, date]:
+        """The first and the last local day of the period ``[start_ms, end_ms)``."""
+        return self.local_date(start_ms), self.local_date(end_ms - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start_ms: int
+    end_ms: int
+    #: the first and last local day it covers (both included)
+    first_day: date
+    last_day: date
+    #: in the counter's unit
+    consumption: float
+    #: how many calendar periods it spans: more than 1 across a gap longer than ``max_gap``
+    spans: int = 1
+    #: times the counter went backwards within it
+    resets: int = 0
+
+
+class PeriodBuilder:
+    """Feed one meter's counter readings in time order; closed periods come out."""
+
+    def __init__(self, calendar: Calendar, max_gap_ms: int, state: dict[str, Any] | None = None) -> None:
+        self.calendar = calendar
+        self.max_gap_ms = max_gap_ms
+        #: the last reading fed: (ms, counter)
+        self.last: tuple[int, float] | None = None
+        #: where the open period began (None: before the first boundary, the first partial period)
+        self.open_start: int | None = None
+        self.acc = 0.0
+        self.spans = 1
+        self.resets = 0
+        #: what the last feed found, for the caller's log: a backwards step (before, after), a skipped first period
+        self.reset_seen: tuple[float, float] | None = None
+        #: the boundary periods start from, when the first (partial) period was just skipped
+        self.first_partial: int | None = None
+        if state:
+            self.last = (int(state["last"][0]), float(state["last"][1])) if state.get("last") else None
+            self.open_start = state.get("open_start")
+            self.acc = float(state.get("acc", 0.0))
+            self.spans = int(state.get("spans", 1))
+            self.resets = int(state.get("resets", 0))
+
+    def state(self) -> dict[str, Any]:
+        return {"last": list(self.last) if self.last else None, "open_start": self.open_start, "acc": self.acc,
+                "spans": self.spans, "resets": self.resets}
+
+    def feed(self, ts_ms: int, counter: float) -> list[Period]:
+        """The periods this reading closes (usually none, one at a boundary, several after a stop)."""
+        self.reset_seen = self.first_partial = None
+        if self.last is None:
+            self.last = (ts_ms, counter)
+            self.open_start = ts_ms if self.calendar.is_boundary(ts_ms) else None
+            return []
+        lt, lc = self.last
+        if ts_ms <= lt:
+            return []  # already fed (a restart sends again what was not acknowledged)
+        rise = counter - lc
+        if rise < 0:
+            self.reset_seen = (lc, counter)
+            self.resets += 1
+            rise = 0.0
+        span = ts_ms - lt
+        known = span <= self.max_gap_ms
+        out: list[Period] = []
+        done = lt  # the part of the segment already given to a period
+        b = self.calendar.boundary_after(lt)
+        while b <= ts_ms:
+            if known or b == ts_ms:
+                self.acc += rise * (b - done) / span
+                done = b
+                if self.open_start is not None:
+                    first, last = self.calendar.dates(self.open_start, b)
+                    out.append(Period(self.open_start, b, first, last, self.acc, self.spans, self.resets))
+                else:
+                    self.first_partial = b
+                self.open_start, self.acc, self.spans, self.resets = b, 0.0, 1, 0
+            elif self.open_start is not None:
+                self.spans += 1  # a boundary inside a gap: the open period runs on across it
+            b = self.calendar.boundary_after(b)
+        self.acc += rise * (ts_ms - done) / span
+        self.last = (ts_ms, counter)
+        return out
