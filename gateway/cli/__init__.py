@@ -22,7 +22,8 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.settings import ProcessSettings
 
 #: In the order ``--help`` lists them.
-COMMANDS = ("run", "check", "status", "deadletter", "future", "verify", "read", "scan", "profiles", "demo")
+COMMANDS = ("run", "check", "status", "deadletter", "future", "verify", "read", "scan", "profiles", "demo",
+            "wegowise")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -25,6 +25,7 @@ SINK_PLATFORMS = (
     "stdout",
     "wattics",
     "voltaware",
+    "wegowise",
 )
 
 SOURCE_PLATFORMS = (

@@ -1,0 +1,163 @@
+"""Configuration of a ``wegowise`` sink: each mapped meter's consumption per local day or month, sent as raw data
+points of a Wegowise meter in a data-only account (docs/wegowise.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, SecretStr
+
+from gateway.config.common import (
+    MeterBase,
+    Name,
+    PositiveDuration,
+    QuantityName,
+    SinkBase,
+    Strict,
+    check_ca_file,
+    check_url,
+)
+from gateway.config.units import format_duration
+from gateway.quantities import Quantity
+from gateway.stream import Stream
+
+#: What each data type's raw datum carries as usage, and from what the gateway computes it.
+USAGE_FIELD = {"Electric": "kwh", "Gas": "btu", "Water": "gallons"}
+#: 1 Wh in BTU (the International Table BTU, 1055.05585262 J).
+BTU_PER_WH = 3600.0 / 1055.05585262
+#: 1 m3 in US gallons (231 cubic inches).
+GALLONS_PER_M3 = 1 / 0.003785411784
+#: 1 therm = 100,000 BTU.
+BTU_PER_THERM = 100_000.0
+
+
+class Tariff(Strict):
+    """What a period costs, for the raw datum's ``total_charge``: ``price`` per unit of ``per`` consumed, plus
+    ``fixed`` per period (a standing charge)."""
+
+    price: Annotated[float, Field(ge=0)]
+    per: Literal["kWh", "m3", "therm", "gallon"]
+    fixed: Annotated[float, Field(ge=0)] = 0.0
+
+
+class NewMeter(Strict):
+    """The Wegowise meter to create when the gateway meter has none yet (once: its id is kept in state_dir)."""
+
+    account_number: Annotated[str, Field(min_length=1, max_length=100)]
+    utility_company_id: Annotated[int, Field(ge=1)] | None = None
+    other_utility_company: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    nickname: Annotated[str, Field(max_length=200)] | None = None
+    notes: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class WegowiseMeter(Strict):
+    #: the gateway meter
+    meter: Name
+    #: the Wegowise meter id its periods go to; or ``create:`` to have the gateway create it
+    id: Annotated[int, Field(ge=1)] | None = None
+    create: NewMeter | None = None
+    data_type: Literal["Electric", "Gas", "Water"] = "Electric"
+    #: the counter the consumption comes from (default: energy_import_total; a single-value meter's ``value``)
+    quantity: QuantityName | None = None
+    #: Gas metered by volume (m3): its energy content, BTU per m3 (from the gas supplier's bill: calorific value)
+    btu_per_m3: Annotated[float, Field(gt=0)] | None = None
+    tariff: Tariff | None = None
+
+
+class WegowiseConfig(SinkBase):
+    """Wegowise Data API (data-only account): consumption per period as raw data points, OAuth 1.0a."""
+
+    type: Literal["wegowise"]
+    #: where the API lives (``https://host``; the paths below are appended)
+    url: Annotated[str, AfterValidator(check_url)]
+    consumer_key: Annotated[str, Field(min_length=1)]
+    consumer_secret: SecretStr
+    #: the access token and secret ``meter-gateway wegowise authorize`` stored (default: in state_dir)
+    token_file: Path | None = None
+    ca_file: Annotated[Path, AfterValidator(check_ca_file)] | None = None
+    #: ``day`` or ``month``, local to the site's time zone
+    period: Literal["day", "month"] = "day"
+    #: two readings further apart than this do not say how the consumption between them was spread: the periods
+    #: they straddle are sent as one (must be at least twice each meter's interval)
+    max_gap: PositiveDuration = 3600.0
+    meter_map: Annotated[list[WegowiseMeter], Field(min_length=1)]
+    request_timeout: PositiveDuration = 30.0
+    #: wait between tries while Wegowise refuses the credentials (401) or a meter (404)
+    auth_retry: PositiveDuration = 900.0
+    #: OAuth 1.0a endpoints (request token from Wegowise's API pages; the other two by the protocol's custom)
+    request_token_path: str = "/oauth/request_token"
+    authorize_path: str = "/oauth/authorize"
+    access_token_path: str = "/oauth/access_token"
+    api_path: str = "/api/v1/wego_data"
+    max_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
+    #: print the raw data points instead of sending them (nothing is connected)
+    dry_run: bool = False
+
+    def dry_run_requested(self) -> bool:
+        return self.dry_run
+
+    def token_path(self, state_dir: Path) -> Path:
+        return self.token_file or state_dir / f"wegowise-{self.name}.token"
+
+    def streams(self, meters: Sequence[MeterBase]) -> list[Stream]:
+        known = {m.name for m in meters}
+        return [Stream(self.name, m.meter) for m in self.meter_map if m.meter in known]
+
+    def quantity_of(self, entry: WegowiseMeter, meter: MeterBase | None) -> Quantity:
+        if entry.quantity is not None:
+            return entry.quantity
+        if meter is not None and getattr(meter, "value_unit", None):
+            return Quantity.VALUE
+        return Quantity.ENERGY_IMPORT_TOTAL
+
+    def unit_of(self, entry: WegowiseMeter, meter: MeterBase | None) -> str:
+        """The unit of the counter: Wh for energy quantities, else the single-value meter's ``value_unit``."""
+        q = self.quantity_of(entry, meter)
+        if q is Quantity.VALUE:
+            return str(getattr(meter, "value_unit", "") or "")
+        return "Wh" if q.value.startswith("energy_") else ""
+
+    def cross_check(self, meters: Sequence[MeterBase]) -> list[tuple[tuple[str | int, ...], str]]:
+        problems = super().cross_check(meters)
+        by_name = {m.name: m for m in meters}
+        if self.meters is not None:
+            problems.append((("meters",), "a wegowise sink sends the meters named in its meter_map; remove meters"))
+        seen: dict[str, int] = {}
+        for i, e in enumerate(self.meter_map):
+            path: tuple[str | int, ...] = ("meter_map", i)
+            if e.meter in seen:
+                problems.append(((*path, "meter"), f"'{e.meter}' is already mapped by meter_map[{seen[e.meter]}]"))
+            seen.setdefault(e.meter, i)
+            meter = by_name.get(e.meter)
+            if meter is None:
+                known = ", ".join(sorted(by_name))
+                problems.append(((*path, "meter"), f"no meter named '{e.meter}' (defined: {known})"))
+                continue
+            if (e.id is None) == (e.create is None):
+                problems.append((path, "give the Wegowise meter's id, or create: to have the gateway create it"))
+            new = e.create
+            if new is not None and (new.utility_company_id is None) == (new.other_utility_company is None):
+                problems.append(((*path, "create"), "Wegowise needs utility_company_id or other_utility_company"))
+            if self.max_gap < 2 * meter.interval:
+                problems.append((("max_gap",), f"{format_duration(self.max_gap)} is shorter than twice meter"
+                                 f" '{meter.name}''s interval ({format_duration(meter.interval)}): every period would"
+                                 " be merged with the next"))
+            unit = self.unit_of(e, meter)
+            wants = {"Electric": ("Wh", "kWh"), "Gas": ("Wh", "kWh", "m3"), "Water": ("m3", "l")}[e.data_type]
+            if unit not in wants:
+                problems.append(((*path, "quantity"), f"{e.data_type} needs a counter in {' or '.join(wants)};"
+                                 f" meter '{e.meter}' gives {unit or 'no counter'}"))
+            if e.data_type == "Gas" and unit == "m3" and e.btu_per_m3 is None:
+                problems.append(((*path, "btu_per_m3"), "gas metered in m3: give its energy content (BTU per m3,"
+                                 " from the supplier's calorific value) so that Wegowise gets btu"))
+            t = e.tariff
+            if t is not None:
+                ok = {"Electric": ("kWh",), "Gas": ("kWh", "therm", "m3"), "Water": ("m3", "gallon")}[e.data_type]
+                if t.per not in ok:
+                    problems.append(((*path, "tariff", "per"), f"a {e.data_type} tariff is per {' or '.join(ok)}"))
+                if t.per == "m3" and e.data_type == "Gas" and unit != "m3":
+                    problems.append(((*path, "tariff", "per"), "this gas meter counts energy: a tariff per kWh or"
+                                     " therm"))
+        return problems

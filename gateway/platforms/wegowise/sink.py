@@ -1,0 +1,325 @@
+"""``wegowise`` sink: each mapped meter's counter becomes consumption per local day or month
+(:mod:`gateway.platforms.wegowise.periods`), and each closed period one raw data point of its Wegowise meter.
+
+Readings arrive one stream per meter, in order. Each is fed to the meter's period builder; a reading that closes a
+period is acknowledged only once the period is on Wegowise (or refused for good), so a failure leaves the reading
+in the queue and the period is computed again from it. The builder's state is written to ``state_dir`` (atomically,
+with an fsync) whenever a period has been sent; between two periods it lives in memory: after a crash the readings
+the queue hands again are fed again, and readings it no longer has are covered by the counter itself (the next
+segment is simply longer; consumption is never lost, only the spread within the open period is coarser).
+
+Exactly once per period: the raw data points this sink created are recorded (period -> Wegowise id and body). A
+period not in that record is looked up in what Wegowise holds for the meter before it is posted, so a POST whose
+answer was lost, or a crash before the record was written, never makes a second one; a period whose value differs
+from what Wegowise holds is updated (PUT) if this sink created it, and left alone (with a warning) if not: the
+sink deletes and changes nothing it did not create.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from gateway.config.models import GatewayConfig
+from gateway.errors import SinkError
+from gateway.outcome import DELIVERED, Delivered, Outcome, Reject, Retry, Skip
+from gateway.platforms.sink import BaseSink, Preview
+from gateway.platforms.wegowise.api import WegowiseApi, WegowiseError
+from gateway.platforms.wegowise.config import (
+    BTU_PER_THERM,
+    BTU_PER_WH,
+    GALLONS_PER_M3,
+    USAGE_FIELD,
+    WegowiseConfig,
+    WegowiseMeter,
+)
+from gateway.platforms.wegowise.periods import Calendar, Period, PeriodBuilder
+from gateway.quantities import Quantity
+from gateway.reading import Reading
+from gateway.stream import Stream
+
+log = structlog.get_logger("gateway.platforms.wegowise.sink")
+
+#: Raw data points kept in the record per meter (a day's periods for three years).
+RECORD_KEEP = 1100
+
+
+def usage(p: Period, unit: str, entry: WegowiseMeter) -> float:
+    """The period's consumption in the unit its data type's raw datum wants (kWh, btu, gallons)."""
+    c = p.consumption
+    if entry.data_type == "Electric":
+        return c / 1000 if unit == "Wh" else c
+    if entry.data_type == "Gas":
+        if unit == "m3":
+            assert entry.btu_per_m3 is not None
+            return c * entry.btu_per_m3
+        return c * BTU_PER_WH * (1000 if unit == "kWh" else 1)
+    return c * GALLONS_PER_M3 / (1000 if unit == "l" else 1)
+
+
+def charge(p: Period, unit: str, entry: WegowiseMeter) -> float | None:
+    """``total_charge`` from the tariff; None without one."""
+    t = entry.tariff
+    if t is None:
+        return None
+    c = p.consumption
+    btu = (c * entry.btu_per_m3 if unit == "m3" and entry.btu_per_m3 else
+           c * BTU_PER_WH * (1000 if unit == "kWh" else 1))
+    m3 = c / 1000 if unit == "l" else c
+    amount = {"kWh": btu / BTU_PER_WH / 1000, "therm": btu / BTU_PER_THERM, "m3": m3,
+              "gallon": m3 * GALLONS_PER_M3}[t.per]
+    return t.price * amount + t.fixed * p.spans
+
+
+def datum(p: Period, unit: str, entry: WegowiseMeter) -> dict[str, str]:
+    """The raw datum's body: the document's fields, every value a string."""
+    body = {"start_date": p.first_day.isoformat(), "end_date": p.last_day.isoformat(),
+            USAGE_FIELD[entry.data_type]: f"{usage(p, unit, entry):.3f}"}
+    total = charge(p, unit, entry)
+    body["total_charge"] = f"{total:.2f}" if total is not None else "0.00"
+    return body
+
+
+def _key(body: dict[str, Any]) -> str:
+    return f"{body['start_date']}/{body['end_date']}"
+
+
+def _same(held: dict[str, Any], body: dict[str, str]) -> bool:
+    """Does what Wegowise holds say what ``body`` says? (numbers compared as numbers: it may answer 10.0 for 10)"""
+    for k, v in body.items():
+        h = held.get(k)
+        if k in ("start_date", "end_date"):
+            if h != v:
+                return False
+            continue
+        try:
+            if h is None or abs(float(h) - float(v)) > 0.0005:
+                return False
+        except (TypeError, ValueError):
+            return False
+    return True
+
+
+@dataclass
+class MeterState:
+    entry: WegowiseMeter
+    quantity: Quantity
+    unit: str
+    builder: PeriodBuilder
+    path: Path
+    #: the Wegowise meter id (configured, or created and kept)
+    meter_id: int | None
+    #: period key -> {"id": Wegowise id, "body": what was sent}, for the raw data points this sink created
+    record: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def save(self) -> None:
+        data = {"meter_id": self.meter_id, "builder": self.builder.state(),
+                "record": dict(list(self.record.items())[-RECORD_KEEP:])}
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+class WegowiseSink(BaseSink):
+    max_batch = 500
+
+    def __init__(self, config: WegowiseConfig, gateway: GatewayConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.max_in_flight = config.max_in_flight
+        self.gateway = gateway
+        self.calendar = Calendar(config.period, ZoneInfo(gateway.site.timezone))
+        self.dir = gateway.state_dir / "wegowise" / config.name
+        meters = {m.name: m for m in gateway.meters}
+        self.meters: dict[str, MeterState] = {}
+        for e in config.meter_map:
+            m = meters.get(e.meter)
+            self.meters[e.meter] = MeterState(e, config.quantity_of(e, m), config.unit_of(e, m),
+                                              PeriodBuilder(self.calendar, round(config.max_gap * 1000)),
+                                              self.dir / f"{e.meter}.json", e.id)
+        self.api: WegowiseApi | None = None
+        self.log = log.bind(sink=config.name)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------ life
+
+    async def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name, st in self.meters.items():
+            self._load(name, st)
+        if any(st.entry.tariff is None for st in self.meters.values()):
+            self.log.warning("meters without a tariff: their raw data points carry total_charge 0.00, which"
+                             " Wegowise shows as a cost of zero",
+                             meters=[n for n, st in self.meters.items() if st.entry.tariff is None])
+        token_file = self.config.token_path(self.gateway.state_dir)
+        try:
+            token = json.loads(token_file.read_text())
+            pair = (str(token["token"]), str(token["secret"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise SinkError(f"sink {self.name}: no Wegowise access token in {token_file}: run meter-gateway"
+                            f" wegowise authorize -c <config> --sink {self.name}") from None
+        self.api = WegowiseApi(self.config, *pair)
+
+    def _load(self, name: str, st: MeterState) -> None:
+        try:
+            data = json.loads(st.path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            self.log.warning("state of a meter unreadable: starting its periods afresh (Wegowise is asked before"
+                             " anything is sent again)", meter=name, error=str(e))
+            return
+        if st.entry.id is None and isinstance(data.get("meter_id"), int):
+            st.meter_id = data["meter_id"]
+        if isinstance(data.get("builder"), dict):
+            st.builder = PeriodBuilder(self.calendar, round(self.config.max_gap * 1000), data["builder"])
+        if isinstance(data.get("record"), dict):
+            st.record = data["record"]
+
+    async def close(self) -> None:
+        if self.api is not None:
+            await self.api.close()
+
+    # ------------------------------------------------------------ readings
+
+    def _lock(self, meter: str) -> asyncio.Lock:
+        return self._locks.setdefault(meter, asyncio.Lock())
+
+    async def send(self, stream: Stream, readings: Sequence[Reading]) -> list[Outcome]:
+        st = self.meters[stream.meter]
+        out: list[Outcome] = []
+        async with self._lock(stream.meter):
+            for r in readings:
+                value = r.values.get(st.quantity)
+                if value is None:
+                    out.append(Skip(f"no {st.quantity.value} in this reading"))
+                    continue
+                trial = PeriodBuilder(self.calendar, st.builder.max_gap_ms, st.builder.state())
+                periods = trial.feed(r.ts_ms, value)
+                self._note(stream.meter, trial)
+                outcome: Outcome = DELIVERED
+                for p in periods:
+                    o = await self._deliver(stream.meter, st, p)
+                    if isinstance(o, Retry):
+                        return [*out, o]
+                    if not isinstance(outcome, Reject):
+                        outcome = o  # a period refused for good sends its reading to the dead letters
+                st.builder = trial
+                if periods:
+                    await asyncio.to_thread(st.save)
+                out.append(outcome)
+        return out
+
+    def _note(self, meter: str, b: PeriodBuilder) -> None:
+        if b.reset_seen is not None:
+            before, after = b.reset_seen
+            self.log.warning("counter went backwards (meter replaced, reset or rolled over): nothing counted for"
+                             " that step, counting goes on from the new value", meter=meter, before=before,
+                             after=after)
+        if b.first_partial is not None:
+            self.log.info("first period incomplete (began before the first reading): not sent; periods start at"
+                          " the next boundary", meter=meter, from_ms=b.first_partial)
+
+    async def _deliver(self, meter: str, st: MeterState, p: Period) -> Outcome:
+        body = datum(p, st.unit, st.entry)
+        key = _key(body)
+        if p.spans > 1:
+            self.log.warning("readings too far apart to split the consumption between periods: sent as one",
+                             meter=meter, start=body["start_date"], end=body["end_date"], periods=p.spans)
+        if p.resets:
+            self.log.info("period holds a counter reset", meter=meter, period=key, resets=p.resets)
+        mine = st.record.get(key)
+        if mine is not None and mine.get("body") == body:
+            return Delivered(json.dumps(body))  # sent before (the reading comes again after a restart)
+        assert self.api is not None
+        try:
+            meter_id = await self._meter_id(meter, st)
+            if mine is None:
+                held = [d for d in await self.api.raw_data(meter_id) if _key(d) == key]
+                if held:
+                    d = held[0]
+                    if _same(d, body):
+                        self.log.info("period already on Wegowise: not sent again", meter=meter, period=key)
+                        self._remember(st, key, d.get("id"), body)
+                        return Delivered(json.dumps(body))
+                    self.log.warning("Wegowise holds another value for this period, not created by the gateway"
+                                     " (an import, an edit): left as it is", meter=meter, period=key,
+                                     held={k: d.get(k) for k in body}, computed=body)
+                    return Skip(f"period {key} held by Wegowise with another value")
+                created = await self.api.create_datum(meter_id, body)
+                self._remember(st, key, created.get("id"), body)
+            else:
+                await self.api.update_datum(meter_id, int(mine["id"]), body)
+                self.log.info("period's value changed: updated on Wegowise", meter=meter, period=key,
+                              before=mine.get("body"), now=body)
+                self._remember(st, key, mine["id"], body)
+        except WegowiseError as e:
+            return self._failed(meter, st, key, e)
+        return Delivered(json.dumps(body))
+
+    def _remember(self, st: MeterState, key: str, datum_id: Any, body: dict[str, str]) -> None:
+        st.record[key] = {"id": datum_id, "body": body}
+
+    def _failed(self, meter: str, st: MeterState, key: str, e: WegowiseError) -> Outcome:
+        if e.kind == "auth":
+            return Retry(str(e), after=self.config.auth_retry)
+        if e.kind == "not_found":
+            return Retry(f"Wegowise meter {st.meter_id} not found: check meter_map (id) or whether the meter was"
+                         f" deleted on Wegowise ({e})", after=self.config.auth_retry)
+        if e.kind == "invalid":
+            self.log.error("Wegowise refused the period: it is not sent (the reading that closed it goes to the"
+                           " dead letters)", meter=meter, period=key, reason=str(e))
+            return Reject(f"period {key}: {e}")
+        return Retry(str(e))
+
+    async def _meter_id(self, meter: str, st: MeterState) -> int:
+        if st.meter_id is not None:
+            return st.meter_id
+        new = st.entry.create
+        assert new is not None and self.api is not None
+        # Created before, but the id never kept (a crash between the two)? Found by its account number.
+        for m in await self.api.meters():
+            if m.get("account_number") == new.account_number and m.get("data_type") == st.entry.data_type \
+                    and isinstance(m.get("id"), int):
+                st.meter_id = m["id"]
+                self.log.info("Wegowise meter found by its account number", meter=meter, wegowise_id=m["id"])
+                break
+        else:
+            body: dict[str, Any] = {"account_number": new.account_number, "data_type": st.entry.data_type}
+            for k in ("utility_company_id", "other_utility_company", "nickname", "notes"):
+                v = getattr(new, k)
+                if v is not None:
+                    body[k] = str(v) if k == "utility_company_id" else v
+            created = await self.api.create_meter(body)
+            if not isinstance(created.get("id"), int):
+                raise WegowiseError("transient", "POST /meters: the answer holds no meter id")
+            st.meter_id = created["id"]
+            self.log.info("Wegowise meter created", meter=meter, wegowise_id=st.meter_id)
+        await asyncio.to_thread(st.save)
+        return st.meter_id
+
+    # ------------------------------------------------------------ dry run
+
+    def preview(self, stream: Stream, reading: Reading) -> Preview | Skip:
+        st = self.meters[stream.meter]
+        value = reading.values.get(st.quantity)
+        if value is None:
+            return Skip(f"no {st.quantity.value} in this reading")
+        periods = st.builder.feed(reading.ts_ms, value)
+        if not periods:
+            return Skip("no period closed by this reading")
+        where = st.meter_id if st.meter_id is not None else "(created at the first period)"
+        return {"sink": self.name, "would": "POST",
+                "url": f"{self.config.url.rstrip('/')}{self.config.api_path}/meters/{where}/raw_data",
+                "bodies": [datum(p, st.unit, st.entry) for p in periods]}

@@ -1,0 +1,359 @@
+"""The Wegowise sink against the Wegowise emulator over HTTPS (tests/helpers/wegowise_emulator.py), which checks
+every OAuth 1.0a signature by hand: signing, exactly once per period across lost answers and restarts, meters
+created once, refusals, the authorize command, and the daemon killed (SIGKILL) while a month of daily periods for
+three meters is being sent, across a daylight-saving change."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from pydantic import SecretStr
+
+from gateway.config import load_config
+from gateway.outcome import Delivered, Reject, Retry, Skip
+from gateway.platforms.wegowise.api import WegowiseApi, WegowiseError
+from gateway.platforms.wegowise.config import WegowiseConfig
+from gateway.platforms.wegowise.sink import WegowiseSink
+from gateway.quantities import Quantity
+from gateway.queue import QueueStore
+from gateway.reading import Reading
+from gateway.stream import Stream
+from tests.helpers.daemon import Daemon
+from tests.helpers.mosquitto import free_port
+from tests.helpers.wegowise_emulator import WegowiseEmulator, enc, signature_base
+
+DUBLIN = ZoneInfo("Europe/Dublin")
+E = Quantity.ENERGY_IMPORT_TOTAL
+
+
+def test_the_emulators_signature_check_follows_rfc5849() -> None:
+    """RFC 5849 section 1.2's example, with its published signature: the emulator's verifier is right."""
+    params = [("file", "vacation.jpg"), ("size", "original"), ("oauth_consumer_key", "dpf43f3p2l4k3l03"),
+              ("oauth_token", "nnch734d00sl2jdk"), ("oauth_signature_method", "HMAC-SHA1"),
+              ("oauth_timestamp", "1191242096"), ("oauth_nonce", "kllo9940pd9333jh"), ("oauth_version", "1.0")]
+    base = signature_base("GET", "http://photos.example.net/photos?file=vacation.jpg&size=original", params)
+    key = f"{enc('kd94hf93k423kf44')}&{enc('pfkkdhi9sl3r4s00')}"
+    sig = base64.b64encode(hmac.new(key.encode(), base.encode(), hashlib.sha1).digest()).decode()
+    assert sig == "tR3+Ty81lMeYAr/Fid0kMTYa/WM="
+
+
+@pytest.fixture
+def emu(tmp_path: Path) -> Iterator[WegowiseEmulator]:
+    e = WegowiseEmulator(tmp_path / "certs").start()
+    e.grant("at-gateway", "as-s3cret")
+    yield e
+    e.stop()
+
+
+def write_config(tmp_path: Path, emu: WegowiseEmulator, meter_map: str, extra: str = "",
+                 meters: tuple[str, ...] = ("m1",), secret: str = "cs-s3cret") -> Path:
+    dead = free_port()  # nothing listens: the meters never answer, the queue's readings are all there is
+    lines = "".join(f"  - {{name: {m}, type: modbus, bus: b, unit: {i + 1}, profile: eastron_sdm630,"
+                    f" interval: 15m}}\n" for i, m in enumerate(meters))
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""\
+site: {{name: plant, timezone: Europe/Dublin}}
+state_dir: {tmp_path}/state
+time_sync: ignore
+queue: {{max_age: 400d}}
+buses: [{{name: b, type: tcp, host: 127.0.0.1, port: {dead}, timeout: 200ms}}]
+meters:
+{lines}sinks:
+  - name: wegowise
+    type: wegowise
+    url: {emu.url}
+    consumer_key: ck-gateway
+    consumer_secret: {secret}
+    ca_file: {emu.ca_file}
+    backoff_base: 50ms
+    backoff_cap: 500ms
+    auth_retry: 2s
+    meter_map:
+{meter_map}{extra}""")
+    (tmp_path / "state").mkdir(exist_ok=True)
+    token = tmp_path / "state" / "wegowise-wegowise.token"
+    token.write_text(json.dumps({"token": "at-gateway", "secret": "as-s3cret"}))
+    return path
+
+
+def sink_of(path: Path) -> WegowiseSink:
+    config = load_config(path)
+    (sc,) = config.sinks
+    assert isinstance(sc, WegowiseConfig)
+    return WegowiseSink(sc, config)
+
+
+def ms(d: date, h: int = 0, mi: int = 0) -> int:
+    return round(datetime(d.year, d.month, d.day, h, mi, tzinfo=DUBLIN).timestamp() * 1000)
+
+
+def hourly(meter: str, start: date, days: int, rate: float = 1000.0) -> list[Reading]:
+    t0 = ms(start)
+    return [Reading(meter, t0 + i * 3_600_000, {E: 5_000.0 + i * rate}) for i in range(days * 24 + 1)]
+
+
+async def test_signed_requests_pass_and_a_wrong_secret_is_refused(tmp_path: Path, emu: WegowiseEmulator) -> None:
+    good = sink_of(write_config(tmp_path, emu, "      - {meter: m1, id: 1}\n"))
+    api = WegowiseApi(good.config, "at-gateway", "as-s3cret")
+    assert await api.meters() == []
+    await api.close()
+    bad = WegowiseApi(good.config.model_copy(update={"consumer_secret": SecretStr("wrong")}), "at-gateway", "as-s3cret")
+    with pytest.raises(WegowiseError) as e:
+        await bad.meters()
+    await bad.close()
+    assert e.value.kind == "auth" and "authorize" in str(e.value)
+    assert emu.refused_auth == ["signature does not match"]
+    assert "wrong" not in str(e.value) and "as-s3cret" not in str(e.value)
+
+
+async def test_days_are_posted_once_each_across_a_lost_answer_and_a_restart(tmp_path: Path,
+                                                                          emu: WegowiseEmulator) -> None:
+    mid = emu.add_meter("Electric", "E-1")
+    path = write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}, tariff: {{price: 0.25, per: kWh,"
+                                       " fixed: 1.5}}\n")
+    stream = Stream("wegowise", "m1")
+    readings = hourly("m1", date(2026, 5, 1), 3)
+    sink = sink_of(path)
+    await sink.start()
+    out = await sink.send(stream, readings[:30])  # closes 1 May
+    assert all(isinstance(o, Delivered) for o in out)
+    emu.lose_answer()  # 2 May is created, but its answer never arrives
+    out = await sink.send(stream, readings[30:])
+    assert isinstance(out[-1], Retry) and len(out) == 48 - 30 + 1  # the reading of 3 May 00:00 closes 2 May
+    await sink.close()
+
+    again = sink_of(path)  # a restart: the queue hands the unacknowledged readings again
+    await again.start()
+    out = await again.send(stream, readings[30:])
+    assert all(isinstance(o, Delivered) for o in out)
+    await again.close()
+    data = sorted(emu.data(mid), key=lambda d: d["start_date"])
+    assert [(d["start_date"], d["end_date"], d["kwh"], d["total_charge"]) for d in data] == [
+        ("2026-05-01", "2026-05-01", "24.000", "7.50"), ("2026-05-02", "2026-05-02", "24.000", "7.50"),
+        ("2026-05-03", "2026-05-03", "24.000", "7.50")]
+    assert emu.duplicates() == []
+    assert emu.posts() == 3
+
+
+async def test_refusals_retry_or_reject_as_they_should(tmp_path: Path, emu: WegowiseEmulator) -> None:
+    mid = emu.add_meter("Electric", "E-1")
+    path = write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n")
+    stream = Stream("wegowise", "m1")
+    readings = hourly("m1", date(2026, 5, 1), 2)
+    sink = sink_of(path)
+    await sink.start()
+    await sink.send(stream, readings[:10])
+    emu.answer(401)
+    (*_, last) = await sink.send(stream, readings[10:26])
+    assert isinstance(last, Retry) and last.after == 2.0 and "authorize" in last.reason
+    emu.answer(503)
+    (*_, last) = await sink.send(stream, readings[10:26])
+    assert isinstance(last, Retry) and last.after is None and "503" in last.reason
+    emu.answer(422, method="POST")
+    out = await sink.send(stream, readings[10:26])
+    assert isinstance(out[-2], Reject) and "422" in out[-2].reason  # the reading of 2 May 00:00 closed 1 May
+    assert isinstance(out[-1], Delivered)
+    await sink.close()
+    other = tmp_path / "other"
+    other.mkdir()
+    missing = sink_of(write_config(other, emu, "      - {meter: m1, id: 999}\n"))
+    await missing.start()
+    (*_, last) = await missing.send(stream, readings[:30])
+    assert isinstance(last, Retry) and "999 not found" in last.reason
+    await missing.close()
+
+
+async def test_a_refused_period_goes_aside_and_the_next_ones_go_on(tmp_path: Path, emu: WegowiseEmulator) -> None:
+    mid = emu.add_meter("Electric", "E-1")
+    path = write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n")
+    stream = Stream("wegowise", "m1")
+    readings = hourly("m1", date(2026, 5, 1), 3)
+    sink = sink_of(path)
+    await sink.start()
+    await sink.send(stream, readings[:24])
+    emu.validation_status = 422
+    real = emu.handle
+
+    def refuse_first_post(method: str, p: str, body: Any) -> tuple[int, Any]:
+        if method == "POST" and body and body.get("start_date") == "2026-05-01":
+            return 422, {"errors": "Must specify usage or total cost"}
+        return real(method, p, body)
+
+    emu.handle = refuse_first_post  # type: ignore[method-assign]
+    out = await sink.send(stream, readings[24:])
+    (rejected,) = [o for o in out if isinstance(o, Reject)]
+    assert "Must specify usage or total cost" in rejected.reason and "2026-05-01" in rejected.reason
+    assert sorted(d["start_date"] for d in emu.data(mid)) == ["2026-05-02", "2026-05-03"]
+    await sink.close()
+
+
+async def test_a_meter_is_created_once_even_if_its_id_was_never_kept(tmp_path: Path, emu: WegowiseEmulator) -> None:
+    path = write_config(tmp_path, emu, "      - {meter: m1, data_type: Electric, create: {account_number: SUB-7,"
+                                       " other_utility_company: Site power, nickname: Unit 7}}\n")
+    stream = Stream("wegowise", "m1")
+    readings = hourly("m1", date(2026, 5, 1), 2)
+    sink = sink_of(path)
+    await sink.start()
+    await sink.send(stream, readings[:30])
+    await sink.close()
+    (meter,) = emu.meters.values()
+    assert (meter["account_number"], meter["nickname"]) == ("SUB-7", "Unit 7")
+    (tmp_path / "state" / "wegowise" / "wegowise" / "m1.json").unlink()  # as if the gateway died before keeping it
+    again = sink_of(path)
+    await again.start()
+    await again.send(stream, readings[20:])
+    await again.close()
+    assert len(emu.meters) == 1, "found again by its account number, not created twice"
+    assert sorted(d["start_date"] for d in emu.data(meter["id"])) == ["2026-05-01", "2026-05-02"]
+    assert emu.duplicates() == []
+
+
+async def test_a_changed_value_is_updated_and_someone_elses_is_left_alone(tmp_path: Path,
+                                                                        emu: WegowiseEmulator) -> None:
+    mid = emu.add_meter("Electric", "E-1")
+    path = write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n")
+    stream = Stream("wegowise", "m1")
+    sink = sink_of(path)
+    await sink.start()
+    await sink.send(stream, hourly("m1", date(2026, 5, 1), 1))
+    (mine,) = emu.data(mid)
+    # The same day computed again from other readings (some no longer in the queue): the value is corrected.
+    sink2 = sink_of(path)
+    await sink2.start()
+    sink2.meters["m1"].builder = type(sink2.meters["m1"].builder)(sink2.calendar, 3_600_000)
+    await sink2.send(stream, hourly("m1", date(2026, 5, 1), 1, rate=900.0))
+    (updated,) = emu.data(mid)
+    assert updated["id"] == mine["id"] and updated["kwh"] == "21.600"
+    # A day Wegowise already holds from elsewhere (an import), with another value: not touched, not doubled.
+    with emu.lock:
+        emu.raw[mid][5] = {"id": 5, "start_date": "2026-05-02", "end_date": "2026-05-02", "kwh": "99.0",
+                           "total_charge": "1.0"}
+    out = await sink2.send(stream, hourly("m1", date(2026, 5, 2), 1)[1:])
+    assert isinstance(out[-1], Skip)
+    assert [d["kwh"] for d in emu.data(mid) if d["start_date"] == "2026-05-02"] == ["99.0"]
+    await sink.close()
+    await sink2.close()
+
+
+def test_authorize_walks_the_three_legs_and_keeps_the_token_private(tmp_path: Path, emu: WegowiseEmulator) -> None:
+    path = write_config(tmp_path, emu, "      - {meter: m1, id: 1}\n")
+    token = tmp_path / "state" / "wegowise-wegowise.token"
+    token.unlink()
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "wegowise", "authorize", "-c", str(path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    url = ""
+    while not url:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        if "oauth_token=" in line:
+            url = line.strip()
+    request_token = re.search(r"oauth_token=([\w-]+)", url)
+    assert request_token is not None and url.startswith(f"{emu.url}/oauth/authorize?")
+    verifier = emu.approve(request_token.group(1))
+    out, err = proc.communicate(verifier + "\n", timeout=30)
+    assert proc.returncode == 0, err
+    saved = json.loads(token.read_text())
+    assert emu.tokens[saved["token"]] == saved["secret"]
+    assert os.stat(token).st_mode & 0o777 == 0o600
+    assert saved["secret"] not in out + err and "cs-s3cret" not in out + err
+
+
+# ------------------------------------------------------------ the daemon, killed while a month goes out
+
+
+def expected_days(readings: list[tuple[int, float]], first: date, last: date) -> dict[str, float]:
+    """The test's own: each local day's share of every rise between consecutive readings (nothing for a fall)."""
+    out = {}
+    d = first
+    while d <= last:
+        s, e = ms(d), ms(d + timedelta(days=1))
+        total = 0.0
+        for (t0, c0), (t1, c1) in itertools.pairwise(readings):
+            overlap = min(e, t1) - max(s, t0)
+            if overlap > 0:
+                total += max(0.0, c1 - c0) * overlap / (t1 - t0)
+        out[d.isoformat()] = total / 1000  # Wh -> kWh
+        d += timedelta(days=1)
+    return out
+
+
+def month_of(meter: int) -> list[tuple[int, float]]:
+    """October 2026 (25 hours on the 25th), every 15 minutes at :07, a varying rate; meter 3 is replaced on the
+    14th (its counter starts again from 12)."""
+    t0, end = ms(date(2026, 10, 1), 0, 7), ms(date(2026, 11, 1), 0, 7)
+    out, c = [], 1_000_000.0 * meter
+    for i in range((end - t0) // 900_000 + 1):  # 745 hours: the 25th has 25
+        t = t0 + i * 900_000
+        out.append((t, c))
+        c += 50.0 * meter + 30.0 * ((i * 7 + meter) % 5)
+        if meter == 3 and t >= ms(date(2026, 10, 14), 13) and t < ms(date(2026, 10, 14), 13, 15):
+            c = 12.0
+    return out
+
+
+def test_sigkill_while_a_month_of_days_goes_out_sends_each_day_once(tmp_path: Path) -> None:
+    emu = WegowiseEmulator(tmp_path / "certs", latency=0.01).start()
+    try:
+        emu.grant("at-gateway", "as-s3cret")
+        ids = {m: emu.add_meter("Electric", f"E-{m}") for m in ("m1", "m2", "m3")}
+        path = write_config(tmp_path, emu, "".join(f"      - {{meter: {m}, id: {i}}}\n" for m, i in ids.items()),
+                            meters=("m1", "m2", "m3"))
+        months = {f"m{k}": month_of(k) for k in (1, 2, 3)}
+        store = QueueStore(tmp_path / "state" / "queue.db")
+        store.open()
+        store.begin()
+        store.configure({"wegowise": list(months)})
+        for m, rs in months.items():
+            store.append([Reading(m, t, {E: c}) for t, c in rs])
+        store.commit()
+        store.close()
+
+        kills = 0
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            d = Daemon(path).start()
+            if kills < 4:
+                before = sum(len(emu.data(i)) for i in ids.values())
+                while sum(len(emu.data(i)) for i in ids.values()) < before + 8 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                d.signal(signal.SIGKILL)
+                assert d.proc is not None
+                d.proc.wait(10)
+                kills += 1
+                continue
+            while sum(len(emu.data(i)) for i in ids.values()) < 3 * 30 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            d.stop()
+            break
+        assert kills == 4
+        assert emu.duplicates() == []
+        for m, i in ids.items():
+            held = {d["start_date"]: d for d in emu.data(i)}
+            want = expected_days(months[m], date(2026, 10, 2), date(2026, 10, 31))
+            assert sorted(held) == sorted(want), m  # 1 October began before the first reading: not sent
+            for day, kwh in want.items():
+                assert held[day]["end_date"] == day
+                assert float(held[day]["kwh"]) == pytest.approx(kwh, abs=0.0011), (m, day)
+        assert float(emu.data(ids["m1"])[0]["kwh"]) > 0
+        hours_25 = {d["start_date"]: float(d["kwh"]) for d in emu.data(ids["m1"])}["2026-10-25"]
+        assert hours_25 == pytest.approx(expected_days(months["m1"], date(2026, 10, 25), date(2026, 10, 25))
+                                         ["2026-10-25"], abs=0.0011)
+    finally:
+        emu.stop()
