@@ -357,3 +357,43 @@ def test_sigkill_while_a_month_of_days_goes_out_sends_each_day_once(tmp_path: Pa
                                          ["2026-10-25"], abs=0.0011)
     finally:
         emu.stop()
+
+
+def test_check_says_what_each_meter_becomes_and_refuses_what_cannot_be_sent(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    secret = tmp_path / "consumer.secret"
+    secret.write_text("cs-from-a-file\n")
+    secret.chmod(0o600)
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""\
+site: {{name: plant, timezone: Europe/Dublin}}
+state_dir: {tmp_path}/state
+meters:
+  - {{name: m1, type: simulated, interval: 15m}}
+  - {{name: gas, type: simulated, model: gas, interval: 15m, value_unit: m3}}
+sinks:
+  - name: wg
+    type: wegowise
+    url: https://wegowise.example
+    consumer_key: ck
+    consumer_secret_file: {secret}
+    meter_map:
+      - {{meter: m1, id: 12, tariff: {{price: 0.3, per: kWh, fixed: 0.5}}}}
+      - {{meter: gas, data_type: Gas, btu_per_m3: 36000, create: {{account_number: G-1, utility_company_id: 231}}}}
+""")
+    assert main(["check", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "m1 -> Wegowise meter 12: Electric kwh from energy_import_total (Wh), one raw datum a day" in out
+    assert "gas -> a new Wegowise meter (account G-1): Gas btu from value (m3)" in out
+    assert "periods: local days in Europe/Dublin; the next one due is" in out
+    assert "missing: run meter-gateway wegowise authorize --sink wg" in out
+    assert "cs-from-a-file" not in out
+    text = path.read_text().replace(", btu_per_m3: 36000", "").replace("utility_company_id: 231", "nickname: x")
+    path.write_text(text + "      - {meter: m1, id: 13}\n")
+    assert main(["check", "-c", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"{path}:14: sinks[wg].meter_map[1].btu_per_m3: gas metered in m3")
+    assert any("meter_map[1].create: Wegowise needs utility_company_id or other_utility_company" in e for e in err)
+    assert any(e.startswith(f"{path}:15: sinks[wg].meter_map[2].meter: 'm1' is already mapped") for e in err)

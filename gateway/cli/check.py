@@ -61,4 +61,6 @@ def main(args: argparse.Namespace) -> int:
         sc = next(s for s in c.sinks if s.name == name)
         where = f" -> {sc.path}" if isinstance(sc, FileConfig) else ""
         print(f"  {name:<20} {sc.type}{where}; {len(meters)} meter(s): {', '.join(meters)}")
+        for line in sc.describe(c):
+            print(f"  {'':<20} {line}")
     return EXIT_OK

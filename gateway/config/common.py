@@ -175,6 +175,10 @@ class SinkBase(Strict):
         """Print what would be sent instead of sending it (platforms with a preview have ``dry_run:``)."""
         return False
 
+    def describe(self, gateway: GatewayConfig) -> list[str]:
+        """Lines ``check`` prints under the sink (what it will do with each meter), if the platform has any."""
+        return []
+
     def secrets(self) -> list[str]:
         return [v.get_secret_value() for v in self.__dict__.values() if isinstance(v, SecretStr) and v]
 

@@ -17,7 +17,7 @@ from gateway.config.yamlfile import KeyPath, format_path
 from gateway.errors import ConfigError
 
 #: Keys whose value a problem line never shows.
-SECRET_FIELDS = frozenset({"password", "client_secret", "token", "api_key", "key_password"})
+SECRET_FIELDS = frozenset({"password", "client_secret", "consumer_secret", "token", "api_key", "key_password"})
 
 
 @runtime_checkable

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, Field, SecretStr
 
@@ -22,6 +22,9 @@ from gateway.config.common import (
 from gateway.config.units import format_duration
 from gateway.quantities import Quantity
 from gateway.stream import Stream
+
+if TYPE_CHECKING:
+    from gateway.config.models import GatewayConfig
 
 #: What each data type's raw datum carries as usage, and from what the gateway computes it.
 USAGE_FIELD = {"Electric": "kwh", "Gas": "btu", "Water": "gallons"}
@@ -100,6 +103,37 @@ class WegowiseConfig(SinkBase):
 
     def token_path(self, state_dir: Path) -> Path:
         return self.token_file or state_dir / f"wegowise-{self.name}.token"
+
+    def describe(self, gateway: GatewayConfig) -> list[str]:
+        """For ``check``: the periods each meter will produce, the next one due, and whether a token is there."""
+        import time
+        from zoneinfo import ZoneInfo
+
+        from gateway.platforms.wegowise.periods import Calendar
+
+        cal = Calendar(self.period, ZoneInfo(gateway.site.timezone))
+        now = round(time.time() * 1000)
+        end = cal.boundary_after(now)
+        start = cal.midnight_ms(cal.local_date(now) if self.period == "day" else cal.local_date(now).replace(day=1))
+        first, last = cal.dates(start, end)
+        when = first.isoformat() if first == last else f"{first.isoformat()} to {last.isoformat()}"
+        meters = {m.name: m for m in gateway.meters}
+        lines = []
+        for e in self.meter_map:
+            m = meters.get(e.meter)
+            q = self.quantity_of(e, m)
+            target = f"Wegowise meter {e.id}" if e.id is not None else \
+                f"a new Wegowise meter (account {e.create.account_number if e.create else '?'})"
+            cost = (f"{e.tariff.price:g} per {e.tariff.per} + {e.tariff.fixed:g} a period" if e.tariff
+                    else "no tariff: total_charge 0.00")
+            lines.append(f"{e.meter} -> {target}: {e.data_type} {USAGE_FIELD[e.data_type]} from {q.value}"
+                         f" ({self.unit_of(e, m) or '?'}), one raw datum a {self.period}; {cost}")
+        lines.append(f"periods: local {self.period}s in {gateway.site.timezone}; the next one due is {when},"
+                     f" sent once a reading at or after its end arrives")
+        token = self.token_path(gateway.state_dir)
+        lines.append(f"token:   {token}" + ("" if token.exists() else
+                                             f" (missing: run meter-gateway wegowise authorize --sink {self.name})"))
+        return lines
 
     def streams(self, meters: Sequence[MeterBase]) -> list[Stream]:
         known = {m.name for m in meters}
