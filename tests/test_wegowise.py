@@ -29,7 +29,7 @@ from gateway.config import load_config
 from gateway.outcome import Delivered, Reject, Retry, Skip
 from gateway.platforms.wegowise.api import WegowiseApi, WegowiseError
 from gateway.platforms.wegowise.config import WegowiseConfig
-from gateway.platforms.wegowise.sink import WegowiseSink
+from gateway.platforms.wegowise.sink import WegowiseSink, verify
 from gateway.quantities import Quantity
 from gateway.queue import QueueStore
 from gateway.reading import Reading
@@ -149,6 +149,14 @@ async def test_days_are_posted_once_each_across_a_lost_answer_and_a_restart(tmp_
         ("2026-05-03", "2026-05-03", "24.000", "7.50")]
     assert emu.duplicates() == []
     assert emu.posts() == 3
+    ok, lines = await verify(again.config, load_config(path))
+    assert ok, lines
+    assert lines[1] == (f"  m1 -> Wegowise meter {mid}: latest held 2026-05-03/2026-05-03 kwh 24.000; gateway sent"
+                        " last 2026-05-03/2026-05-03 kwh 24.000: same")
+    with emu.lock:
+        emu.raw[mid].clear()  # the data deleted on Wegowise
+    ok, lines = await verify(again.config, load_config(path))
+    assert not ok and "latest held no raw data" in lines[1]
 
 
 async def test_refusals_retry_or_reject_as_they_should(tmp_path: Path, emu: WegowiseEmulator) -> None:

@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_OK
     all_ok = True
     for sink, verify in checks:
-        ok, lines = asyncio.run(verify(sink, sent_by_sink.get(sink.name) or {}))
+        ok, lines = asyncio.run(verify(sink, sent_by_sink.get(sink.name) or {}, config))
         all_ok = all_ok and ok
         print(REDACTOR.scrub("\n".join(lines)))
     return EXIT_OK if all_ok else EXIT_RUNTIME

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from gateway.timekeeper import TimeKeeper
 
 #: Asks the platform what it holds of what the gateway last delivered: (all as expected, lines for a person).
-Verify = Callable[[Any, Mapping[str, Any]], Coroutine[Any, Any, tuple[bool, list[str]]]]
+#: Called with the sink's configuration, the gateway's record of what it delivered last, and the whole configuration.
+Verify = Callable[[Any, Mapping[str, Any], "GatewayConfig"], Coroutine[Any, Any, tuple[bool, list[str]]]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,9 @@ def _create(config: VoltawareConfig, gateway: GatewayConfig) -> Sink:
     return VoltawareSink(config, gateway)
 
 
-async def _verify(config: VoltawareConfig, last_sent: Mapping[str, Any]) -> tuple[bool, list[str]]:
+async def _verify(
+    config: VoltawareConfig, last_sent: Mapping[str, Any], gateway: GatewayConfig
+) -> tuple[bool, list[str]]:
     from gateway.platforms.voltaware.api import verify
 
     return await verify(config, dict(last_sent))

@@ -23,7 +23,9 @@ def _create(config: WatticsConfig, gateway: GatewayConfig) -> Sink:
     return WatticsSink(config, gateway)
 
 
-async def _verify(config: WatticsConfig, last_sent: Mapping[str, Any]) -> tuple[bool, list[str]]:
+async def _verify(
+    config: WatticsConfig, last_sent: Mapping[str, Any], gateway: GatewayConfig
+) -> tuple[bool, list[str]]:
     from gateway.platforms.wattics.sink import verify
 
     return await verify(config, last_sent)

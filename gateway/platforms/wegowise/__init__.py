@@ -8,7 +8,8 @@ counter), ``api.py`` (the signed client), ``sink.py`` (periods to raw data point
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from gateway.platforms.plugin import SinkPlatform
 from gateway.platforms.wegowise.config import WegowiseConfig
@@ -24,4 +25,12 @@ def _create(config: WegowiseConfig, gateway: GatewayConfig) -> Sink:
     return WegowiseSink(config, gateway)
 
 
-PLATFORM = SinkPlatform("wegowise", WegowiseConfig, _create)
+async def _verify(
+    config: WegowiseConfig, last_sent: Mapping[str, Any], gateway: GatewayConfig
+) -> tuple[bool, list[str]]:
+    from gateway.platforms.wegowise.sink import verify
+
+    return await verify(config, gateway)
+
+
+PLATFORM = SinkPlatform("wegowise", WegowiseConfig, _create, _verify)
