@@ -405,3 +405,22 @@ sinks:
     assert err[0].startswith(f"{path}:14: sinks[wg].meter_map[1].btu_per_m3: gas metered in m3")
     assert any("meter_map[1].create: Wegowise needs utility_company_id or other_utility_company" in e for e in err)
     assert any(e.startswith(f"{path}:15: sinks[wg].meter_map[2].meter: 'm1' is already mapped") for e in err)
+
+
+async def test_the_dry_run_prints_the_raw_data_points_a_reading_closes(tmp_path: Path, emu: WegowiseEmulator,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.platforms.all import create_sink
+
+    path = write_config(tmp_path, emu, "      - {meter: m1, id: 12, tariff: {price: 0.5, per: kWh}}\n",
+                        extra="    dry_run: true\n")
+    config = load_config(path)
+    sink = create_sink(config.sinks[0], config)
+    await sink.start()
+    out = await sink.send(Stream("wegowise", "m1"), hourly("m1", date(2026, 5, 1), 2, rate=500.0))
+    await sink.close()
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [p["bodies"] for p in printed] == [
+        [{"start_date": "2026-05-01", "end_date": "2026-05-01", "kwh": "12.000", "total_charge": "6.00"}],
+        [{"start_date": "2026-05-02", "end_date": "2026-05-02", "kwh": "12.000", "total_charge": "6.00"}]]
+    assert printed[0]["url"] == f"{emu.url}/api/v1/wego_data/meters/12/raw_data"
+    assert sum(isinstance(o, Delivered) for o in out) == 2 and emu.log == [], "nothing sent, nothing connected"

@@ -158,10 +158,6 @@ class WegowiseSink(BaseSink):
         self.dir.mkdir(parents=True, exist_ok=True)
         for name, st in self.meters.items():
             self._load(name, st)
-        if any(st.entry.tariff is None for st in self.meters.values()):
-            self.log.warning("meters without a tariff: their raw data points carry total_charge 0.00, which"
-                             " Wegowise shows as a cost of zero",
-                             meters=[n for n, st in self.meters.items() if st.entry.tariff is None])
         token_file = self.config.token_path(self.gateway.state_dir)
         try:
             token = json.loads(token_file.read_text())
@@ -170,6 +166,10 @@ class WegowiseSink(BaseSink):
             raise SinkError(f"sink {self.name}: no Wegowise access token in {token_file}: run meter-gateway"
                             f" wegowise authorize -c <config> --sink {self.name}") from None
         self.api = WegowiseApi(self.config, *pair)
+        if any(st.entry.tariff is None for st in self.meters.values()):  # once the sink starts, not at each try
+            self.log.warning("meters without a tariff: their raw data points carry total_charge 0.00, which"
+                             " Wegowise shows as a cost of zero",
+                             meters=[n for n, st in self.meters.items() if st.entry.tariff is None])
 
     def _load(self, name: str, st: MeterState) -> None:
         try:
