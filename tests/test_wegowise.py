@@ -424,3 +424,72 @@ async def test_the_dry_run_prints_the_raw_data_points_a_reading_closes(tmp_path:
         [{"start_date": "2026-05-02", "end_date": "2026-05-02", "kwh": "12.000", "total_charge": "6.00"}]]
     assert printed[0]["url"] == f"{emu.url}/api/v1/wego_data/meters/12/raw_data"
     assert sum(isinstance(o, Delivered) for o in out) == 2 and emu.log == [], "nothing sent, nothing connected"
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_grace_sends_a_short_period_and_completes_it_when_the_meter_is_back(tmp_path: Path,
+                                                                                emu: WegowiseEmulator) -> None:
+    mid = emu.add_meter("Electric", "E-1")
+    path = write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n", extra="    grace: 2h\n    max_gap: 6h\n")
+    config = load_config(path)
+    (sc,) = config.sinks
+    assert isinstance(sc, WegowiseConfig)
+    clock = Clock(ms(date(2026, 5, 1), 22, 30) / 1000)
+    sink = WegowiseSink(sc, config, clock)
+    await sink.start()
+    stream = Stream("wegowise", "m1")
+    first = hourly("m1", date(2026, 5, 1), 1)[:23]  # until 22:00, then the meter goes quiet
+    await sink.send(stream, first)
+    clock.t = ms(date(2026, 5, 2), 1, 30) / 1000
+    await sink.close_idle()
+    assert emu.data(mid) == [], "its end is not 2 h past yet"
+    clock.t = ms(date(2026, 5, 2), 2, 30) / 1000
+    await sink.close_idle()
+    (short,) = emu.data(mid)
+    assert (short["start_date"], short["kwh"]) == ("2026-05-01", "22.000")
+    await sink.close_idle()
+    assert len(emu.data(mid)) == 1, "sent once"
+    t0 = ms(date(2026, 5, 2), 3)
+    back = [Reading("m1", t0 + i * 3_600_000, {E: 5_000.0 + 22_000.0 + 5_000.0 + i * 1000.0}) for i in range(23)]
+    out = await sink.send(stream, back)
+    assert all(isinstance(o, Delivered) for o in out)
+    held = {d["start_date"]: d for d in emu.data(mid)}
+    assert held["2026-05-01"]["id"] == short["id"], "the same raw datum, updated"
+    assert held["2026-05-01"]["kwh"] == "24.000"  # 22 known + 2 of the 5 kWh from 22:00 to 03:00
+    assert held["2026-05-02"]["kwh"] == "24.000"  # 3 + 21
+    assert emu.duplicates() == []
+    await sink.close()
+
+
+async def test_a_short_period_then_a_long_silence_becomes_one_datum_not_two(tmp_path: Path,
+                                                                          emu: WegowiseEmulator) -> None:
+    mid = emu.add_meter("Electric", "E-1")
+    path = write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n", extra="    grace: 2h\n    max_gap: 6h\n")
+    config = load_config(path)
+    (sc,) = config.sinks
+    assert isinstance(sc, WegowiseConfig)
+    clock = Clock(ms(date(2026, 5, 1), 22, 30) / 1000)
+    sink = WegowiseSink(sc, config, clock)
+    await sink.start()
+    stream = Stream("wegowise", "m1")
+    await sink.send(stream, hourly("m1", date(2026, 5, 1), 1)[:23])
+    clock.t = ms(date(2026, 5, 2), 3) / 1000
+    await sink.close_idle()
+    (short,) = emu.data(mid)
+    await sink.close()
+    again = WegowiseSink(sc, config, clock)  # a restart in between
+    await again.start()
+    t0 = ms(date(2026, 5, 3), 15)  # back after 41 hours: how the energy was spread is unknown
+    out = await again.send(stream, [Reading("m1", t0 + i * 3_600_000, {E: 60_000.0 + i * 1000.0}) for i in range(20)])
+    assert all(isinstance(o, Delivered) for o in out)
+    (merged,) = emu.data(mid)
+    assert (merged["id"], merged["start_date"], merged["end_date"]) == (short["id"], "2026-05-01", "2026-05-03")
+    assert merged["kwh"] == f"{(60_000.0 + 9 * 1000.0 - 5_000.0) / 1000:.3f}"  # to 4 May 00:00 (09:00 after 15:00)
+    await again.close()

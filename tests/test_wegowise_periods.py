@@ -149,3 +149,40 @@ def test_a_midnight_that_does_not_exist_is_the_instant_the_clock_jumps() -> None
     assert all(p.first_day == p.last_day for p in periods)
     assert sum(p.consumption for p in periods) == pytest.approx(
         interp(readings, periods[-1].end_ms) - interp(readings, periods[0].start_ms))
+
+
+def test_a_period_closed_by_the_grace_time_comes_out_again_complete() -> None:
+    cal = Calendar("day", DUBLIN)
+    b = PeriodBuilder(cal, 6 * H)
+    t = ms(2026, 5, 1)
+    readings = [(t + i * H, i * 100.0) for i in range(23)]  # 1 May 00:00 .. 22:00, then silence
+    assert feed_all(b, readings) == []
+    assert b.close_idle(ms(2026, 5, 2, 1), 2 * H) is None, "not yet: 2 h after its end"
+    short = b.close_idle(ms(2026, 5, 2, 2), 2 * H)
+    assert short is not None and short.first_day == date(2026, 5, 1)
+    assert short.consumption == pytest.approx(2200.0) and short.short_ms == 2 * H
+    assert b.close_idle(ms(2026, 5, 2, 5), 2 * H) is None, "closed once"
+    later = [(ms(2026, 5, 2, 3) + i * H, 2200.0 + 500.0 + i * 100.0) for i in range(30)]  # back at 03:00
+    periods = feed_all(b, later)
+    full = interp(readings + later, ms(2026, 5, 2)) - 0.0
+    assert [(p.first_day, p.short_ms) for p in periods] == [(date(2026, 5, 1), 0), (date(2026, 5, 2), 0)]
+    assert periods[0].consumption == pytest.approx(full)
+    assert periods[1].consumption == pytest.approx(interp(readings + later, ms(2026, 5, 3)) - full)
+
+
+def test_a_graced_period_followed_by_a_long_gap_is_replaced_by_one_spanning_both() -> None:
+    cal = Calendar("day", DUBLIN)
+    b = PeriodBuilder(cal, 2 * H)
+    t = ms(2026, 5, 1)
+    readings = [(t + i * H, i * 100.0) for i in range(23)]
+    feed_all(b, readings)
+    short = b.close_idle(ms(2026, 5, 2, 6), 2 * H)
+    assert short is not None
+    state = b.state()
+    b = PeriodBuilder(cal, 2 * H, state)  # across a restart
+    later = [(ms(2026, 5, 3, 15) + i * H, 9_000.0 + i * 100.0) for i in range(20)]
+    periods = feed_all(b, later)
+    (p,) = periods
+    assert (p.first_day, p.last_day, p.spans) == (date(2026, 5, 1), date(2026, 5, 3), 3)
+    assert p.replaces == (short.start_ms, short.end_ms)
+    assert p.consumption == pytest.approx(interp(readings + later, p.end_ms))

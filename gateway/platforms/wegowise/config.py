@@ -85,6 +85,9 @@ class WegowiseConfig(SinkBase):
     #: two readings further apart than this do not say how the consumption between them was spread: the periods
     #: they straddle are sent as one (must be at least twice each meter's interval)
     max_gap: PositiveDuration = 3600.0
+    #: a period whose end no reading has covered this long after it (and whose meter has sent nothing for as long)
+    #: is sent with what is known, and updated when the next reading brings the rest; none: wait for that reading
+    grace: PositiveDuration | None = None
     meter_map: Annotated[list[WegowiseMeter], Field(min_length=1)]
     request_timeout: PositiveDuration = 30.0
     #: wait between tries while Wegowise refuses the credentials (401) or a meter (404)

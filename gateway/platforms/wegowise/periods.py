@@ -87,6 +87,12 @@ class Period:
     spans: int = 1
     #: times the counter went backwards within it
     resets: int = 0
+    #: closed by the grace time with no reading at or after its end: the consumption of this last stretch of it
+    #: (from its last reading to its end) is missing, until the next reading brings it (a corrected period)
+    short_ms: int = 0
+    #: (start, end) of a period sent before that this one replaces: a short period that the next reading, too far
+    #: away to split, turns into one spanning both
+    replaces: tuple[int, int] | None = None
 
 
 class PeriodBuilder:
@@ -106,16 +112,42 @@ class PeriodBuilder:
         self.reset_seen: tuple[float, float] | None = None
         #: the boundary periods start from, when the first (partial) period was just skipped
         self.first_partial: int | None = None
+        #: the last period closed by the grace time: (start, end, consumption, spans, resets), until a reading after
+        #: its end arrives
+        self.graced: tuple[int, int, float, int, int] | None = None
+        #: the period the next one emitted replaces (see Period.replaces)
+        self.replacing: tuple[int, int] | None = None
         if state:
             self.last = (int(state["last"][0]), float(state["last"][1])) if state.get("last") else None
             self.open_start = state.get("open_start")
             self.acc = float(state.get("acc", 0.0))
             self.spans = int(state.get("spans", 1))
             self.resets = int(state.get("resets", 0))
+            g = state.get("graced")
+            self.graced = (int(g[0]), int(g[1]), float(g[2]), int(g[3]), int(g[4])) if g else None
+            r = state.get("replacing")
+            self.replacing = (int(r[0]), int(r[1])) if r else None
 
     def state(self) -> dict[str, Any]:
         return {"last": list(self.last) if self.last else None, "open_start": self.open_start, "acc": self.acc,
-                "spans": self.spans, "resets": self.resets}
+                "spans": self.spans, "resets": self.resets, "graced": list(self.graced) if self.graced else None,
+                "replacing": list(self.replacing) if self.replacing else None}
+
+    def close_idle(self, now_ms: int, grace_ms: int) -> Period | None:
+        """The open period, closed without a reading at or after its end, once ``grace_ms`` have passed since its
+        end: what its last stretch consumed is missing (``short_ms``), until a reading after it arrives (then the
+        period comes out again from :meth:`feed`, complete: the caller updates what it sent)."""
+        if self.last is None or self.open_start is None or self.graced is not None:
+            return None
+        end = self.calendar.boundary_after(self.last[0])
+        if now_ms < end + grace_ms:
+            return None
+        first, last = self.calendar.dates(self.open_start, end)
+        p = Period(self.open_start, end, first, last, self.acc, self.spans, self.resets, end - self.last[0],
+                   self.replacing)
+        self.graced = (self.open_start, end, self.acc, self.spans, self.resets)
+        self.open_start, self.acc, self.spans, self.resets, self.replacing = end, 0.0, 1, 0, None
+        return p
 
     def feed(self, ts_ms: int, counter: float) -> list[Period]:
         """The periods this reading closes (usually none, one at a boundary, several after a stop)."""
@@ -136,17 +168,38 @@ class PeriodBuilder:
         known = span <= self.max_gap_ms
         out: list[Period] = []
         done = lt  # the part of the segment already given to a period
-        b = self.calendar.boundary_after(lt)
+        if self.graced is not None:
+            g_start, g_end, g_acc, g_spans, g_resets = self.graced
+            g_resets += self.resets  # a reset seen in this segment belongs with the stretch it is counted in
+            self.resets = 0
+            if ts_ms < g_end or known:
+                # The stretch the graced period lacked: all of this segment, or its share before the end.
+                upto = min(ts_ms, g_end)
+                g_acc += rise * (upto - lt) / span
+                done = upto
+                first, last = self.calendar.dates(g_start, g_end)
+                if ts_ms < g_end:
+                    self.graced = (g_start, g_end, g_acc, g_spans, g_resets)
+                    self.last = (ts_ms, counter)
+                    return [Period(g_start, g_end, first, last, g_acc, g_spans, g_resets, g_end - ts_ms)]
+                out.append(Period(g_start, g_end, first, last, g_acc, g_spans, g_resets))
+                self.graced = None
+            else:
+                # Too far away to split at the graced period's end: it runs on, and what comes out replaces it.
+                self.open_start, self.acc, self.spans, self.resets = g_start, g_acc, g_spans, g_resets
+                self.replacing, self.graced = (g_start, g_end), None
+        b = self.calendar.boundary_after(done)
         while b <= ts_ms:
             if known or b == ts_ms:
                 self.acc += rise * (b - done) / span
                 done = b
                 if self.open_start is not None:
                     first, last = self.calendar.dates(self.open_start, b)
-                    out.append(Period(self.open_start, b, first, last, self.acc, self.spans, self.resets))
+                    out.append(Period(self.open_start, b, first, last, self.acc, self.spans, self.resets,
+                                      replaces=self.replacing))
                 else:
                     self.first_partial = b
-                self.open_start, self.acc, self.spans, self.resets = b, 0.0, 1, 0
+                self.open_start, self.acc, self.spans, self.resets, self.replacing = b, 0.0, 1, 0, None
             elif self.open_start is not None:
                 self.spans += 1  # a boundary inside a gap: the open period runs on across it
             b = self.calendar.boundary_after(b)

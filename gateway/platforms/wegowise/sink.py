@@ -18,9 +18,11 @@ sink deletes and changes nothing it did not create.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,8 @@ class MeterState:
     meter_id: int | None
     #: period key -> {"id": Wegowise id, "body": what was sent}, for the raw data points this sink created
     record: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: when (the sink's clock, s) a reading of this meter was last fed: the meter is quiet since
+    fed_at: float = 0.0
 
     def save(self) -> None:
         data = {"meter_id": self.meter_id, "builder": self.builder.state(),
@@ -134,8 +138,11 @@ class MeterState:
 class WegowiseSink(BaseSink):
     max_batch = 500
 
-    def __init__(self, config: WegowiseConfig, gateway: GatewayConfig) -> None:
+    def __init__(self, config: WegowiseConfig, gateway: GatewayConfig,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.clock = clock
+        self._grace_task: asyncio.Task[None] | None = None
         self.name = config.name
         self.max_in_flight = config.max_in_flight
         self.gateway = gateway
@@ -166,6 +173,11 @@ class WegowiseSink(BaseSink):
             raise SinkError(f"sink {self.name}: no Wegowise access token in {token_file}: run meter-gateway"
                             f" wegowise authorize -c <config> --sink {self.name}") from None
         self.api = WegowiseApi(self.config, *pair)
+        now = self.clock()
+        for st in self.meters.values():
+            st.fed_at = now  # quiet counts from the start: the queue may hold what it has not handed yet
+        if self.config.grace is not None:
+            self._grace_task = asyncio.create_task(self._grace_loop(self.config.grace))
         if any(st.entry.tariff is None for st in self.meters.values()):  # once the sink starts, not at each try
             self.log.warning("meters without a tariff: their raw data points carry total_charge 0.00, which"
                              " Wegowise shows as a cost of zero",
@@ -188,8 +200,38 @@ class WegowiseSink(BaseSink):
             st.record = data["record"]
 
     async def close(self) -> None:
+        if self._grace_task is not None:
+            self._grace_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._grace_task
         if self.api is not None:
             await self.api.close()
+
+    async def _grace_loop(self, grace: float) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, grace / 4))
+            await self.close_idle()
+
+    async def close_idle(self) -> None:
+        """Send, with what is known, each open period whose end is ``grace`` past and whose meter has sent nothing
+        for as long (a backlog being caught up keeps sending, so its periods are not closed early)."""
+        grace = self.config.grace
+        if grace is None:
+            return
+        now = self.clock()
+        for name, st in self.meters.items():
+            async with self._lock(name):
+                if now - st.fed_at < grace:
+                    continue
+                trial = PeriodBuilder(self.calendar, st.builder.max_gap_ms, st.builder.state())
+                p = trial.close_idle(round(now * 1000), round(grace * 1000))
+                if p is None:
+                    continue
+                outcome = await self._deliver(name, st, p)
+                if isinstance(outcome, Retry):
+                    continue  # tried again at the next look
+                st.builder = trial
+                await asyncio.to_thread(st.save)
 
     # ------------------------------------------------------------ readings
 
@@ -207,6 +249,7 @@ class WegowiseSink(BaseSink):
                     continue
                 trial = PeriodBuilder(self.calendar, st.builder.max_gap_ms, st.builder.state())
                 periods = trial.feed(r.ts_ms, value)
+                st.fed_at = self.clock()
                 self._note(stream.meter, trial)
                 outcome: Outcome = DELIVERED
                 for p in periods:
@@ -239,7 +282,20 @@ class WegowiseSink(BaseSink):
                              meter=meter, start=body["start_date"], end=body["end_date"], periods=p.spans)
         if p.resets:
             self.log.info("period holds a counter reset", meter=meter, period=key, resets=p.resets)
+        if p.short_ms:
+            self.log.warning("period sent after the grace time without a reading at or after its end: what its last"
+                             " stretch consumed is missing, and is added (the period updated) when the meter sends"
+                             " again", meter=meter, period=key, missing_s=round(p.short_ms / 1000))
         mine = st.record.get(key)
+        replaced: str | None = None
+        if p.replaces is not None and mine is None:
+            first, last = self.calendar.dates(*p.replaces)
+            old = f"{first.isoformat()}/{last.isoformat()}"
+            if old in st.record:
+                # The short period sent at grace grows into this one: the same raw datum, new dates and value.
+                mine, replaced = st.record[old], old
+                self.log.warning("readings too far apart to complete the period sent at grace: it is updated to"
+                                 " span the periods up to the next reading", meter=meter, was=old, now=key)
         if mine is not None and mine.get("body") == body:
             return Delivered(json.dumps(body))  # sent before (the reading comes again after a restart)
         assert self.api is not None
@@ -263,13 +319,16 @@ class WegowiseSink(BaseSink):
                 await self.api.update_datum(meter_id, int(mine["id"]), body)
                 self.log.info("period's value changed: updated on Wegowise", meter=meter, period=key,
                               before=mine.get("body"), now=body)
+                if replaced is not None:
+                    st.record.pop(replaced, None)
                 self._remember(st, key, mine["id"], body)
         except WegowiseError as e:
             return self._failed(meter, st, key, e)
         return Delivered(json.dumps(body))
 
     def _remember(self, st: MeterState, key: str, datum_id: Any, body: dict[str, str]) -> None:
-        st.record[key] = {"id": datum_id, "body": body}
+        st.record.pop(key, None)
+        st.record[key] = {"id": datum_id, "body": body}  # the newest last: the record is trimmed from its start
 
     def _failed(self, meter: str, st: MeterState, key: str, e: WegowiseError) -> Outcome:
         if e.kind == "auth":
