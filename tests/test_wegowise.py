@@ -493,3 +493,38 @@ async def test_a_short_period_then_a_long_silence_becomes_one_datum_not_two(tmp_
     assert (merged["id"], merged["start_date"], merged["end_date"]) == (short["id"], "2026-05-01", "2026-05-03")
     assert merged["kwh"] == f"{(60_000.0 + 9 * 1000.0 - 5_000.0) / 1000:.3f}"  # to 4 May 00:00 (09:00 after 15:00)
     await again.close()
+
+
+async def test_a_lying_wegowise_never_stops_the_sink_nor_gets_a_period_twice(tmp_path: Path,
+                                                                            emu: WegowiseEmulator) -> None:
+    """Answers that are not what the document shows: the sink retries with a reason that says what came, keeps no
+    wrong id, and still sends each period once."""
+    mid = emu.add_meter("Electric", "E-1")
+    path = write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n")
+    stream = Stream("wegowise", "m1")
+    readings = hourly("m1", date(2026, 5, 1), 3)
+    sink = sink_of(path)
+    await sink.start()
+    await sink.send(stream, readings[:10])
+    emu.garble("<html>maintenance</html>", method="GET")  # the lookup answers a page
+    (*_, last) = await sink.send(stream, readings[10:30])
+    assert isinstance(last, Retry) and "not JSON" in last.reason
+    emu.garble('{"raw_data": []}', method="GET")  # an object where a list belongs
+    (*_, last) = await sink.send(stream, readings[10:30])
+    assert isinstance(last, Retry) and "list" in last.reason
+    emu.garble('{"id": "abc", "start_date": 7}', method="POST")  # created, with an answer holding no usable id
+    out = await sink.send(stream, readings[10:30])
+    assert isinstance(out[-1], Delivered)
+    assert sink.meters["m1"].record["2026-05-01/2026-05-01"]["id"] is None
+    with emu.lock:  # data that is not the document's shape, beside the real one
+        emu.raw[mid][77] = {"id": "x", "start_date": None, "end_date": "2026-04-30"}
+    again = sink_of(path)  # a restart, and the same day computed from other readings: updated, found by its period
+    await again.start()
+    again.meters["m1"].builder = type(again.meters["m1"].builder)(again.calendar, 3_600_000)
+    out = await again.send(stream, hourly("m1", date(2026, 5, 1), 3, rate=900.0))
+    assert all(isinstance(o, Delivered) for o in out), [o for o in out if not isinstance(o, Delivered)]
+    days = sorted((d["start_date"], d["kwh"]) for d in emu.data(mid) if d["id"] != "x")
+    assert days == [("2026-05-01", "21.600"), ("2026-05-02", "21.600"), ("2026-05-03", "21.600")]
+    assert emu.duplicates() == []
+    await sink.close()
+    await again.close()

@@ -90,6 +90,7 @@ class Fault:
     status: int = 500
     #: only requests of this method (e.g. "POST"); None: any
     method: str | None = None
+    body: str = ""
 
 
 class WegowiseEmulator:
@@ -150,6 +151,12 @@ class WegowiseEmulator:
     def answer(self, status: int, times: int = 1, method: str | None = None) -> None:
         with self.lock:
             self.faults.append(Fault("answer", times, status, method))
+
+    def garble(self, body: str, times: int = 1, method: str | None = None, status: int = 200) -> None:
+        """Handle the request, then answer ``status`` with ``body`` instead of the real answer (a platform that
+        lies: a body that is not JSON, an object where a list belongs, ids that are not ids)."""
+        with self.lock:
+            self.faults.append(Fault("garble", times, status, method, body))
 
     def lose_answer(self, times: int = 1, method: str | None = "POST") -> None:
         with self.lock:
@@ -401,6 +408,9 @@ def _handler(emu: WegowiseEmulator) -> type[BaseHTTPRequestHandler]:
                     return
             status, answer = emu.handle(method, path, body)
             emu.log.append((method, path, status))
+            if fault is not None and fault.kind == "garble":
+                reply(self, fault.status, fault.body)
+                return
             if fault is not None and fault.kind == "lose":
                 self.close_connection = True
                 self.connection.close()  # done, but the answer never reaches the client

@@ -91,7 +91,15 @@ def datum(p: Period, unit: str, entry: WegowiseMeter) -> dict[str, str]:
 
 
 def _key(body: dict[str, Any]) -> str:
-    return f"{body['start_date']}/{body['end_date']}"
+    """A period's key, from the body the gateway built or from what Wegowise answered (anything: then a key that
+    matches no period)."""
+    start, end = body.get("start_date"), body.get("end_date")
+    return f"{start}/{end}" if isinstance(start, str) and isinstance(end, str) else "?"
+
+
+def _id(value: Any) -> int | None:
+    """A raw datum's id as Wegowise gave it, if it is one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _same(held: dict[str, Any], body: dict[str, str]) -> bool:
@@ -307,21 +315,28 @@ class WegowiseSink(BaseSink):
                     d = held[0]
                     if _same(d, body):
                         self.log.info("period already on Wegowise: not sent again", meter=meter, period=key)
-                        self._remember(st, key, d.get("id"), body)
+                        self._remember(st, key, _id(d.get("id")), body)
                         return Delivered(json.dumps(body))
                     self.log.warning("Wegowise holds another value for this period, not created by the gateway"
                                      " (an import, an edit): left as it is", meter=meter, period=key,
                                      held={k: d.get(k) for k in body}, computed=body)
                     return Skip(f"period {key} held by Wegowise with another value")
                 created = await self.api.create_datum(meter_id, body)
-                self._remember(st, key, created.get("id"), body)
+                self._remember(st, key, _id(created.get("id")), body)
             else:
-                await self.api.update_datum(meter_id, int(mine["id"]), body)
+                datum_id = _id(mine.get("id"))
+                if datum_id is None:  # created, but its answer held no usable id: found by its period
+                    old = replaced or key
+                    datum_id = next((_id(d.get("id")) for d in await self.api.raw_data(meter_id)
+                                     if _key(d) == old and _id(d.get("id")) is not None), None)
+                    if datum_id is None:
+                        raise WegowiseError("transient", f"the raw datum of {old} is not found on Wegowise to update")
+                await self.api.update_datum(meter_id, datum_id, body)
                 self.log.info("period's value changed: updated on Wegowise", meter=meter, period=key,
                               before=mine.get("body"), now=body)
                 if replaced is not None:
                     st.record.pop(replaced, None)
-                self._remember(st, key, mine["id"], body)
+                self._remember(st, key, datum_id, body)
         except WegowiseError as e:
             return self._failed(meter, st, key, e)
         return Delivered(json.dumps(body))
@@ -349,9 +364,10 @@ class WegowiseSink(BaseSink):
         assert new is not None and self.api is not None
         # Created before, but the id never kept (a crash between the two)? Found by its account number.
         for m in await self.api.meters():
+            found = _id(m.get("id"))
             if m.get("account_number") == new.account_number and m.get("data_type") == st.entry.data_type \
-                    and isinstance(m.get("id"), int):
-                st.meter_id = m["id"]
+                    and found is not None:
+                st.meter_id = found
                 self.log.info("Wegowise meter found by its account number", meter=meter, wegowise_id=m["id"])
                 break
         else:
@@ -361,9 +377,10 @@ class WegowiseSink(BaseSink):
                 if v is not None:
                     body[k] = str(v) if k == "utility_company_id" else v
             created = await self.api.create_meter(body)
-            if not isinstance(created.get("id"), int):
+            new_id = _id(created.get("id"))
+            if new_id is None:  # created or not: the next try finds it by its account number before creating one
                 raise WegowiseError("transient", "POST /meters: the answer holds no meter id")
-            st.meter_id = created["id"]
+            st.meter_id = new_id
             self.log.info("Wegowise meter created", meter=meter, wegowise_id=st.meter_id)
         await asyncio.to_thread(st.save)
         return st.meter_id
