@@ -32,11 +32,18 @@ def encoded_forms(secret: str) -> set[str]:
 class Redactor:
     def __init__(self) -> None:
         self.secrets: tuple[str, ...] = ()
+        self._given: tuple[str, ...] = ()
 
     def set(self, secrets: Iterable[str]) -> None:
+        secrets = tuple(secrets)
+        self._given = secrets
         # Longest first, so a secret containing another is replaced whole; very short ones would hide ordinary text.
         forms = {form for s in secrets for form in encoded_forms(s)}
         self.secrets = tuple(sorted({s for s in forms if len(s) >= 4}, key=len, reverse=True))
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """More secrets than the configuration's: credentials a platform issued at run time (tokens)."""
+        self.set([*self._given, *secrets])
 
     def scrub(self, text: str) -> str:
         """``text`` (from a peer, or an error that may quote one) with every known secret and every credential

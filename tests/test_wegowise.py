@@ -528,3 +528,23 @@ async def test_a_lying_wegowise_never_stops_the_sink_nor_gets_a_period_twice(tmp
     assert emu.duplicates() == []
     await sink.close()
     await again.close()
+
+
+async def test_an_answer_that_echoes_the_oauth_header_is_scrubbed(tmp_path: Path, emu: WegowiseEmulator) -> None:
+    from gateway.logs import REDACTOR
+
+    mid = emu.add_meter("Electric", "E-1")
+    sink = sink_of(write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n"))
+    REDACTOR.set(load_config(tmp_path / "config.yaml").secrets())
+    await sink.start()
+    echo = ('{"errors": "bad request: Authorization: OAuth oauth_consumer_key=\\"ck-gateway\\", oauth_token='
+            '\\"at-gateway\\" with secret as-s3cret and cs-s3cret"}')
+    emu.garble(echo, status=500, method="GET")
+    (*_, last) = await sink.send(Stream("wegowise", "m1"), hourly("m1", date(2026, 5, 1), 2))
+    assert isinstance(last, Retry)
+    shown = REDACTOR.scrub(last.reason)  # what the forwarder keeps and logs
+    assert "500" in shown
+    for secret in ("at-gateway", "as-s3cret", "cs-s3cret"):
+        assert secret in last.reason and secret not in shown
+    await sink.close()
+    REDACTOR.set([])

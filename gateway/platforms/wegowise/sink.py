@@ -32,6 +32,7 @@ import structlog
 
 from gateway.config.models import GatewayConfig
 from gateway.errors import SinkError
+from gateway.logs import REDACTOR
 from gateway.outcome import DELIVERED, Delivered, Outcome, Reject, Retry, Skip
 from gateway.platforms.sink import BaseSink, Preview
 from gateway.platforms.wegowise.api import WegowiseApi, WegowiseError
@@ -180,6 +181,7 @@ class WegowiseSink(BaseSink):
         except (OSError, ValueError, KeyError, TypeError):
             raise SinkError(f"sink {self.name}: no Wegowise access token in {token_file}: run meter-gateway"
                             f" wegowise authorize -c <config> --sink {self.name}") from None
+        REDACTOR.add(pair)  # a peer's error page may echo the request's OAuth header
         self.api = WegowiseApi(self.config, *pair)
         now = self.clock()
         for st in self.meters.values():
