@@ -509,9 +509,9 @@ async def test_a_lying_wegowise_never_stops_the_sink_nor_gets_a_period_twice(tmp
     emu.garble("<html>maintenance</html>", method="GET")  # the lookup answers a page
     (*_, last) = await sink.send(stream, readings[10:30])
     assert isinstance(last, Retry) and "not JSON" in last.reason
-    emu.garble('{"raw_data": []}', method="GET")  # an object where a list belongs
+    emu.garble('[{"id": 1}]', method="GET")  # a list where the latest datum (an object) belongs
     (*_, last) = await sink.send(stream, readings[10:30])
-    assert isinstance(last, Retry) and "list" in last.reason
+    assert isinstance(last, Retry) and "other than an object" in last.reason
     emu.garble('{"id": "abc", "start_date": 7}', method="POST")  # created, with an answer holding no usable id
     out = await sink.send(stream, readings[10:30])
     assert isinstance(out[-1], Delivered)
@@ -548,3 +548,16 @@ async def test_an_answer_that_echoes_the_oauth_header_is_scrubbed(tmp_path: Path
         assert secret in last.reason and secret not in shown
     await sink.close()
     REDACTOR.set([])
+
+
+async def test_the_whole_list_is_fetched_only_when_the_latest_datum_does_not_settle_it(tmp_path: Path,
+                                                                                     emu: WegowiseEmulator) -> None:
+    mid = emu.add_meter("Electric", "E-1")
+    sink = sink_of(write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n"))
+    await sink.start()
+    await sink.send(Stream("wegowise", "m1"), hourly("m1", date(2026, 5, 1), 10))
+    gets = [p for m, p, _ in emu.log if m == "GET"]
+    assert len(emu.data(mid)) == 10
+    assert gets.count(f"/api/v1/wego_data/meters/{mid}/latest_datum") == 10
+    assert f"/api/v1/wego_data/meters/{mid}/raw_data" not in gets, "periods in order: the latest settles each"
+    await sink.close()
