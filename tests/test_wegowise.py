@@ -561,3 +561,30 @@ async def test_the_whole_list_is_fetched_only_when_the_latest_datum_does_not_set
     assert gets.count(f"/api/v1/wego_data/meters/{mid}/latest_datum") == 10
     assert f"/api/v1/wego_data/meters/{mid}/raw_data" not in gets, "periods in order: the latest settles each"
     await sink.close()
+
+
+async def test_a_lost_answer_is_settled_by_the_list_whatever_latest_means(tmp_path: Path,
+                                                                          emu: WegowiseEmulator) -> None:
+    """If "latest" is the newest created, an old bill imported after a POST whose answer was lost would hide it:
+    the sink asks the whole list for a period it may have posted."""
+    emu.latest_by = "id"
+    mid = emu.add_meter("Electric", "E-1")
+    path = write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n")
+    stream = Stream("wegowise", "m1")
+    readings = hourly("m1", date(2026, 5, 1), 2)
+    sink = sink_of(path)
+    await sink.start()
+    emu.lose_answer()
+    (*_, last) = await sink.send(stream, readings)
+    assert isinstance(last, Retry)
+    await sink.close()
+    with emu.lock:  # meanwhile, a bill of last year is imported
+        emu._next_id += 1
+        emu.raw[mid][emu._next_id] = {"id": emu._next_id, "start_date": "2025-01-01", "end_date": "2025-01-31",
+                                      "kwh": "400.0", "total_charge": "60.0"}
+    again = sink_of(path)  # after a restart too
+    await again.start()
+    out = await again.send(stream, readings)
+    assert all(isinstance(o, Delivered) for o in out)
+    assert emu.duplicates() == [] and len(emu.data(mid)) == 3
+    await again.close()

@@ -98,6 +98,8 @@ class WegowiseEmulator:
                  validation_status: int = 422, time_window: float = 300.0, latency: float = 0.0) -> None:
         #: seconds each request waits before it is handled (to land a kill mid-way)
         self.latency = latency
+        #: what "latest" means for latest_datum (the document does not say): the latest end date, or the newest
+        self.latest_by = "end_date"
         self.consumer_key, self.consumer_secret = consumer
         self.validation_status = validation_status
         self.time_window = time_window
@@ -288,6 +290,8 @@ class WegowiseEmulator:
             if rest[1] == "latest_datum" and method == "GET":
                 if not data:
                     return 404, {"errors": "No data"}
+                if self.latest_by == "id":
+                    return 200, max(data.values(), key=lambda d: d["id"])
                 return 200, max(data.values(), key=lambda d: (d["end_date"], d["id"]))
             if rest[1] != "raw_data":
                 return 404, {"errors": "Not found"}

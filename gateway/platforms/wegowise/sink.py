@@ -132,10 +132,12 @@ class MeterState:
     record: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: when (the sink's clock, s) a reading of this meter was last fed: the meter is quiet since
     fed_at: float = 0.0
+    #: the period a POST was sent for whose answer has not been recorded: Wegowise may hold it
+    posting: str | None = None
 
     def save(self) -> None:
         data = {"meter_id": self.meter_id, "builder": self.builder.state(),
-                "record": dict(list(self.record.items())[-RECORD_KEEP:])}
+                "record": dict(list(self.record.items())[-RECORD_KEEP:]), "posting": self.posting}
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w") as f:
             json.dump(data, f)
@@ -206,6 +208,8 @@ class WegowiseSink(BaseSink):
             st.meter_id = data["meter_id"]
         if isinstance(data.get("builder"), dict):
             st.builder = PeriodBuilder(self.calendar, round(self.config.max_gap * 1000), data["builder"])
+        if isinstance(data.get("posting"), str):
+            st.posting = data["posting"]
         if isinstance(data.get("record"), dict):
             st.record = data["record"]
 
@@ -312,7 +316,7 @@ class WegowiseSink(BaseSink):
         try:
             meter_id = await self._meter_id(meter, st)
             if mine is None:
-                held = await self._held(meter_id, key, body["start_date"])
+                held = await self._held(meter_id, key, body["start_date"], sure=st.posting != key)
                 if held:
                     d = held[0]
                     if _same(d, body):
@@ -323,7 +327,10 @@ class WegowiseSink(BaseSink):
                                      " (an import, an edit): left as it is", meter=meter, period=key,
                                      held={k: d.get(k) for k in body}, computed=body)
                     return Skip(f"period {key} held by Wegowise with another value")
+                st.posting = key  # on disk before the POST: after a crash, the list is asked whatever "latest" says
+                await asyncio.to_thread(st.save)
                 created = await self.api.create_datum(meter_id, body)
+                st.posting = None
                 self._remember(st, key, _id(created.get("id")), body)
             else:
                 datum_id = _id(mine.get("id"))
@@ -343,15 +350,18 @@ class WegowiseSink(BaseSink):
             return self._failed(meter, st, key, e)
         return Delivered(json.dumps(body))
 
-    async def _held(self, meter_id: int, key: str, start_date: str) -> list[dict[str, Any]]:
-        """What Wegowise holds for the period ``key``. Its latest raw datum is asked first: when that ends before
-        the period starts (the usual case: periods go out in order), nothing is held for it and the whole list
-        (which grows by a datum a day for years) need not be fetched."""
+    async def _held(self, meter_id: int, key: str, start_date: str, sure: bool) -> list[dict[str, Any]]:
+        """What Wegowise holds for the period ``key``. When no POST for it may have gone out unrecorded (``sure``),
+        its latest raw datum is asked first: when that ends before the period starts (the usual case: periods go
+        out in order), nothing is held for it and the whole list (a datum a day for years) need not be fetched.
+        (Wegowise does not say whether "latest" is by date or by creation: after an unrecorded POST the list is
+        always asked.)"""
         assert self.api is not None
-        latest = await self.api.latest(meter_id)
-        end = latest.get("end_date") if latest is not None else None
-        if latest is None or (isinstance(end, str) and end < start_date):
-            return []
+        if sure:
+            latest = await self.api.latest(meter_id)
+            end = latest.get("end_date") if latest is not None else None
+            if latest is None or (isinstance(end, str) and end < start_date):
+                return []
         return [d for d in await self.api.raw_data(meter_id) if _key(d) == key]
 
     def _remember(self, st: MeterState, key: str, datum_id: Any, body: dict[str, str]) -> None:
