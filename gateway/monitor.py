@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from gateway import __version__
 from gateway.config.models import MonitoringConfig
 from gateway.errors import GatewayError
+from gateway.forwarder.streams import AGGREGATE_GRACE
 
 log = structlog.get_logger("gateway.monitor")
 
@@ -46,6 +47,12 @@ def base_url(config: MonitoringConfig) -> str:
 FUTURE_RECENT_S = 900.0
 
 
+def _held_on_purpose(interval: float) -> float:
+    """How old a reading may be that a stream holds on purpose: an interval stream keeps an interval's readings
+    until it closes (and up to its grace after): twice that is not yet "behind"."""
+    return 2 * interval + AGGREGATE_GRACE if interval else 0.0
+
+
 def evaluate(report: dict[str, Any], config: MonitoringConfig, now: float | None = None) -> list[dict[str, Any]]:
     """What needs a person, one entry per problem (empty: healthy)."""
     now = time.time() if now is None else now
@@ -55,11 +62,19 @@ def evaluate(report: dict[str, Any], config: MonitoringConfig, now: float | None
     for name, s in report["sinks"].items():
         last = s["last_delivery_ms"] / 1000 if isinstance(s["last_delivery_ms"], int) else started
         quiet = now - max(last, started)
-        if s["depth"] and (s["oldest_age_s"] or 0) > config.sink_stalled_after and quiet > config.sink_stalled_after:
+        age = s["oldest_age_s"] or 0
+        if s["depth"] and age > config.sink_stalled_after and quiet > config.sink_stalled_after:
             problems.append({
                 "check": "sink_stalled", "sink": name, "depth": s["depth"], "quiet_s": round(quiet),
                 "detail": f"nothing delivered for {round(quiet)} s while {s['depth']} readings wait"
                           + (f": {s['last_error']}" if s["last_error"] else ""),
+            })
+        elif s["depth"] and age > max(config.sink_behind_after, _held_on_purpose(s.get("holds_s") or 0.0)):
+            problems.append({
+                "check": "sink_behind", "sink": name, "depth": s["depth"], "oldest_age_s": round(age),
+                "detail": f"the oldest of {s['depth']} readings waiting for {name} is {round(age)} s old: it"
+                          " delivers, but more slowly than readings come (or is catching up a backlog)"
+                          + (f"; last error: {s['last_error']}" if s["last_error"] else ""),
             })
     buses: dict[str, list[str]] = {}
     for name, m in report["meters"].items():

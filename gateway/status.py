@@ -39,6 +39,7 @@ def collect(queue: Snapshot, config: GatewayConfig, now: float | None = None,
     sink_health = daemon.get("sinks") if running else {}
     sinks: dict[str, dict[str, Any]] = {}
     c = queue.counters
+    streams = config.sink_streams()
     for name, backlog in queue.backlogs.items():
         oldest = backlog.oldest_ts_ms
         health = sink_health.get(name, {}) if isinstance(sink_health, dict) else {}
@@ -48,6 +49,8 @@ def collect(queue: Snapshot, config: GatewayConfig, now: float | None = None,
             **{what.value: c.sink(name, what) for what in _SINK_COUNTS},
             "failing": bool(health.get("failing")) if isinstance(health, dict) else False,
             "last_error": health.get("last_error") if isinstance(health, dict) else None,
+            # Readings a stream holds on purpose (one aggregated reading per interval): this long at most.
+            "holds_s": max((st.interval or 0.0 for st in streams.get(name, [])), default=0.0),
         }
     meter_rows: dict[str, dict[str, Any]] = {}
     meter_health = daemon.get("meters") if running else {}

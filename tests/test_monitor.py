@@ -211,6 +211,38 @@ sinks: [{{name: out, type: file, path: {tmp_path}/out.jsonl}}]
         await server.stop()
 
 
+async def test_health_says_when_a_platform_delivers_more_slowly_than_readings_come(tmp_path: Path) -> None:
+    """A platform that answers, but slowly: nothing stalls, yet readings wait longer and longer. /health says
+    sink_behind (not sink_stalled), and nothing once it keeps up again."""
+    port = free_port()
+    emu = WatticsEmulator(tmp_path / "certs", latency=0.25).start()  # 4 packets a second at most, 10 readings come
+    try:
+        async with running(tmp_path, f"""\
+state_dir: {tmp_path}
+monitoring: {{enabled: true, port: {port}, sink_behind_after: 3s}}
+meters: [{{name: m1, type: simulated, interval: 100ms}}]
+sinks:
+  - name: wattics
+    type: wattics
+    url: {emu.url}
+    username: gateway
+    password: s3cret-pass
+    ca_file: {emu.ca_file}
+    data_points: [{{id: e-1, meter: m1}}]
+"""):
+            deadline = time.monotonic() + 20
+            while (health := await get(port, "/health")).status_code != 503:
+                assert time.monotonic() < deadline, "no problem reported while readings wait longer and longer"
+                await asyncio.sleep(0.2)
+            (problem,) = health.json()["problems"]
+            assert problem["check"] == "sink_behind" and problem["sink"] == "wattics"
+            assert problem["oldest_age_s"] >= 3 and emu.count() > 0, "it delivers: not stalled"
+            emu.latency = 0.0  # it keeps up again: the backlog drains
+            await until_healthy(port, within=30)
+    finally:
+        emu.stop()
+
+
 async def until_healthy(port: int, within: float = 15.0) -> None:
     deadline = time.monotonic() + within
     while (r := await get(port, "/health")).status_code != 200:

@@ -61,6 +61,9 @@ class MonitoringConfig(Strict):
     clock_unsynced_after: PositiveDuration = 600.0
     #: ... when the queue file uses more than this share of queue.max_size.
     queue_full_ratio: Annotated[float, Field(gt=0, le=1)] = 0.9
+    #: ... when the oldest reading waiting for a sink that still delivers is older than this (it takes readings more
+    #: slowly than they come, or is catching up): at least twice the longest interval of the sink's streams
+    sink_behind_after: PositiveDuration = 3600.0
     #: ... when a meter that answers skipped a tick this recently (its poll ran past the next tick: a reading not
     #: taken, because its bus or the machine is too busy for its interval).
     ticks_skipped_within: PositiveDuration = 900.0
