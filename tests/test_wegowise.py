@@ -588,3 +588,21 @@ async def test_a_lost_answer_is_settled_by_the_list_whatever_latest_means(tmp_pa
     assert all(isinstance(o, Delivered) for o in out)
     assert emu.duplicates() == [] and len(emu.data(mid)) == 3
     await again.close()
+
+
+async def test_a_changed_meter_id_does_not_inherit_what_went_to_the_old_one(tmp_path: Path,
+                                                                           emu: WegowiseEmulator) -> None:
+    old, new = emu.add_meter("Electric", "E-1"), emu.add_meter("Electric", "E-2")
+    stream = Stream("wegowise", "m1")
+    sink = sink_of(write_config(tmp_path, emu, f"      - {{meter: m1, id: {old}}}\n"))
+    await sink.start()
+    await sink.send(stream, hourly("m1", date(2026, 5, 1), 1))
+    await sink.close()
+    moved = sink_of(write_config(tmp_path, emu, f"      - {{meter: m1, id: {new}}}\n"))
+    await moved.start()
+    # The same day handed again (a restart re-sends what the queue still holds), then the next one.
+    moved.meters["m1"].builder = type(moved.meters["m1"].builder)(moved.calendar, 3_600_000)
+    await moved.send(stream, hourly("m1", date(2026, 5, 1), 2))
+    assert [d["start_date"] for d in emu.data(old)] == ["2026-05-01"]
+    assert sorted(d["start_date"] for d in emu.data(new)) == ["2026-05-01", "2026-05-02"]
+    await moved.close()

@@ -204,10 +204,16 @@ class WegowiseSink(BaseSink):
             self.log.warning("state of a meter unreadable: starting its periods afresh (Wegowise is asked before"
                              " anything is sent again)", meter=name, error=str(e))
             return
-        if st.entry.id is None and isinstance(data.get("meter_id"), int):
-            st.meter_id = data["meter_id"]
+        saved = _id(data.get("meter_id"))
         if isinstance(data.get("builder"), dict):
             st.builder = PeriodBuilder(self.calendar, round(self.config.max_gap * 1000), data["builder"])
+        if st.entry.id is None:
+            st.meter_id = saved
+        elif saved is not None and saved != st.entry.id:
+            # The record says what went to the other meter: it must not make this one skip a period.
+            self.log.warning("meter_map id changed: periods from now on go to the new Wegowise meter; those sent to"
+                             " the old one are not sent again", meter=name, was=saved, now=st.entry.id)
+            return
         if isinstance(data.get("posting"), str):
             st.posting = data["posting"]
         if isinstance(data.get("record"), dict):
