@@ -606,3 +606,14 @@ async def test_a_changed_meter_id_does_not_inherit_what_went_to_the_old_one(tmp_
     assert [d["start_date"] for d in emu.data(old)] == ["2026-05-01"]
     assert sorted(d["start_date"] for d in emu.data(new)) == ["2026-05-01", "2026-05-02"]
     await moved.close()
+
+
+async def test_a_meter_of_another_data_type_gets_nothing(tmp_path: Path, emu: WegowiseEmulator) -> None:
+    gas = emu.add_meter("Gas", "G-1")
+    sink = sink_of(write_config(tmp_path, emu, f"      - {{meter: m1, id: {gas}}}\n"))  # Electric by default
+    await sink.start()
+    (*_, last) = await sink.send(Stream("wegowise", "m1"), hourly("m1", date(2026, 5, 1), 2))
+    assert isinstance(last, Retry) and last.after == 2.0
+    assert f"Wegowise meter {gas} is 'Gas', meter_map says Electric" in last.reason
+    assert emu.data(gas) == []
+    await sink.close()

@@ -100,6 +100,9 @@ class WegowiseApi:
     async def meters(self) -> list[dict[str, Any]]:
         return _list(await self._call("GET", "/meters"), "GET /meters")
 
+    async def meter(self, meter_id: int) -> dict[str, Any]:
+        return _obj(await self._call("GET", f"/meters/{meter_id}"), f"GET /meters/{meter_id}")
+
     async def create_meter(self, body: dict[str, Any]) -> dict[str, Any]:
         return _obj(await self._call("POST", "/meters", body), "POST /meters")
 

@@ -134,6 +134,8 @@ class MeterState:
     fed_at: float = 0.0
     #: the period a POST was sent for whose answer has not been recorded: Wegowise may hold it
     posting: str | None = None
+    #: the Wegowise meter was seen to be of the configured data type (once per run)
+    checked: bool = False
 
     def save(self) -> None:
         data = {"meter_id": self.meter_id, "builder": self.builder.state(),
@@ -380,6 +382,8 @@ class WegowiseSink(BaseSink):
         if e.kind == "not_found":
             return Retry(f"Wegowise meter {st.meter_id} not found: check meter_map (id) or whether the meter was"
                          f" deleted on Wegowise ({e})", after=self.config.auth_retry)
+        if e.kind == "mismatch":
+            return Retry(str(e), after=self.config.auth_retry)
         if e.kind == "invalid":
             self.log.error("Wegowise refused the period: it is not sent (the reading that closed it goes to the"
                            " dead letters)", meter=meter, period=key, reason=str(e))
@@ -388,6 +392,8 @@ class WegowiseSink(BaseSink):
 
     async def _meter_id(self, meter: str, st: MeterState) -> int:
         if st.meter_id is not None:
+            if not st.checked:
+                await self._check_meter(meter, st, st.meter_id)
             return st.meter_id
         new = st.entry.create
         assert new is not None and self.api is not None
@@ -396,7 +402,7 @@ class WegowiseSink(BaseSink):
             found = _id(m.get("id"))
             if m.get("account_number") == new.account_number and m.get("data_type") == st.entry.data_type \
                     and found is not None:
-                st.meter_id = found
+                st.meter_id, st.checked = found, True
                 self.log.info("Wegowise meter found by its account number", meter=meter, wegowise_id=m["id"])
                 break
         else:
@@ -409,10 +415,26 @@ class WegowiseSink(BaseSink):
             new_id = _id(created.get("id"))
             if new_id is None:  # created or not: the next try finds it by its account number before creating one
                 raise WegowiseError("transient", "POST /meters: the answer holds no meter id")
-            st.meter_id = new_id
+            st.meter_id, st.checked = new_id, True
             self.log.info("Wegowise meter created", meter=meter, wegowise_id=st.meter_id)
         await asyncio.to_thread(st.save)
         return st.meter_id
+
+    async def _check_meter(self, meter: str, st: MeterState, meter_id: int) -> None:
+        """The Wegowise meter exists and measures what the configuration says: kWh sent to a gas meter would be
+        refused period after period, or worse, taken."""
+        assert self.api is not None
+        try:
+            held = await self.api.meter(meter_id)
+        except WegowiseError as e:
+            if e.kind == "not_found":
+                raise WegowiseError("not_found", f"Wegowise meter {meter_id} not found", 404) from None
+            raise
+        kind = held.get("data_type")
+        if kind != st.entry.data_type:
+            raise WegowiseError("mismatch", f"Wegowise meter {meter_id} is {kind!r}, meter_map says"
+                                f" {st.entry.data_type}: fix the id or the data_type")
+        st.checked = True
 
     # ------------------------------------------------------------ dry run
 
