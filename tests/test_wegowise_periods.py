@@ -186,3 +186,44 @@ def test_a_graced_period_followed_by_a_long_gap_is_replaced_by_one_spanning_both
     assert (p.first_day, p.last_day, p.spans) == (date(2026, 5, 1), date(2026, 5, 3), 3)
     assert p.replaces == (short.start_ms, short.end_ms)
     assert p.consumption == pytest.approx(interp(readings + later, p.end_ms))
+
+
+def test_a_misread_that_goes_up_and_back_is_taken_back() -> None:
+    """A counter read once far too high (a garbled register) and then right again: the jump is not consumption."""
+    cal = Calendar("day", DUBLIN)
+    b = PeriodBuilder(cal, 2 * H)
+    t = ms(2026, 5, 1)
+    readings = [(t + i * H, 1000.0 + i * 100.0) for i in range(25)]
+    readings[7] = (readings[7][0], 3.4e38)  # float32's largest: a misread
+    periods = feed_all(b, readings)
+    (p,) = periods
+    assert p.consumption == pytest.approx(2400.0) and p.resets == 0
+    low = PeriodBuilder(cal, 2 * H)  # a misread low is a step back that the next reading makes up: same total
+    readings = [(t + i * H, 1000.0 + i * 100.0) for i in range(25)]
+    readings[7] = (readings[7][0], 1500.0)
+    (p,) = feed_all(low, readings)
+    assert p.consumption == pytest.approx(2400.0)
+
+
+def test_a_real_reset_is_not_a_misread() -> None:
+    cal = Calendar("day", DUBLIN)
+    b = PeriodBuilder(cal, 2 * H)
+    t = ms(2026, 5, 1)
+    readings = [(t + i * H, 90_000.0 + i * 100.0) for i in range(13)]
+    readings += [(t + (13 + i) * H, 20.0 + i * 100.0) for i in range(12)]
+    (p,) = feed_all(b, readings)
+    assert p.consumption == pytest.approx(1200.0 + 1100.0) and p.resets == 1
+
+
+def test_a_rise_faster_than_any_consumption_is_not_counted_even_across_a_boundary() -> None:
+    cal = Calendar("day", DUBLIN)
+    b = PeriodBuilder(cal, 2 * H, max_per_hour=1e7)  # 10 MWh an hour
+    t = ms(2026, 5, 1)
+    readings = [(t + i * H, 1000.0 + i * 100.0) for i in range(49)]
+    readings[24] = (readings[24][0] + 1, 3.4e38)  # just past midnight: the misread's segment crosses the boundary
+    periods = feed_all(b, readings)
+    assert [p.first_day for p in periods] == [date(2026, 5, 1), date(2026, 5, 2)]
+    assert all(0 <= p.consumption <= 2400.0 for p in periods), [p.consumption for p in periods]
+    # The steps into and out of the misread count nothing (a day sent cannot be taken back): 2 of 48 hours lost,
+    # never 3.4e38 Wh.
+    assert sum(p.consumption for p in periods) == pytest.approx(4800.0 - 200.0, abs=1.0)

@@ -67,6 +67,13 @@ class WegowiseMeter(Strict):
     #: Gas metered by volume (m3): its energy content, BTU per m3 (from the gas supplier's bill: calorific value)
     btu_per_m3: Annotated[float, Field(gt=0)] | None = None
     tariff: Tariff | None = None
+    #: a rise of the counter faster than this, in its unit an hour, is not consumption (a misread, a meter exchanged):
+    #: by default 10 MWh an hour for energy, 1,000 m3 an hour for a volume
+    max_per_hour: Annotated[float, Field(gt=0)] | None = None
+
+
+#: The default of ``max_per_hour`` by the counter's unit.
+MAX_PER_HOUR = {"Wh": 1e7, "kWh": 1e4, "m3": 1e3, "l": 1e6}
 
 
 class WegowiseConfig(SinkBase):

@@ -15,6 +15,11 @@ period's boundaries, interpolated linearly where readings straddle one.
 - **A long gap** between two readings (longer than ``max_gap``) is a segment whose spread over time is unknown:
   a boundary inside it cannot be valued, so the periods it touches become one period spanning them all (its dates
   say so: a raw datum from the first day to the last), never values invented by spreading the gap evenly.
+- **A misread** (a reading far off that the next one contradicts: up, then back down to no less than before) is
+  taken back, as long as no boundary lies between it and the reading before: the consumption follows the readings
+  on either side of it (a counter does not go back by a little). Its value is reported (``misread_seen``).
+- **A rise faster than ``max_per_hour``** (a misread far too high, a meter exchanged for one that counts from
+  further on) is not consumption: it counts nothing, and is reported (``implausible_seen``).
 - **A counter that goes backwards** (a meter replaced, a counter rolled over or reset) contributes nothing for the
   segment over which it went back (what was consumed between those two readings is unknown; at most one poll's
   worth), and counting goes on from the new value. Never a negative consumption. Each is counted in ``resets`` of
@@ -98,9 +103,14 @@ class Period:
 class PeriodBuilder:
     """Feed one meter's counter readings in time order; closed periods come out."""
 
-    def __init__(self, calendar: Calendar, max_gap_ms: int, state: dict[str, Any] | None = None) -> None:
+    def __init__(self, calendar: Calendar, max_gap_ms: int, state: dict[str, Any] | None = None,
+                 max_per_hour: float | None = None) -> None:
         self.calendar = calendar
         self.max_gap_ms = max_gap_ms
+        #: a rise faster than this (counter units an hour) is not consumption: a misread or a meter exchanged for
+        #: one that counts from further on (not counted; reported in ``implausible_seen``)
+        self.max_per_hour = max_per_hour
+        self.implausible_seen: tuple[float, float, float] | None = None
         #: the last reading fed: (ms, counter)
         self.last: tuple[int, float] | None = None
         #: where the open period began (None: before the first boundary, the first partial period)
@@ -117,6 +127,11 @@ class PeriodBuilder:
         self.graced: tuple[int, int, float, int, int] | None = None
         #: the period the next one emitted replaces (see Period.replaces)
         self.replacing: tuple[int, int] | None = None
+        #: the reading before the last one and the open period's consumption then, while the last segment crossed
+        #: no boundary: (ms, counter, consumption), to take the last reading back if it proves a misread
+        self.undo: tuple[int, float, float] | None = None
+        #: what the last feed took back as a misread: (its value, the value after it)
+        self.misread_seen: tuple[float, float] | None = None
         if state:
             self.last = (int(state["last"][0]), float(state["last"][1])) if state.get("last") else None
             self.open_start = state.get("open_start")
@@ -127,11 +142,14 @@ class PeriodBuilder:
             self.graced = (int(g[0]), int(g[1]), float(g[2]), int(g[3]), int(g[4])) if g else None
             r = state.get("replacing")
             self.replacing = (int(r[0]), int(r[1])) if r else None
+            u = state.get("undo")
+            self.undo = (int(u[0]), float(u[1]), float(u[2])) if u else None
 
     def state(self) -> dict[str, Any]:
         return {"last": list(self.last) if self.last else None, "open_start": self.open_start, "acc": self.acc,
                 "spans": self.spans, "resets": self.resets, "graced": list(self.graced) if self.graced else None,
-                "replacing": list(self.replacing) if self.replacing else None}
+                "replacing": list(self.replacing) if self.replacing else None,
+                "undo": list(self.undo) if self.undo else None}
 
     def close_idle(self, now_ms: int, grace_ms: int) -> Period | None:
         """The open period, closed without a reading at or after its end, once ``grace_ms`` have passed since its
@@ -151,7 +169,7 @@ class PeriodBuilder:
 
     def feed(self, ts_ms: int, counter: float) -> list[Period]:
         """The periods this reading closes (usually none, one at a boundary, several after a stop)."""
-        self.reset_seen = self.first_partial = None
+        self.reset_seen = self.first_partial = self.misread_seen = self.implausible_seen = None
         if self.last is None:
             self.last = (ts_ms, counter)
             self.open_start = ts_ms if self.calendar.is_boundary(ts_ms) else None
@@ -159,12 +177,24 @@ class PeriodBuilder:
         lt, lc = self.last
         if ts_ms <= lt:
             return []  # already fed (a restart sends again what was not acknowledged)
+        if counter < lc and self.undo is not None and counter >= self.undo[1]:
+            # Up, then back down to no less than before: the last reading was a misread (a counter does not go
+            # back by a little). Taken back, and this reading follows the one before it.
+            t0, c0, before = self.undo
+            self.acc = before  # restored, not subtracted: a misread of 3.4e38 would swallow the rest
+            self.last, self.undo = (t0, c0), None
+            periods = self.feed(ts_ms, counter)
+            self.misread_seen = (lc, counter)
+            return periods
         rise = counter - lc
         if rise < 0:
             self.reset_seen = (lc, counter)
             self.resets += 1
             rise = 0.0
         span = ts_ms - lt
+        if self.max_per_hour is not None and rise > self.max_per_hour * span / 3_600_000:
+            self.implausible_seen = (lc, counter, rise * 3_600_000 / span)
+            rise = 0.0
         known = span <= self.max_gap_ms
         out: list[Period] = []
         done = lt  # the part of the segment already given to a period
@@ -203,6 +233,9 @@ class PeriodBuilder:
             elif self.open_start is not None:
                 self.spans += 1  # a boundary inside a gap: the open period runs on across it
             b = self.calendar.boundary_after(b)
+        acc_before = self.acc
         self.acc += rise * (ts_ms - done) / span
+        crossed = done != lt or self.calendar.boundary_after(lt) <= ts_ms
+        self.undo = (lt, lc, acc_before) if not crossed and self.reset_seen is None and self.graced is None else None
         self.last = (ts_ms, counter)
         return out

@@ -40,6 +40,7 @@ from gateway.platforms.wegowise.config import (
     BTU_PER_THERM,
     BTU_PER_WH,
     GALLONS_PER_M3,
+    MAX_PER_HOUR,
     USAGE_FIELD,
     WegowiseConfig,
     WegowiseMeter,
@@ -166,8 +167,10 @@ class WegowiseSink(BaseSink):
         for e in config.meter_map:
             m = meters.get(e.meter)
             self.meters[e.meter] = MeterState(e, config.quantity_of(e, m), config.unit_of(e, m),
-                                              PeriodBuilder(self.calendar, round(config.max_gap * 1000)),
+                                              PeriodBuilder(self.calendar, 0),
                                               self.dir / f"{e.meter}.json", e.id)
+        for st in self.meters.values():
+            st.builder = self._builder(st)
         self.api: WegowiseApi | None = None
         self.log = log.bind(sink=config.name)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -197,6 +200,10 @@ class WegowiseSink(BaseSink):
                              " Wegowise shows as a cost of zero",
                              meters=[n for n, st in self.meters.items() if st.entry.tariff is None])
 
+    def _builder(self, st: MeterState, state: dict[str, Any] | None = None) -> PeriodBuilder:
+        limit = st.entry.max_per_hour or MAX_PER_HOUR.get(st.unit)
+        return PeriodBuilder(self.calendar, round(self.config.max_gap * 1000), state, limit)
+
     def _load(self, name: str, st: MeterState) -> None:
         try:
             data = json.loads(st.path.read_text())
@@ -208,7 +215,7 @@ class WegowiseSink(BaseSink):
             return
         saved = _id(data.get("meter_id"))
         if isinstance(data.get("builder"), dict):
-            st.builder = PeriodBuilder(self.calendar, round(self.config.max_gap * 1000), data["builder"])
+            st.builder = self._builder(st, data["builder"])
         if st.entry.id is None:
             st.meter_id = saved
         elif saved is not None and saved != st.entry.id:
@@ -245,7 +252,7 @@ class WegowiseSink(BaseSink):
             async with self._lock(name):
                 if now - st.fed_at < grace:
                     continue
-                trial = PeriodBuilder(self.calendar, st.builder.max_gap_ms, st.builder.state())
+                trial = self._builder(st, st.builder.state())
                 p = trial.close_idle(round(now * 1000), round(grace * 1000))
                 if p is None:
                     continue
@@ -269,7 +276,7 @@ class WegowiseSink(BaseSink):
                 if value is None:
                     out.append(Skip(f"no {st.quantity.value} in this reading"))
                     continue
-                trial = PeriodBuilder(self.calendar, st.builder.max_gap_ms, st.builder.state())
+                trial = self._builder(st, st.builder.state())
                 periods = trial.feed(r.ts_ms, value)
                 st.fed_at = self.clock()
                 self._note(stream.meter, trial)
@@ -287,6 +294,14 @@ class WegowiseSink(BaseSink):
         return out
 
     def _note(self, meter: str, b: PeriodBuilder) -> None:
+        if b.implausible_seen is not None:
+            before, after, rate = b.implausible_seen
+            self.log.warning("counter rose faster than any consumption (a misread, or a meter exchanged): that step is"
+                             " not counted", meter=meter, before=before, after=after, per_hour=rate)
+        if b.misread_seen is not None:
+            wrong, after = b.misread_seen
+            self.log.warning("counter read once out of line and then back (a misread): that reading is not counted",
+                             meter=meter, misread=wrong, next=after)
         if b.reset_seen is not None:
             before, after = b.reset_seen
             self.log.warning("counter went backwards (meter replaced, reset or rolled over): nothing counted for"
