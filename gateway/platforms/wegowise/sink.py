@@ -239,7 +239,10 @@ class WegowiseSink(BaseSink):
     async def _grace_loop(self, grace: float) -> None:
         while True:
             await asyncio.sleep(min(60.0, grace / 4))
-            await self.close_idle()
+            try:
+                await self.close_idle()
+            except Exception as e:  # a bug here must not end the grace closes for good, silently
+                self.log.error("closing periods at grace failed; tried again at the next look", error=repr(e))
 
     async def close_idle(self) -> None:
         """Send, with what is known, each open period whose end is ``grace`` past and whose meter has sent nothing
