@@ -108,6 +108,15 @@ def hourly(meter: str, start: date, days: int, rate: float = 1000.0) -> list[Rea
     return [Reading(meter, t0 + i * 3_600_000, {E: 5_000.0 + i * rate}) for i in range(days * 24 + 1)]
 
 
+async def electric(tmp_path: Path, emu: WegowiseEmulator) -> tuple[int, Path, WegowiseSink]:
+    """An Electric meter on Wegowise, the configuration mapping m1 to it, and the sink started."""
+    mid = emu.add_meter("Electric", "E-1")
+    path = write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n")
+    sink = sink_of(path)
+    await sink.start()
+    return mid, path, sink
+
+
 async def test_signed_requests_pass_and_a_wrong_secret_is_refused(tmp_path: Path, emu: WegowiseEmulator) -> None:
     good = sink_of(write_config(tmp_path, emu, "      - {meter: m1, id: 1}\n"))
     api = WegowiseApi(good.config, "at-gateway", "as-s3cret")
@@ -160,12 +169,9 @@ async def test_days_are_posted_once_each_across_a_lost_answer_and_a_restart(tmp_
 
 
 async def test_refusals_retry_or_reject_as_they_should(tmp_path: Path, emu: WegowiseEmulator) -> None:
-    mid = emu.add_meter("Electric", "E-1")
-    path = write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n")
+    _mid, _path, sink = await electric(tmp_path, emu)
     stream = Stream("wegowise", "m1")
     readings = hourly("m1", date(2026, 5, 1), 2)
-    sink = sink_of(path)
-    await sink.start()
     await sink.send(stream, readings[:10])
     emu.answer(401)
     (*_, last) = await sink.send(stream, readings[10:26])
@@ -188,12 +194,9 @@ async def test_refusals_retry_or_reject_as_they_should(tmp_path: Path, emu: Wego
 
 
 async def test_a_refused_period_goes_aside_and_the_next_ones_go_on(tmp_path: Path, emu: WegowiseEmulator) -> None:
-    mid = emu.add_meter("Electric", "E-1")
-    path = write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n")
+    mid, _path, sink = await electric(tmp_path, emu)
     stream = Stream("wegowise", "m1")
     readings = hourly("m1", date(2026, 5, 1), 3)
-    sink = sink_of(path)
-    await sink.start()
     await sink.send(stream, readings[:24])
     emu.validation_status = 422
     real = emu.handle
@@ -434,8 +437,8 @@ class Clock:
         return self.t
 
 
-async def test_grace_sends_a_short_period_and_completes_it_when_the_meter_is_back(tmp_path: Path,
-                                                                                emu: WegowiseEmulator) -> None:
+async def graced(tmp_path: Path, emu: WegowiseEmulator) -> tuple[int, WegowiseSink, Clock]:
+    """A Wegowise meter, and a started sink with grace: 2h on a clock of the test's, at 1 May 22:30."""
     mid = emu.add_meter("Electric", "E-1")
     path = write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n", extra="    grace: 2h\n    max_gap: 6h\n")
     config = load_config(path)
@@ -444,6 +447,12 @@ async def test_grace_sends_a_short_period_and_completes_it_when_the_meter_is_bac
     clock = Clock(ms(date(2026, 5, 1), 22, 30) / 1000)
     sink = WegowiseSink(sc, config, clock)
     await sink.start()
+    return mid, sink, clock
+
+
+async def test_grace_sends_a_short_period_and_completes_it_when_the_meter_is_back(tmp_path: Path,
+                                                                                emu: WegowiseEmulator) -> None:
+    mid, sink, clock = await graced(tmp_path, emu)
     stream = Stream("wegowise", "m1")
     first = hourly("m1", date(2026, 5, 1), 1)[:23]  # until 22:00, then the meter goes quiet
     await sink.send(stream, first)
@@ -470,21 +479,14 @@ async def test_grace_sends_a_short_period_and_completes_it_when_the_meter_is_bac
 
 async def test_a_short_period_then_a_long_silence_becomes_one_datum_not_two(tmp_path: Path,
                                                                           emu: WegowiseEmulator) -> None:
-    mid = emu.add_meter("Electric", "E-1")
-    path = write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n", extra="    grace: 2h\n    max_gap: 6h\n")
-    config = load_config(path)
-    (sc,) = config.sinks
-    assert isinstance(sc, WegowiseConfig)
-    clock = Clock(ms(date(2026, 5, 1), 22, 30) / 1000)
-    sink = WegowiseSink(sc, config, clock)
-    await sink.start()
+    mid, sink, clock = await graced(tmp_path, emu)
     stream = Stream("wegowise", "m1")
     await sink.send(stream, hourly("m1", date(2026, 5, 1), 1)[:23])
     clock.t = ms(date(2026, 5, 2), 3) / 1000
     await sink.close_idle()
     (short,) = emu.data(mid)
     await sink.close()
-    again = WegowiseSink(sc, config, clock)  # a restart in between
+    again = WegowiseSink(sink.config, sink.gateway, clock)  # a restart in between
     await again.start()
     t0 = ms(date(2026, 5, 3), 15)  # back after 41 hours: how the energy was spread is unknown
     out = await again.send(stream, [Reading("m1", t0 + i * 3_600_000, {E: 60_000.0 + i * 1000.0}) for i in range(20)])
@@ -499,12 +501,9 @@ async def test_a_lying_wegowise_never_stops_the_sink_nor_gets_a_period_twice(tmp
                                                                             emu: WegowiseEmulator) -> None:
     """Answers that are not what the document shows: the sink retries with a reason that says what came, keeps no
     wrong id, and still sends each period once."""
-    mid = emu.add_meter("Electric", "E-1")
-    path = write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n")
+    mid, path, sink = await electric(tmp_path, emu)
     stream = Stream("wegowise", "m1")
     readings = hourly("m1", date(2026, 5, 1), 3)
-    sink = sink_of(path)
-    await sink.start()
     await sink.send(stream, readings[:10])
     emu.garble("<html>maintenance</html>", method="GET")  # the lookup answers a page
     (*_, last) = await sink.send(stream, readings[10:30])
@@ -568,12 +567,9 @@ async def test_a_lost_answer_is_settled_by_the_list_whatever_latest_means(tmp_pa
     """If "latest" is the newest created, an old bill imported after a POST whose answer was lost would hide it:
     the sink asks the whole list for a period it may have posted."""
     emu.latest_by = "id"
-    mid = emu.add_meter("Electric", "E-1")
-    path = write_config(tmp_path, emu, f"      - {{meter: m1, id: {mid}}}\n")
+    mid, path, sink = await electric(tmp_path, emu)
     stream = Stream("wegowise", "m1")
     readings = hourly("m1", date(2026, 5, 1), 2)
-    sink = sink_of(path)
-    await sink.start()
     emu.lose_answer()
     (*_, last) = await sink.send(stream, readings)
     assert isinstance(last, Retry)

@@ -16,6 +16,8 @@ meter-gateway and Node-RED (one per reading), entries of ThingsBoard's telemetry
 
 Then ``--outage``: the platform each program delivers to is taken away for 30 s (Wattics answers 503; for the
 ThingsBoard gateway the broker is stopped) and the readings of those 30 s that arrive once it is back are counted.
+``--crash``: each program is killed (SIGKILL) and started again on the same files; the readings it took in the
+9 s before the kill that reach the platform within a minute are counted.
 
 Not part of CI (it installs two large programs). The last line is one JSON object.
 """
@@ -94,6 +96,23 @@ def outage(program: Program, site: Site, key: str, n: int, seconds: float = 30.0
             "share": round(len(got) / expected, 2)}
 
 
+def crash(program: Program, n: int, before_s: int = 10) -> dict[str, Any]:
+    """SIGKILL the program while it runs, start it again on the same files, and count, a minute later, how many of
+    the readings it took in the ``before_s`` seconds before the kill reached the platform: a durable program loses
+    none of them (what it took was stored); one that keeps readings in memory loses what it had not sent."""
+    time.sleep(before_s + 5.0)
+    killed_ms = time.time() * 1000
+    program.kill()
+    time.sleep(3.0)
+    program.relaunch()
+    time.sleep(60.0)
+    start = killed_ms - before_s * 1000
+    got = {r for r in program.received() if start <= r[1] < killed_ms - 1000}  # a second's margin at the kill
+    expected = n * (before_s - 1)
+    return {"seconds_before_kill": before_s - 1, "readings_delivered": len(got), "of": expected,
+            "share": round(len(got) / expected, 2)}
+
+
 def cell(row: dict[str, Any], base: dict[str, Any] | None, f: str, width: int) -> str:
     """A median, with its ratio to meter-gateway's."""
     v = row.get(f)
@@ -110,6 +129,7 @@ def main() -> None:
     ap.add_argument("--only", default="gateway,thingsboard,node-red")
     ap.add_argument("--order", choices=["abccba", "once"], default="abccba")
     ap.add_argument("--outage", action="store_true", help="then a 30 s outage of each program's platform")
+    ap.add_argument("--crash", action="store_true", help="then a SIGKILL of each program, started again")
     args = ap.parse_args()
     keys = args.only.split(",")
     install(args.prefix)
@@ -117,6 +137,7 @@ def main() -> None:
     n = 32
     runs: list[dict[str, Any]] = []
     outages: dict[str, Any] = {}
+    crashes: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("FOOTPRINT_DIR", "/var/tmp")) as tmp, \
             Site(Path(tmp) / "site", tcp_meters=n, rtu_meters=0, ledger=False) as site:
         for i, key in enumerate(order):
@@ -131,6 +152,9 @@ def main() -> None:
                 if args.outage and key not in outages:
                     outages[key] = outage(program, site, key, n)
                     print(json.dumps({"key": key, "outage": outages[key]}), flush=True)
+                if args.crash and key not in crashes:
+                    crashes[key] = crash(program, n)
+                    print(json.dumps({"key": key, "crash": crashes[key]}), flush=True)
             finally:
                 program.stop()
             time.sleep(3.0)
@@ -154,8 +178,11 @@ def main() -> None:
     for key, o in outages.items():
         print(f"{table[key]['name']:<38} after a {o['outage_s']:g} s outage: {o['readings_of_the_outage_delivered']}"
               f" of {o['of']} readings of the outage delivered ({o['share']:.0%})")
+    for key, c in crashes.items():
+        print(f"{table[key]['name']:<38} SIGKILL: {c['readings_delivered']} of the {c['of']} readings of the"
+              f" {c['seconds_before_kill']} s before the kill delivered ({c['share']:.0%})")
     print(json.dumps({"bench": "peers", "order": order, "seconds": args.seconds, "table": table, "runs": runs,
-                      "outages": outages,
+                      "outages": outages, "crashes": crashes,
                       "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}))
 
 

@@ -109,6 +109,16 @@ class Program:
         packets for meter-gateway and Node-RED, entries of telemetry messages for the ThingsBoard gateway."""
         raise NotImplementedError
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: the whole process group."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(20)
+
+    def relaunch(self) -> None:
+        """Start again after a kill, on the same files (its storage, its configuration)."""
+        self._popen(self._argv, self._env)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -121,6 +131,7 @@ class Program:
     def _popen(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         """What the program prints goes to a pipe drained by the harness, as a service's output goes to journald:
         the bytes written that are measured are the program's own files (its storage, its log files)."""
+        self._argv, self._env = argv, env
         self.proc = subprocess.Popen(argv, cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})}, start_new_session=True)
         threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
@@ -139,17 +150,26 @@ class MeterGateway(Program):
     setup = "Wattics + Voltaware (MQTT, QoS 2), SQLite queue"
 
     def start(self) -> None:
+        self._base = len(self.site.wattics.arrivals())
+        self.relaunch()
+
+    def relaunch(self) -> None:
         # as a service runs it: log lines at info (the soak and the footprint benchmark log at debug)
         d = Daemon(self.site.config, args=("--log-level", "info")).start()
         self.proc = d.proc  # type: ignore[assignment]
         self._daemon = d
-        self._base = len(self.site.wattics.arrivals())
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(20)
 
     def received(self) -> list[tuple[str, int]]:
         return [(m, ms) for _, m, ms in self.site.wattics_arrivals()[self._base:]]
 
     def stop(self) -> None:
-        self._daemon.stop()
+        if self.proc is not None and self.proc.poll() is None:
+            self._daemon.stop()
 
 
 class SessionLimits(Subscriber):
