@@ -16,8 +16,10 @@ meter-gateway and Node-RED (one per reading), entries of ThingsBoard's telemetry
 
 Then ``--outage``: the platform each program delivers to is taken away for 30 s (Wattics answers 503; for the
 ThingsBoard gateway the broker is stopped) and the readings of those 30 s that arrive once it is back are counted.
-``--crash``: each program is killed (SIGKILL) and started again on the same files; the readings it took in the
-9 s before the kill that reach the platform within a minute are counted.
+``--crash``: each program is killed (SIGKILL) and started again on the same files; a minute later, the gap in each
+meter's series between the last reading delivered from before the kill and the kill counts the readings it had
+taken and lost; then a SIGKILL 20 s into a 30 s outage of its platform, and the readings of the outage that
+arrive once both are back.
 
 Not part of CI (it installs two large programs). The last line is one JSON object.
 """
@@ -76,41 +78,57 @@ def measure(program: Program, n: int, window: float) -> dict[str, Any]:
     }
 
 
-def outage(program: Program, site: Site, key: str, n: int, seconds: float = 30.0) -> dict[str, Any]:
+def outage(program: Program, site: Site, key: str, n: int, seconds: float = 30.0,
+           kill_at: float | None = None) -> dict[str, Any]:
     """Take the program's platform away for ``seconds``: how many of the readings taken meanwhile (stamped within
-    the outage) reach the platform once it is back, a minute later."""
+    the outage) reach the platform once it is back, a minute later. With ``kill_at``, the program is also killed
+    (SIGKILL) that many seconds into the outage and started again on its own files: what it had stored survives."""
     t0 = time.time() * 1000
+
+    def wait() -> None:
+        if kill_at is None:
+            time.sleep(seconds)
+            return
+        time.sleep(kill_at)
+        program.kill()
+        time.sleep(2.0)
+        program.relaunch()
+        time.sleep(max(0.0, seconds - kill_at - 2.0))
+
     if key == "thingsboard":
         site.broker.stop()
-        time.sleep(seconds)
+        wait()
         site.broker.start()
     else:
         site.wattics.answer(503, times=10**9)
-        time.sleep(seconds)
+        wait()
         site.wattics.clear_faults()
     t1 = time.time() * 1000
     time.sleep(60.0)
     got = {r for r in program.received() if t0 + 1000 <= r[1] < t1 - 1000}  # a second's margin each side
     expected = n * (seconds - 2)
-    return {"outage_s": seconds, "readings_of_the_outage_delivered": len(got), "of": round(expected),
-            "share": round(len(got) / expected, 2)}
+    return {"outage_s": seconds, "killed_at_s": kill_at, "readings_of_the_outage_delivered": len(got),
+            "of": round(expected), "share": round(len(got) / expected, 2)}
 
 
-def crash(program: Program, n: int, before_s: int = 10) -> dict[str, Any]:
-    """SIGKILL the program while it runs, start it again on the same files, and count, a minute later, how many of
-    the readings it took in the ``before_s`` seconds before the kill reached the platform: a durable program loses
-    none of them (what it took was stored); one that keeps readings in memory loses what it had not sent."""
-    time.sleep(before_s + 5.0)
+def crash(program: Program, n: int) -> dict[str, Any]:
+    """SIGKILL the program while it runs, start it again on the same files, and, a minute later, look at each
+    meter's series at the platform: the readings it took in the moments before the kill that never arrived show as
+    a gap between the last reading delivered from before the kill and the kill itself (at one reading a second,
+    a gap of k whole seconds is k readings lost). A program that stores what it takes before sending it loses none."""
+    time.sleep(15.0)
     killed_ms = time.time() * 1000
     program.kill()
     time.sleep(3.0)
     program.relaunch()
     time.sleep(60.0)
-    start = killed_ms - before_s * 1000
-    got = {r for r in program.received() if start <= r[1] < killed_ms - 1000}  # a second's margin at the kill
-    expected = n * (before_s - 1)
-    return {"seconds_before_kill": before_s - 1, "readings_delivered": len(got), "of": expected,
-            "share": round(len(got) / expected, 2)}
+    last: dict[str, int] = {}
+    for meter, ts in program.received():
+        if ts < killed_ms and ts > last.get(meter, -1):
+            last[meter] = ts
+    lost = {m: max(0, int((killed_ms - ts) // 1000)) for m, ts in last.items()}
+    return {"meters": len(last), "readings_lost": sum(lost.values()),
+            "meters_with_a_loss": sum(1 for v in lost.values() if v), "worst_meter_s": max(lost.values(), default=0)}
 
 
 def cell(row: dict[str, Any], base: dict[str, Any] | None, f: str, width: int) -> str:
@@ -153,7 +171,7 @@ def main() -> None:
                     outages[key] = outage(program, site, key, n)
                     print(json.dumps({"key": key, "outage": outages[key]}), flush=True)
                 if args.crash and key not in crashes:
-                    crashes[key] = crash(program, n)
+                    crashes[key] = crash(program, n) | {"during_an_outage": outage(program, site, key, n, 30.0, 20.0)}
                     print(json.dumps({"key": key, "crash": crashes[key]}), flush=True)
             finally:
                 program.stop()
@@ -179,8 +197,11 @@ def main() -> None:
         print(f"{table[key]['name']:<38} after a {o['outage_s']:g} s outage: {o['readings_of_the_outage_delivered']}"
               f" of {o['of']} readings of the outage delivered ({o['share']:.0%})")
     for key, c in crashes.items():
-        print(f"{table[key]['name']:<38} SIGKILL: {c['readings_delivered']} of the {c['of']} readings of the"
-              f" {c['seconds_before_kill']} s before the kill delivered ({c['share']:.0%})")
+        o = c["during_an_outage"]
+        print(f"{table[key]['name']:<38} SIGKILL: {c['readings_lost']} readings taken before the kill never"
+              f" delivered ({c['meters_with_a_loss']} of {c['meters']} meters; worst {c['worst_meter_s']} s);"
+              f" killed 20 s into a 30 s outage: {o['readings_of_the_outage_delivered']} of {o['of']} readings of the"
+              f" outage delivered ({o['share']:.0%})")
     print(json.dumps({"bench": "peers", "order": order, "seconds": args.seconds, "table": table, "runs": runs,
                       "outages": outages, "crashes": crashes,
                       "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}))
