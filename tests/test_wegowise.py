@@ -29,7 +29,8 @@ from gateway.config import load_config
 from gateway.outcome import Delivered, Reject, Retry, Skip
 from gateway.platforms.wegowise.api import WegowiseApi, WegowiseError
 from gateway.platforms.wegowise.config import WegowiseConfig
-from gateway.platforms.wegowise.sink import WegowiseSink, verify
+from gateway.platforms.wegowise.sink import WegowiseSink
+from gateway.platforms.wegowise.verify import verify
 from gateway.quantities import Quantity
 from gateway.queue import QueueStore
 from gateway.reading import Reading

@@ -2,8 +2,8 @@
 meter in a data-only account, over HTTPS with OAuth 1.0a (docs/wegowise.md).
 
 Here: ``config.py`` (the sink's settings, the meter map, tariffs), ``periods.py`` (consumption per period from a
-counter), ``api.py`` (the signed client), ``sink.py`` (periods to raw data points, exactly once), ``authorize.py``
-(the three-legged flow that gives the access token).
+counter), ``api.py`` (the signed client), ``datum.py`` (a period as a raw datum), ``sink.py`` (periods to raw data
+points, exactly once), ``verify.py``; ``meter-gateway wegowise authorize`` is in ``gateway/cli/wegowise.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _create(config: WegowiseConfig, gateway: GatewayConfig) -> Sink:
 async def _verify(
     config: WegowiseConfig, last_sent: Mapping[str, Any], gateway: GatewayConfig
 ) -> tuple[bool, list[str]]:
-    from gateway.platforms.wegowise.sink import verify
+    from gateway.platforms.wegowise.verify import verify
 
     return await verify(config, gateway)
 

@@ -36,15 +36,8 @@ from gateway.logs import REDACTOR
 from gateway.outcome import DELIVERED, Delivered, Outcome, Reject, Retry, Skip
 from gateway.platforms.sink import BaseSink, Preview
 from gateway.platforms.wegowise.api import WegowiseApi, WegowiseError
-from gateway.platforms.wegowise.config import (
-    BTU_PER_THERM,
-    BTU_PER_WH,
-    GALLONS_PER_M3,
-    MAX_PER_HOUR,
-    USAGE_FIELD,
-    WegowiseConfig,
-    WegowiseMeter,
-)
+from gateway.platforms.wegowise.config import MAX_PER_HOUR, WegowiseConfig, WegowiseMeter
+from gateway.platforms.wegowise.datum import datum, datum_id, period_key, same_values
 from gateway.platforms.wegowise.periods import Calendar, Period, PeriodBuilder
 from gateway.quantities import Quantity
 from gateway.reading import Reading
@@ -54,70 +47,6 @@ log = structlog.get_logger("gateway.platforms.wegowise.sink")
 
 #: Raw data points kept in the record per meter (a day's periods for three years).
 RECORD_KEEP = 1100
-
-
-def usage(p: Period, unit: str, entry: WegowiseMeter) -> float:
-    """The period's consumption in the unit its data type's raw datum wants (kWh, btu, gallons)."""
-    c = p.consumption
-    if entry.data_type == "Electric":
-        return c / 1000 if unit == "Wh" else c
-    if entry.data_type == "Gas":
-        if unit == "m3":
-            assert entry.btu_per_m3 is not None
-            return c * entry.btu_per_m3
-        return c * BTU_PER_WH * (1000 if unit == "kWh" else 1)
-    return c * GALLONS_PER_M3 / (1000 if unit == "l" else 1)
-
-
-def charge(p: Period, unit: str, entry: WegowiseMeter) -> float | None:
-    """``total_charge`` from the tariff; None without one."""
-    t = entry.tariff
-    if t is None:
-        return None
-    c = p.consumption
-    btu = (c * entry.btu_per_m3 if unit == "m3" and entry.btu_per_m3 else
-           c * BTU_PER_WH * (1000 if unit == "kWh" else 1))
-    m3 = c / 1000 if unit == "l" else c
-    amount = {"kWh": btu / BTU_PER_WH / 1000, "therm": btu / BTU_PER_THERM, "m3": m3,
-              "gallon": m3 * GALLONS_PER_M3}[t.per]
-    return t.price * amount + t.fixed * p.spans
-
-
-def datum(p: Period, unit: str, entry: WegowiseMeter) -> dict[str, str]:
-    """The raw datum's body: the document's fields, every value a string."""
-    body = {"start_date": p.first_day.isoformat(), "end_date": p.last_day.isoformat(),
-            USAGE_FIELD[entry.data_type]: f"{usage(p, unit, entry):.3f}"}
-    total = charge(p, unit, entry)
-    body["total_charge"] = f"{total:.2f}" if total is not None else "0.00"
-    return body
-
-
-def _key(body: dict[str, Any]) -> str:
-    """A period's key, from the body the gateway built or from what Wegowise answered (anything: then a key that
-    matches no period)."""
-    start, end = body.get("start_date"), body.get("end_date")
-    return f"{start}/{end}" if isinstance(start, str) and isinstance(end, str) else "?"
-
-
-def _id(value: Any) -> int | None:
-    """A raw datum's id as Wegowise gave it, if it is one."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def _same(held: dict[str, Any], body: dict[str, str]) -> bool:
-    """Does what Wegowise holds say what ``body`` says? (numbers compared as numbers: it may answer 10.0 for 10)"""
-    for k, v in body.items():
-        h = held.get(k)
-        if k in ("start_date", "end_date"):
-            if h != v:
-                return False
-            continue
-        try:
-            if h is None or abs(float(h) - float(v)) > 0.0005:
-                return False
-        except (TypeError, ValueError):
-            return False
-    return True
 
 
 @dataclass
@@ -213,7 +142,7 @@ class WegowiseSink(BaseSink):
             self.log.warning("state of a meter unreadable: starting its periods afresh (Wegowise is asked before"
                              " anything is sent again)", meter=name, error=str(e))
             return
-        saved = _id(data.get("meter_id"))
+        saved = datum_id(data.get("meter_id"))
         if isinstance(data.get("builder"), dict):
             st.builder = self._builder(st, data["builder"])
         if st.entry.id is None:
@@ -316,7 +245,7 @@ class WegowiseSink(BaseSink):
 
     async def _deliver(self, meter: str, st: MeterState, p: Period) -> Outcome:
         body = datum(p, st.unit, st.entry)
-        key = _key(body)
+        key = period_key(body)
         if p.spans > 1:
             self.log.warning("readings too far apart to split the consumption between periods: sent as one",
                              meter=meter, start=body["start_date"], end=body["end_date"], periods=p.spans)
@@ -345,9 +274,9 @@ class WegowiseSink(BaseSink):
                 held = await self._held(meter_id, key, body["start_date"], sure=st.posting != key)
                 if held:
                     d = held[0]
-                    if _same(d, body):
+                    if same_values(d, body):
                         self.log.info("period already on Wegowise: not sent again", meter=meter, period=key)
-                        self._remember(st, key, _id(d.get("id")), body)
+                        self._remember(st, key, datum_id(d.get("id")), body)
                         return Delivered(json.dumps(body))
                     self.log.warning("Wegowise holds another value for this period, not created by the gateway"
                                      " (an import, an edit): left as it is", meter=meter, period=key,
@@ -357,21 +286,21 @@ class WegowiseSink(BaseSink):
                 await asyncio.to_thread(st.save)
                 created = await self.api.create_datum(meter_id, body)
                 st.posting = None
-                self._remember(st, key, _id(created.get("id")), body)
+                self._remember(st, key, datum_id(created.get("id")), body)
             else:
-                datum_id = _id(mine.get("id"))
-                if datum_id is None:  # created, but its answer held no usable id: found by its period
+                found_id = datum_id(mine.get("id"))
+                if found_id is None:  # created, but its answer held no usable id: found by its period
                     old = replaced or key
-                    datum_id = next((_id(d.get("id")) for d in await self.api.raw_data(meter_id)
-                                     if _key(d) == old and _id(d.get("id")) is not None), None)
-                    if datum_id is None:
+                    found_id = next((datum_id(d.get("id")) for d in await self.api.raw_data(meter_id)
+                                     if period_key(d) == old and datum_id(d.get("id")) is not None), None)
+                    if found_id is None:
                         raise WegowiseError("transient", f"the raw datum of {old} is not found on Wegowise to update")
-                await self.api.update_datum(meter_id, datum_id, body)
+                await self.api.update_datum(meter_id, found_id, body)
                 self.log.info("period's value changed: updated on Wegowise", meter=meter, period=key,
                               before=mine.get("body"), now=body)
                 if replaced is not None:
                     st.record.pop(replaced, None)
-                self._remember(st, key, datum_id, body)
+                self._remember(st, key, found_id, body)
         except WegowiseError as e:
             return self._failed(meter, st, key, e)
         return Delivered(json.dumps(body))
@@ -388,11 +317,11 @@ class WegowiseSink(BaseSink):
             end = latest.get("end_date") if latest is not None else None
             if latest is None or (isinstance(end, str) and end < start_date):
                 return []
-        return [d for d in await self.api.raw_data(meter_id) if _key(d) == key]
+        return [d for d in await self.api.raw_data(meter_id) if period_key(d) == key]
 
-    def _remember(self, st: MeterState, key: str, datum_id: Any, body: dict[str, str]) -> None:
+    def _remember(self, st: MeterState, key: str, wegowise_id: Any, body: dict[str, str]) -> None:
         st.record.pop(key, None)
-        st.record[key] = {"id": datum_id, "body": body}  # the newest last: the record is trimmed from its start
+        st.record[key] = {"id": wegowise_id, "body": body}  # the newest last: the record is trimmed from its start
 
     def _failed(self, meter: str, st: MeterState, key: str, e: WegowiseError) -> Outcome:
         if e.kind == "auth":
@@ -417,7 +346,7 @@ class WegowiseSink(BaseSink):
         assert new is not None and self.api is not None
         # Created before, but the id never kept (a crash between the two)? Found by its account number.
         for m in await self.api.meters():
-            found = _id(m.get("id"))
+            found = datum_id(m.get("id"))
             if m.get("account_number") == new.account_number and m.get("data_type") == st.entry.data_type \
                     and found is not None:
                 st.meter_id, st.checked = found, True
@@ -430,7 +359,7 @@ class WegowiseSink(BaseSink):
                 if v is not None:
                     body[k] = str(v) if k == "utility_company_id" else v
             created = await self.api.create_meter(body)
-            new_id = _id(created.get("id"))
+            new_id = datum_id(created.get("id"))
             if new_id is None:  # created or not: the next try finds it by its account number before creating one
                 raise WegowiseError("transient", "POST /meters: the answer holds no meter id")
             st.meter_id, st.checked = new_id, True
@@ -468,42 +397,3 @@ class WegowiseSink(BaseSink):
         return {"sink": self.name, "would": "POST",
                 "url": f"{self.config.url.rstrip('/')}{self.config.api_path}/meters/{where}/raw_data",
                 "bodies": [datum(p, st.unit, st.entry) for p in periods]}
-
-
-async def verify(config: WegowiseConfig, gateway: GatewayConfig) -> tuple[bool, list[str]]:
-    """Per mapped meter: the latest raw data point Wegowise holds, beside the last period the gateway sent (from its
-    record in state_dir). Sends nothing."""
-    sink = WegowiseSink(config, gateway)
-    lines = [f"wegowise sink {config.name} ({config.url}):"]
-    try:
-        await sink.start()
-    except SinkError as e:
-        return False, [*lines, f"  {e}"]
-    ok = True
-    assert sink.api is not None
-    try:
-        for name, st in sink.meters.items():
-            field_name = USAGE_FIELD[st.entry.data_type]
-            mine = max(st.record.items(), default=None)
-            sent = (f"{mine[0]} {field_name} {mine[1]['body'].get(field_name)}" if mine else "nothing yet")
-            if st.meter_id is None:
-                lines.append(f"  {name}: no Wegowise meter yet (created at its first period); sent: {sent}")
-                continue
-            try:
-                latest = await sink.api.latest(st.meter_id)
-            except WegowiseError as e:
-                ok = False
-                lines.append(f"  {name} -> Wegowise meter {st.meter_id}: {e}")
-                continue
-            held = (f"{latest.get('start_date')}/{latest.get('end_date')} {field_name} {latest.get(field_name)}"
-                    if latest else "no raw data")
-            agree = mine is None or (latest is not None and _key(latest) == mine[0]
-                                      and _same(latest, mine[1]["body"]))
-            ok = ok and (agree or (latest is not None and _key(latest) > (mine[0] if mine else "")))
-            verdict = "same" if agree and mine else ("Wegowise holds a later period (an import?)" if latest and mine
-                                                    and _key(latest) > mine[0] else "differ" if mine else "")
-            lines.append(f"  {name} -> Wegowise meter {st.meter_id}: latest held {held}; gateway sent last {sent}"
-                         + (f": {verdict}" if verdict else ""))
-    finally:
-        await sink.close()
-    return ok, lines
