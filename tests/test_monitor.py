@@ -44,6 +44,18 @@ async def running(tmp_path: Path, text: str, keeper: TimeKeeper | None = None) -
         await asyncio.wait_for(task, 20)
 
 
+def wattics_sink(emu: WatticsEmulator) -> str:
+    """The sinks section's first lines for a Wattics sink on the emulator (its data points and tuning follow)."""
+    return f"""sinks:
+  - name: wattics
+    type: wattics
+    url: {emu.url}
+    username: gateway
+    password: s3cret-pass
+    ca_file: {emu.ca_file}
+"""
+
+
 async def until(pred: Callable[[], Any], within: float = 15.0) -> None:
     deadline = time.monotonic() + within
     while not pred():
@@ -82,14 +94,7 @@ buses: [{{name: b, type: tcp, host: 127.0.0.1, port: {server.port}, timeout: 300
 meters:
   - {{name: good, type: modbus, bus: b, unit: 1, profile: eastron_sdm630, interval: 200ms}}
   - {{name: bad, type: modbus, bus: b, unit: 2, profile: eastron_sdm630, interval: 200ms}}
-sinks:
-  - name: wattics
-    type: wattics
-    url: {emu.url}
-    username: gateway
-    password: s3cret-pass
-    ca_file: {emu.ca_file}
-    backoff_base: 20ms
+{wattics_sink(emu)}    backoff_base: 20ms
     backoff_cap: 200ms
     data_points: [{{id: elec-1, meter: good, format: electrical}}]
 """) as gw:
@@ -158,7 +163,7 @@ meters:
   - {{name: slow, type: modbus, bus: a, unit: 1, profile: eastron_sdm630, interval: 500ms}}
   - {{name: fine, type: modbus, bus: b, unit: 2, profile: eastron_sdm630, interval: 500ms}}
 sinks: [{{name: out, type: file, path: {tmp_path}/out.jsonl}}]
-""") as gw:
+"""):
             deadline = time.monotonic() + 15
             while (health := await get(port, "/health")).status_code != 503:
                 assert time.monotonic() < deadline, "no problem reported while ticks are skipped"
@@ -221,14 +226,7 @@ async def test_health_says_when_a_platform_delivers_more_slowly_than_readings_co
 state_dir: {tmp_path}
 monitoring: {{enabled: true, port: {port}, sink_behind_after: 3s}}
 meters: [{{name: m1, type: simulated, interval: 100ms}}]
-sinks:
-  - name: wattics
-    type: wattics
-    url: {emu.url}
-    username: gateway
-    password: s3cret-pass
-    ca_file: {emu.ca_file}
-    data_points: [{{id: e-1, meter: m1}}]
+{wattics_sink(emu)}    data_points: [{{id: e-1, meter: m1}}]
 """):
             deadline = time.monotonic() + 20
             while (health := await get(port, "/health")).status_code != 503:

@@ -33,6 +33,7 @@ on disk and taken up again after a restart.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
@@ -144,6 +145,11 @@ class PeriodBuilder:
             self.replacing = (int(r[0]), int(r[1])) if r else None
             u = state.get("undo")
             self.undo = (int(u[0]), float(u[1]), float(u[2])) if u else None
+
+    def copy(self) -> PeriodBuilder:
+        """A builder to try a reading on, and to keep or drop (every field is a number or a tuple: a shallow copy
+        is a full one)."""
+        return copy.copy(self)
 
     def state(self) -> dict[str, Any]:
         return {"last": list(self.last) if self.last else None, "open_start": self.open_start, "acc": self.acc,

@@ -184,7 +184,7 @@ class WegowiseSink(BaseSink):
             async with self._lock(name):
                 if now - st.fed_at < grace:
                     continue
-                trial = self._builder(st, st.builder.state())
+                trial = st.builder.copy()  # kept only if what it closes is on Wegowise
                 p = trial.close_idle(round(now * 1000), round(grace * 1000))
                 if p is None:
                     continue
@@ -208,7 +208,7 @@ class WegowiseSink(BaseSink):
                 if value is None:
                     out.append(Skip(f"no {st.quantity.value} in this reading"))
                     continue
-                trial = self._builder(st, st.builder.state())
+                trial = st.builder.copy()  # kept only if what it closes is on Wegowise
                 periods = trial.feed(r.ts_ms, value)
                 st.fed_at = self.clock()
                 self._note(stream.meter, trial)
