@@ -29,7 +29,7 @@ from gateway.forwarder import Forwarder
 from gateway.heartbeat import Heartbeat
 from gateway.logs import REDACTOR
 from gateway.platforms.all import create_sink, create_sources
-from gateway.platforms.source import Source
+from gateway.platforms.source import BaseSource, Source
 from gateway.queue import AppendResult, DiskQueue, MeterCount, QueueStore, Released, open_store
 from gateway.queue.counters import meter_key
 from gateway.reading import Reading, iso_utc
@@ -213,6 +213,8 @@ class Gateway:
         self.sources = create_sources(self.config, self.keeper)
         for s in self.sources:
             s.on_change = self._beat_now.set
+            if isinstance(s, BaseSource):
+                s.last_queued = self.queue.last_ts
             self._sources_sup.spawn(f"source:{s.name}", functools.partial(s.run, self._emit, stop))
 
     async def _stop_pipeline(self) -> None:

@@ -33,17 +33,30 @@ class Redactor:
     def __init__(self) -> None:
         self.secrets: tuple[str, ...] = ()
         self._given: tuple[str, ...] = ()
+        #: per owner: the credentials it was issued last, and those before
+        self._issued: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
     def set(self, secrets: Iterable[str]) -> None:
-        secrets = tuple(secrets)
-        self._given = secrets
-        # Longest first, so a secret containing another is replaced whole; very short ones would hide ordinary text.
-        forms = {form for s in secrets for form in encoded_forms(s)}
-        self.secrets = tuple(sorted({s for s in forms if len(s) >= 4}, key=len, reverse=True))
+        self._given = tuple(secrets)
+        self._rebuild()
 
     def add(self, secrets: Iterable[str]) -> None:
         """More secrets than the configuration's: credentials a platform issued at run time (tokens)."""
-        self.set([*self._given, *secrets])
+        self._given = (*self._given, *secrets)
+        self._rebuild()
+
+    def issued(self, owner: str, secrets: Iterable[str]) -> None:
+        """Credentials ``owner`` was issued now (a renewed token). They replace those it was issued the time before
+        last, so that a token renewed every hour for months does not grow the list."""
+        before = self._issued.get(owner, ((), ()))[0]
+        self._issued[owner] = (tuple(s for s in secrets if s), before)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        secrets = [*self._given, *(s for now, before in self._issued.values() for s in (*now, *before))]
+        # Longest first, so a secret containing another is replaced whole; very short ones would hide ordinary text.
+        forms = {form for s in secrets for form in encoded_forms(s)}
+        self.secrets = tuple(sorted({s for s in forms if len(s) >= 4}, key=len, reverse=True))
 
     def scrub(self, text: str) -> str:
         """``text`` (from a peer, or an error that may quote one) with every known secret and every credential

@@ -53,6 +53,9 @@ class Quantity(StrEnum):
     POWER_FACTOR_TOTAL = "power_factor_total"
     # A single-value meter (gas, water, heat, temperature, pulses): its unit is declared by the meter.
     VALUE = "value"
+    # Energy over the meter's own interval ending at the reading's instant, in Wh (a cloud's read, e.g. Intellimeter's
+    # ``kwh_interval``): not a counter, so never aggregated as one.
+    INTERVAL_ENERGY = "interval_energy"
 
 
 ALL: tuple[Quantity, ...] = tuple(Quantity)
@@ -75,6 +78,8 @@ def unit_of(q: Quantity) -> str:
         return "Hz"
     if q is Quantity.VALUE:
         return ""
+    if q is Quantity.INTERVAL_ENERGY:
+        return "Wh"
     for prefix, unit in _PREFIX_UNITS:
         if q.value.startswith(prefix):
             return unit

@@ -48,10 +48,20 @@ def main(args: argparse.Namespace) -> int:
         print(f"subscriptions: {len(c.subscriptions)}")
         for sub in c.subscriptions:
             print(f"  {sub.name:<20} {describe_subscription(sub)}")
+    if c.clouds:
+        print(f"clouds:  {len(c.clouds)}")
+        for cloud in c.clouds:
+            lines = cloud.describe(c)
+            print(f"  {cloud.name:<20} {cloud.type}: {lines[0] if lines else ''}")
+            for line in lines[1:]:
+                print(f"  {'':<20} {line}")
     print(f"meters:  {len(c.meters)}")
     for m in c.meters:
         where = f", {m.describe()}" if isinstance(m, ModbusMeterConfig) else ""
         every = "" if isinstance(m, MqttMeterConfig) else f", every {format_duration(m.interval)}"
+        from_cloud = getattr(m, "cloud", None)
+        if from_cloud:
+            every = f", from cloud {from_cloud}, a read every {format_duration(m.interval)}"
         print(f"  {m.name:<20} {m.type} {getattr(m, 'model', '')}{where}{every}")
         if isinstance(m, ModbusMeterConfig):
             for line in tools.describe_plan(m, buses[m.bus]):

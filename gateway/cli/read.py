@@ -14,7 +14,8 @@ from gateway.config.units import format_duration
 from gateway.errors import GatewayError
 from gateway.reading import iso_utc
 
-HELP = "read Modbus meters once now and print their values (works beside the daemon on TCP buses)"
+HELP = ("read Modbus meters once now and print their values (works beside the daemon on TCP buses); a meter that"
+        " publishes or lives in a cloud: by name")
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +25,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _resolve(config: GatewayConfig, names: list[str] | None) -> list[Any]:
+    from gateway.platforms.intellimeter.config import IntellimeterMeter
     from gateway.platforms.modbus.config import ModbusMeterConfig
     from gateway.platforms.mqtt.config import MqttMeterConfig
 
@@ -39,13 +41,15 @@ def _resolve(config: GatewayConfig, names: list[str] | None) -> list[Any]:
         m = by_name.get(n)
         if m is None:
             raise GatewayError(f"no meter named '{n}' (defined: {', '.join(by_name)})")
-        if not isinstance(m, ModbusMeterConfig | MqttMeterConfig):
-            raise GatewayError(f"meter '{n}' is of type {m.type}: 'read' reads Modbus and MQTT meters")
+        if not isinstance(m, ModbusMeterConfig | MqttMeterConfig | IntellimeterMeter):
+            raise GatewayError(f"meter '{n}' is of type {m.type}: 'read' reads Modbus, MQTT and Intellimeter meters")
         out.append(m)
     return out
 
 
 def main(args: argparse.Namespace) -> int:
+    from gateway.platforms.intellimeter.config import IntellimeterMeter
+    from gateway.platforms.intellimeter.tools import read_latest
     from gateway.platforms.modbus import tools
     from gateway.platforms.modbus.config import ModbusMeterConfig
     from gateway.platforms.mqtt.config import MqttMeterConfig
@@ -59,15 +63,20 @@ def main(args: argparse.Namespace) -> int:
     out: list[dict[str, Any]] = [r.to_json() for r in results]
     text = [tools.render_read(results, config)] if results else []
     for m in meters:
-        if isinstance(m, MqttMeterConfig):
-            if not args.json:
-                print(f"waiting up to {format_duration(args.timeout)} for a message of {m.name} ...", file=sys.stderr)
-            reading, problems = asyncio.run(read_mqtt(config, m, within=args.timeout))
+        if isinstance(m, MqttMeterConfig | IntellimeterMeter):
+            if isinstance(m, IntellimeterMeter):
+                reading, problems = asyncio.run(read_latest(config, m))
+                origin, what = f"from cloud {m.cloud}", "latest read"
+            else:
+                if not args.json:
+                    print(f"waiting up to {format_duration(args.timeout)} for a message of {m.name} ...",
+                          file=sys.stderr)
+                reading, problems = asyncio.run(read_mqtt(config, m, within=args.timeout))
+                origin, what = "published to a broker", "message"
             ok = ok and reading is not None
             out.append({"meter": m.name, "ok": reading is not None, "problems": problems,
                         "reading": reading.to_json_dict() if reading else None})
-            lines = [f"{m.name}  (published to a broker): " + (
-                f"message of {iso_utc(reading.ts_ms)}" if reading else "no reading")]
+            lines = [f"{m.name}  ({origin}): " + (f"{what} of {iso_utc(reading.ts_ms)}" if reading else "no reading")]
             if reading is not None:
                 lines += tools.format_values(dict(reading.values), m.value_unit)
             lines += [f"  ! {p}" for p in problems]

@@ -64,16 +64,22 @@ def _last_sent_now(config: GatewayConfig) -> tuple[dict[str, Any], str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from gateway.platforms.all import SINKS
+    from gateway.platforms.all import SINKS, SOURCES
 
     config = load(args)
-    sent_by_sink, how = _last_sent_now(config)
-    print(f"gateway's record of what it delivered last: {how}")
+    all_ok = True
+    for cloud in config.clouds:
+        verify_cloud = SOURCES[cloud.type].verify
+        if verify_cloud is not None:
+            ok, lines = asyncio.run(verify_cloud(cloud, config))
+            all_ok = all_ok and ok
+            print(REDACTOR.scrub("\n".join([f"cloud {cloud.name} ({cloud.type}):", *(f"  {x}" for x in lines)])))
     checks = [(s, verify) for s in config.sinks if (verify := SINKS[s.type].verify) is not None]
     if not checks:
         print("no platform sink to verify in this configuration")
-        return EXIT_OK
-    all_ok = True
+        return EXIT_OK if all_ok else EXIT_RUNTIME
+    sent_by_sink, how = _last_sent_now(config)
+    print(f"gateway's record of what it delivered last: {how}")
     for sink, verify in checks:
         ok, lines = asyncio.run(verify(sink, sent_by_sink.get(sink.name) or {}, config))
         all_ok = all_ok and ok

@@ -126,17 +126,43 @@ def _meter_interval(v: float) -> float:
     return v
 
 
+MeterInterval = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive),
+                          AfterValidator(_meter_interval)]
+
+
 class MeterBase(Strict):
     #: the platform (gateway/platforms/all.py); each model narrows it to its own Literal
     type: str
     name: Name
-    interval: Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive),
-                        AfterValidator(_meter_interval)] = 60.0
+    interval: MeterInterval = 60.0
 
     def offered_quantities(self, gateway: GatewayConfig) -> frozenset[Quantity] | None:
         """Every quantity this meter can give, from the configuration alone; None when it cannot tell."""
         return frozenset()
 
+    def problems_with(self, gateway: GatewayConfig) -> list[tuple[tuple[str | int, ...], str]]:
+        """Problems between this meter and the rest of the file (its cloud...), as (key path, message)."""
+        return []
+
+
+
+class CloudBase(Strict):
+    """An account on a vendor's cloud that meters are read from (``clouds:``); its meters name it in ``cloud:``."""
+
+    #: the platform (gateway/platforms/all.py); each model narrows it to its own Literal
+    type: str
+    name: Name
+
+    def problems_with(self, gateway: GatewayConfig) -> list[tuple[tuple[str | int, ...], str]]:
+        """Problems that need the whole configuration, as (key path within the cloud, message)."""
+        return []
+
+    def describe(self, gateway: GatewayConfig) -> list[str]:
+        """Lines ``check`` prints under the cloud (what it will ask for)."""
+        return []
+
+    def secrets(self) -> list[str]:
+        return [v.get_secret_value() for v in self.__dict__.values() if isinstance(v, SecretStr) and v]
 
 
 class SinkBase(Strict):

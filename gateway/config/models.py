@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, Union
 from pydantic import AfterValidator, Field, PrivateAttr, model_validator
 
 from gateway.config.common import (
+    CloudBase,
     Duration,
     MeterBase,
     Name,
@@ -92,8 +93,11 @@ def _is_loopback(host: str) -> bool:
 if TYPE_CHECKING:
     MeterConfig = MeterBase
     SinkConfig = SinkBase
+    CloudConfig = CloudBase
 else:
     MeterConfig = Annotated[Union[tuple(p.config for p in SOURCES.values())], Field(discriminator="type")]  # noqa: UP007
+    CloudConfig = Annotated[Union[tuple(p.cloud for p in SOURCES.values() if p.cloud)],  # noqa: UP007
+                            Field(discriminator="type")]
     SinkConfig = Annotated[Union[tuple(p.config for p in SINKS.values())], Field(discriminator="type")]  # noqa: UP007
 
 
@@ -116,6 +120,8 @@ class GatewayConfig(Strict):
     #: MQTT brokers, and what to take from them: meters that publish their readings.
     brokers: list[BrokerConfig] = Field(default_factory=list)
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
+    #: Accounts on vendors' clouds that meters are read from (Intellimeter...).
+    clouds: list[CloudConfig] = Field(default_factory=list)
     meters: Annotated[list[MeterConfig], Field(min_length=1)]
     sinks: Annotated[list[SinkConfig], Field(min_length=1)]
 
@@ -141,10 +147,10 @@ class GatewayConfig(Strict):
     def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Problems that span the file, each with the key path it belongs to."""
         problems: list[tuple[tuple[str | int, ...], str]] = []
-        Named = MeterBase | SinkBase | BusBase | BrokerConfig | SubscriptionConfig
+        Named = MeterBase | SinkBase | BusBase | BrokerConfig | SubscriptionConfig | CloudBase
         sections: tuple[tuple[str, Sequence[Named]], ...] = (
             ("buses", self.buses), ("brokers", self.brokers), ("subscriptions", self.subscriptions),
-            ("meters", self.meters), ("sinks", self.sinks))
+            ("clouds", self.clouds), ("meters", self.meters), ("sinks", self.sinks))
         for section, items in sections:
             seen: dict[str, int] = {}
             for i, item in enumerate(items):
@@ -179,6 +185,10 @@ class GatewayConfig(Strict):
         for i, bus in enumerate(self.buses):
             if isinstance(bus, SerialLine):
                 problems += [(("buses", i, *path), msg) for path, msg in bus.timing_problems()]
+        for i, cloud in enumerate(self.clouds):
+            problems += [(("clouds", i, *path), msg) for path, msg in cloud.problems_with(self)]
+        for i, meter in enumerate(self.meters):
+            problems += [(("meters", i, *path), msg) for path, msg in meter.problems_with(self)]
         for i, sink in enumerate(self.sinks):
             problems += [(("sinks", i, *path), msg) for path, msg in sink.cross_check(self.meters)]
             problems += [(("sinks", i, *path), msg) for path, msg in sink.problems_with(self)]
@@ -194,6 +204,8 @@ class GatewayConfig(Strict):
 
     def secrets(self) -> list[str]:
         out: list[str] = [b.password.get_secret_value() for b in self.brokers if b.password]
+        for c in self.clouds:
+            out.extend(c.secrets())
         for s in self.sinks:
             out.extend(s.secrets())
         return out

@@ -32,6 +32,7 @@ SOURCE_PLATFORMS = (
     "simulated",
     "modbus",
     "mqtt",
+    "intellimeter",
 )
 
 

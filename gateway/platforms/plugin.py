@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.config.common import MeterBase, SinkBase
+    from gateway.config.common import CloudBase, MeterBase, SinkBase
     from gateway.config.models import GatewayConfig
     from gateway.platforms.sink import Sink
     from gateway.platforms.source import Source
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 #: Asks the platform what it holds of what the gateway last delivered: (all as expected, lines for a person).
 #: Called with the sink's configuration, the gateway's record of what it delivered last, and the whole configuration.
 Verify = Callable[[Any, Mapping[str, Any], "GatewayConfig"], Coroutine[Any, Any, tuple[bool, list[str]]]]
+#: Asks a cloud source whether its credentials work and what it knows that the configuration does not map (and the
+#: reverse): (all as expected, lines for a person). Called with the cloud's configuration and the whole configuration.
+VerifyCloud = Callable[[Any, "GatewayConfig"], Coroutine[Any, Any, tuple[bool, list[str]]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +46,7 @@ class SourcePlatform:
     config: builtins.type[MeterBase]
     #: the sources that read every meter of this type in the configuration (one per bus, per broker, per meter...)
     create: Callable[[GatewayConfig, TimeKeeper], list[Source]]
+    #: for a source whose meters live in a vendor's cloud: the model of an account in ``clouds:`` (``type:`` the same)
+    cloud: builtins.type[CloudBase] | None = None
+    #: ``meter-gateway verify`` for such an account
+    verify: VerifyCloud | None = None

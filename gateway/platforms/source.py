@@ -39,8 +39,17 @@ class Source(Protocol):
         ...
 
 
+async def _nothing_queued(meter: str) -> int:
+    return -1
+
+
 class BaseSource:
     """The defaults of what a source may report: nothing."""
+
+    #: The timestamp of the last reading queued for a meter (-1: none); the daemon gives the queue's. A source that
+    #: fetches spans of a meter's history (a cloud) starts after it, and leaves the rest to the queue, which refuses
+    #: a reading not newer than the last queued.
+    last_queued: Callable[[str], Awaitable[int]] = staticmethod(_nothing_queued)
 
     def __init__(self) -> None:
         self.on_change: Callable[[], None] = lambda: None

@@ -183,6 +183,15 @@ class DiskQueue:
         known to the queue that are no longer active (their cursors are kept)."""
         return await self._do(lambda st: st.configure(streams))
 
+    async def last_ts(self, meter: str) -> int:
+        """The timestamp of the last reading queued for ``meter`` (-1: none), commits pending included."""
+
+        def fn(st: QueueStore) -> int:
+            mid = st.meter_ids.get(meter) or st.pending.new_meters.get(meter)
+            return -1 if mid is None else st.last_ts_of(mid)
+
+        return await self._do(fn)
+
     async def cursor(self, stream: str, meter: str) -> int:
         """The timestamp of the last reading of ``meter`` the stream delivered (-1: none)."""
         return await self._do(lambda st: st.cursor(stream, meter))
