@@ -131,7 +131,7 @@ def ssl_context(cloud: IntellimeterCloud) -> ssl.SSLContext:
     return ctx
 
 
-def _oauth_error(r: httpx.Response) -> str:
+def oauth_error(r: httpx.Response) -> str:
     return _error_text(r.status_code, r.content)
 
 
@@ -148,7 +148,7 @@ def _error_text(status: int, content: bytes) -> str:
     return f"HTTP {status}"
 
 
-def _oauth_code(r: httpx.Response) -> str:
+def oauth_code(r: httpx.Response) -> str:
     try:
         body = json.loads(r.content[:4096])
     except ValueError:
@@ -214,7 +214,7 @@ class IntellimeterApi:
                                   "client_secret": self.cloud.client_secret.get_secret_value(),
                                   "scope": self.cloud.scope})
         if r.status_code in (400, 401, 403):
-            raise CloudError("auth", f"Intellimeter refused the client credentials: {_oauth_error(r)}", r.status_code)
+            raise CloudError("auth", f"Intellimeter refused the client credentials: {oauth_error(r)}", r.status_code)
         self._check_status(r, "auth")
         tokens = tokens_from_grant(self._json(r), time.time())
         log.info("Intellimeter granted a token", cloud=self.cloud.name, scope=tokens.scope, expires_in_s=(
@@ -230,7 +230,7 @@ class IntellimeterApi:
         r = await self.post_auth({"grant_type": "refresh_token", "access_token": old.access,
                                   "refresh_token": old.refresh})
         if r.status_code in (400, 401, 403):
-            why = _oauth_error(r)
+            why = oauth_error(r)
             if self.cloud.flow == "device_code":
                 raise CloudError("auth", f"Intellimeter refused to renew the token ({why}): run meter-gateway"
                                          " intellimeter authorize again", r.status_code)
