@@ -84,6 +84,15 @@ def evaluate(report: dict[str, Any], config: MonitoringConfig, now: float | None
         if all(report["meters"][m]["failing"] for m in meters):
             problems.append({"check": "bus_down", "bus": bus, "meters": meters,
                              "detail": f"none of the {len(meters)} meters on bus {bus} answers"})
+    clouds: dict[str, list[str]] = {}
+    for name, m in report["meters"].items():
+        if m.get("cloud"):
+            clouds.setdefault(m["cloud"], []).append(name)
+    for cloud, meters in clouds.items():
+        if all(report["meters"][m]["failing"] for m in meters):
+            why = report["meters"][meters[0]].get("last_problem")
+            problems.append({"check": "cloud_down", "cloud": cloud, "meters": meters,
+                             "detail": f"no meter of cloud {cloud} gets new reads" + (f": {why}" if why else "")})
     for name, m in report["meters"].items():
         last = m.get("future_last_ms")
         if isinstance(last, int) and now - last / 1000 < FUTURE_RECENT_S:

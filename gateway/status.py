@@ -64,6 +64,8 @@ def collect(queue: Snapshot, config: GatewayConfig, now: float | None = None,
         meter_rows[name] = {
             "last_reading_ms": last if last >= 0 else None,
             "bus": getattr(meter, "bus", None),
+            # The account on a vendor's cloud the meter is read from (Intellimeter...).
+            "cloud": getattr(meter, "cloud", None),
             # Readings confirmed into the queue since the daemon started.
             "readings": accepted.get(name, 0) if isinstance(accepted, dict) else 0,
             # held, restamped, unstampable, held_evicted, refused, future (refused as stamped further ahead of the

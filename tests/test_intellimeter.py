@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 
 from gateway.config import load_config
+from gateway.config.models import MonitoringConfig
+from gateway.monitor import evaluate
 from gateway.platforms.intellimeter.api import CloudError, IntellimeterApi
 from gateway.platforms.intellimeter.config import IntellimeterCloud
 from tests.helpers.daemon import Daemon, read_jsonl
@@ -43,6 +45,7 @@ def write_config(tmp_path: Path, emu: IntellimeterEmulator, cloud: str = "", met
 site: {{name: plant, timezone: America/Toronto}}
 state_dir: {tmp_path}/state
 time_sync: ignore
+queue: {{max_age: 90d}}
 clouds:
   - type: intellimeter
     name: im
@@ -262,6 +265,8 @@ def test_a_lying_cloud_never_stops_the_daemon_nor_gets_a_wrong_value_queued(tmp_
                 break
             time.sleep(0.5)
         assert report["meters"]["a"]["failing"] and "transient" in report["meters"]["a"]["last_problem"]
+        down = [p for p in evaluate(report, MonitoringConfig()) if p["check"] == "cloud_down"]
+        assert down and down[0]["cloud"] == "im" and "503" in down[0]["detail"], down  # /health says it
         assert report["meters"]["a"]["future"] >= 1
         assert report["meters"]["w"]["read_errors"].get("wrong_utility", 0) >= 1
         assert d.proc is not None and d.proc.poll() is None
@@ -350,7 +355,7 @@ def test_plain_http_is_refused_unless_asked_and_then_warned(tmp_path: Path, emu:
     out = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", str(path)], capture_output=True, text=True)
     assert out.returncode == 2
     line = next(x for x in out.stderr.splitlines() if "clouds[im].url" in x)
-    assert line.startswith(f"{path}:7:") and "in clear" in line and SECRET not in out.stderr
+    assert line.startswith(f"{path}:8:") and "in clear" in line and SECRET not in out.stderr
     path.write_text(text.replace("    interval: 1s\n", "    interval: 1s\n    allow_insecure_http: true\n"))
     out = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -362,3 +367,25 @@ def test_a_token_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "t.token"
     write_tokens(path, Tokens("acc", "ref", None, ""))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_interval_energy_is_never_averaged_over_a_wattics_interval(tmp_path: Path, emu: IntellimeterEmulator) -> None:
+    from gateway.config.loader import load_config_text
+    from gateway.errors import ConfigError
+
+    text = write_config(tmp_path, emu).read_text().split("sinks:")[0] + """sinks:
+  - type: wattics
+    name: wattics
+    url: https://127.0.0.1:1/
+    username: u
+    password: p4ssword
+    data_points:
+      - {id: dp-1, meter: a, format: value, quantity: interval_energy, interval: 15m}
+      - {id: dp-2, meter: a, format: value, quantity: interval_energy}
+      - {id: dp-3, meter: a, format: value, quantity: energy_import_total, interval: 15m}
+"""
+    with pytest.raises(ConfigError) as e:
+        load_config_text(text, "site.yaml")
+    assert len(e.value.problems) == 1
+    assert "sinks[wattics].data_points[0].interval: interval_energy is the energy of the meter's own interval" \
+        in e.value.problems[0]

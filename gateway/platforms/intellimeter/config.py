@@ -100,6 +100,10 @@ class IntellimeterCloud(CloudBase):
         if self.first_reach_back > self.max_reach_back:
             out.append((("first_reach_back",),
                         f"is longer than max_reach_back ({format_duration(self.max_reach_back)})"))
+        if self.max_reach_back > gateway.queue.max_age:
+            out.append((("max_reach_back",), f"is longer than queue.max_age ({format_duration(gateway.queue.max_age)}):"
+                                             " reads that old would be dropped as soon as they are queued; raise"
+                                             " queue.max_age or lower max_reach_back"))
         if not any(isinstance(m, IntellimeterMeter) and m.cloud == self.name for m in gateway.meters):
             out.append((("name",), f"no meter reads from cloud '{self.name}' (give a meter type: intellimeter,"
                                    f" cloud: {self.name})"))

@@ -106,6 +106,10 @@ class WatticsConfig(SinkBase):
                 problems.append(((*path, "quantity"), "only for format: value (electrical sends every quantity)"))
             if dp.format == "electrical" and dp.aggregate != "auto":
                 problems.append(((*path, "aggregate"), "only for format: value"))
+            if dp.format == "value" and dp.quantity is Quantity.INTERVAL_ENERGY and dp.interval is not None:
+                problems.append(((*path, "interval"), "interval_energy is the energy of the meter's own interval: over"
+                                 " a longer one it would be a sum, which is not computed; leave out interval (every"
+                                 " reading is sent)"))
             if dp.format == "value" and dp.phases != "auto":
                 problems.append(((*path, "phases"), "only for format: electrical"))
         return problems

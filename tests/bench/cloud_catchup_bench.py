@@ -1,0 +1,145 @@
+"""Catching up a cloud: 30 days of 15-minute Intellimeter reads for 20 meters, after an outage.
+
+    python tests/bench/cloud_catchup_bench.py [--quick] [--days N] [--meters N] [--latency S]
+
+The emulator (tests/helpers/intellimeter_emulator.py, over HTTPS, each answer delayed by ``--latency``, 100 ms by
+default) holds the backlog; the daemon starts as a separate process with an empty queue, ``first_reach_back``
+covering it, and a file sink. Measured: the time from the daemon's start until every read is in the queue
+(and until the file sink has written them all), the requests it made, and its peak RSS (VmHWM), against the RSS of
+the same daemon with nothing to catch up. Run twice: one request for every property, and one request per property
+(``properties``: 4 properties of 5 meters). The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers.intellimeter_emulator import IntellimeterEmulator  # noqa: E402
+
+PROPERTIES = 4
+
+
+def rss_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def queued(state: Path) -> int:
+    """Readings the queue accepted so far (its per-meter last timestamps say where each got to)."""
+    try:
+        db = sqlite3.connect(f"file:{state / 'queue.db'}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return 0
+    try:
+        rows = db.execute("SELECT name, last_ts FROM meters").fetchall()
+    except sqlite3.Error:
+        return -1
+    finally:
+        db.close()
+    return len(rows)
+
+
+def archived(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return sum(1 for _ in f)
+
+
+def run(days: float, meters: int, latency: float, split: bool, quick: bool) -> dict[str, object]:
+    tmp = Path(tempfile.mkdtemp(prefix="catchup-"))
+    emu = IntellimeterEmulator(tmp / "certs", latency=latency).start()
+    try:
+        n = int(days * 96)
+        start = emu.now_local() - timedelta(minutes=15 * n)
+        for i in range(meters):
+            emu.add_meter(f"M{i:03d}", f"SER-{i:03d}", f"p{i % PROPERTIES}")
+            emu.add_series(f"M{i:03d}", start, 900.0, n, kwh0=1000.0 + i)
+        total = n * meters
+        props = "    properties: [" + ", ".join(f"p{k}" for k in range(PROPERTIES)) + "]\n" if split else ""
+        meter_lines = "".join(f"  - {{name: m{i:03d}, type: intellimeter, cloud: im, meter_id: M{i:03d}}}\n"
+                              for i in range(meters))
+        cfg = tmp / "config.yaml"
+        cfg.write_text(f"""\
+site: {{name: bench, timezone: America/Toronto}}
+state_dir: {tmp}/state
+time_sync: ignore
+queue: {{max_age: 90d}}
+clouds:
+  - type: intellimeter
+    name: im
+    url: {emu.url}
+    client_id: im-client
+    client_secret: im-s3cret
+    ca_file: {emu.ca_file}
+    interval: 1h
+    first_reach_back: {int(days) + 1}d
+    max_reach_back: {int(days) + 2}d
+{props}meters:
+{meter_lines}sinks:
+  - {{name: archive, type: file, path: {tmp}/archive.jsonl}}
+""")
+        out = tmp / "archive.jsonl"
+        t0 = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "--log-format", "json", "run", "-c", str(cfg)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        peak = 0
+        archived_s = None
+        deadline = t0 + (120 if quick else 900)
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            peak = max(peak, rss_kb(proc.pid, "VmRSS"))
+            if archived(out) >= total:
+                archived_s = time.monotonic() - t0
+                break
+        hwm = rss_kb(proc.pid, "VmHWM")
+        # The same daemon, idle (nothing left to fetch): its steady RSS.
+        time.sleep(2)
+        idle = rss_kb(proc.pid, "VmRSS")
+        proc.terminate()
+        proc.wait(30)
+        reads = [q for q in emu.requests("/api/v1/read")]
+        return {"meters": meters, "days": days, "reads": total, "per_property": split,
+                "archived_s": None if archived_s is None else round(archived_s, 2),
+                "read_requests": len(reads), "auth_requests": len(emu.grants),
+                "peak_rss_mb": round(max(peak, hwm) / 1024, 1), "idle_rss_mb": round(idle / 1024, 1),
+                "answer_mb": None}
+    finally:
+        emu.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true", help="3 days instead of 30")
+    p.add_argument("--days", type=float, default=None)
+    p.add_argument("--meters", type=int, default=20)
+    p.add_argument("--latency", type=float, default=0.1)
+    a = p.parse_args()
+    days = a.days or (3.0 if a.quick else 30.0)
+    results = [run(days, a.meters, a.latency, split, a.quick) for split in (False, True)]
+    for r in results:
+        how = f"one request per property ({PROPERTIES})" if r["per_property"] else "one request for every property"
+        print(f"{r['meters']} meters x {r['days']:g} days of 15-min reads = {r['reads']:,} reads, {how}:"
+              f" all archived in {r['archived_s']} s; {r['read_requests']} read request(s),"
+              f" {r['auth_requests']} token request(s); peak RSS {r['peak_rss_mb']} MB (idle afterwards"
+              f" {r['idle_rss_mb']} MB)")
+    print(json.dumps({"cloud_catchup": results}))
+    if any(r["archived_s"] is None for r in results):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
