@@ -315,11 +315,14 @@ class IntellimeterApi:
             if r.status_code != 200:
                 self._check_status(r, f"GET {path}", bytes(body[:4096]))
             try:
-                return json.loads(body, object_hook=hook)
+                text = body.decode()  # json would decode it anyway: let the bytes go before parsing
+            except UnicodeDecodeError:
+                raise CloudError("bad_answer", f"GET {path}: Intellimeter's answer is not UTF-8") from None
+            del body
+            try:
+                return json.loads(text, object_hook=hook)
             except (ValueError, RecursionError):
                 raise CloudError("bad_answer", f"GET {path}: Intellimeter's answer is not JSON") from None
-            finally:
-                del body
         raise CloudError("auth", f"GET {path}: Intellimeter refused the renewed token (401)", 401)
 
     async def reads(self, quantity: int, unit: str, prop: str | None, hook: Any = None) -> Any:

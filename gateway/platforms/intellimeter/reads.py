@@ -57,12 +57,20 @@ class RawRead:
 def object_hook(volume_fields: frozenset[str]) -> object:
     """json's object_hook: a read (a dict with ``time_stamping``) becomes a :class:`RawRead` at once."""
     extra = tuple(sorted(volume_fields - {"kwh"}))
+    # A meter's id, serial number, units and utility repeat in each of its reads: one string object each, not one
+    # per read (a month of 15-minute reads of 20 meters is 57,600 reads).
+    seen: dict[object, object] = {}
+
+    def same(v: object) -> object:
+        if isinstance(v, str) and len(v) <= 200:
+            return seen.setdefault(v, v) if len(seen) < 100_000 else v
+        return v
 
     def hook(d: dict[str, object]) -> object:
         if "time_stamping" not in d:
             return d
-        return RawRead(d.get("meter"), d.get("serial_number"), d.get("time_stamping"), d.get("units"),
-                       d.get("utility"), d.get("kwh"), d.get("kwh_interval"),
+        return RawRead(same(d.get("meter")), same(d.get("serial_number")), d.get("time_stamping"),
+                       same(d.get("units")), same(d.get("utility")), d.get("kwh"), d.get("kwh_interval"),
                        {f: d.get(f) for f in extra} if extra else None)
 
     return hook
