@@ -131,3 +131,41 @@ def test_a_serial_number_maps_the_read_and_an_unknown_meter_maps_nothing() -> No
     rows = parse({"p1": [read("2021-04-09T10:20:00"), read("2021-04-09T10:20:00", meter="other",
                                                            serial_number="S-9")]})
     assert [mapper.meter_of(r) for r in rows] == [m, None]
+
+
+def test_tokens_issued_over_months_keep_the_redactor_small() -> None:
+    from gateway.logs import Redactor
+
+    r = Redactor()
+    r.set(["config-s3cret"])
+    for i in range(2000):  # a token an hour for almost three months
+        r.issued("intellimeter:im", [f"access-token-{i:05d}", f"refresh-token-{i:05d}"])
+    text = "config-s3cret access-token-01999 refresh-token-01998 access-token-01997"
+    assert r.scrub(text) == "*** *** *** access-token-01997"  # the current pair and the one before
+    assert len(r.secrets) < 60
+    r.set(["config-s3cret"])  # a reload keeps what was issued
+    assert r.scrub("access-token-01999") == "***"
+
+
+def test_reaching_back_further_than_the_queue_keeps_readings_is_a_config_error() -> None:
+    from gateway.config.loader import load_config_text
+    from gateway.errors import ConfigError
+
+    text = """\
+queue: {max_age: 10d}
+clouds:
+  - {type: intellimeter, name: im, url: "https://im.example", client_id: c, client_secret: s3cret-value,
+     max_reach_back: 14d, first_reach_back: 20d}
+meters:
+  - {type: intellimeter, name: a, cloud: im}
+  - {type: intellimeter, name: b, cloud: other, meter_id: B}
+sinks: [{type: stdout, name: out}]
+"""
+    with pytest.raises(ConfigError) as e:
+        load_config_text(text, "site.yaml")
+    got = "\n".join(e.value.problems)
+    assert "site.yaml:4: clouds[im].max_reach_back: is longer than queue.max_age (10d)" in got
+    assert "clouds[im].first_reach_back: is longer than max_reach_back (14d)" in got
+    assert "meters[a].meter_id: give meter_id or serial_number" in got
+    assert "meters[b].cloud: no cloud named 'other' (defined in clouds: im)" in got
+    assert "s3cret-value" not in got
