@@ -56,6 +56,8 @@ class Quantity(StrEnum):
     # Energy over the meter's own interval ending at the reading's instant, in Wh (a cloud's read, e.g. Intellimeter's
     # ``kwh_interval``): not a counter, so never aggregated as one.
     INTERVAL_ENERGY = "interval_energy"
+    # What a period cost (a utility bill), in the currency the meter declares.
+    COST = "cost"
 
 
 ALL: tuple[Quantity, ...] = tuple(Quantity)
@@ -73,13 +75,16 @@ _PREFIX_UNITS = (
 
 
 def unit_of(q: Quantity) -> str:
-    """The canonical unit of a quantity; ``value`` has none of its own (the meter declares it)."""
+    """The canonical unit of a quantity; ``value`` and ``cost`` have none of their own (the meter declares it: a
+    unit, a currency)."""
     if q is Quantity.FREQUENCY:
         return "Hz"
     if q is Quantity.VALUE:
         return ""
     if q is Quantity.INTERVAL_ENERGY:
         return "Wh"
+    if q is Quantity.COST:
+        return ""
     for prefix, unit in _PREFIX_UNITS:
         if q.value.startswith(prefix):
             return unit

@@ -22,6 +22,10 @@ class Reading:
     ``ts_ms`` is UTC milliseconds since the epoch. ``clock_synced`` tells whether the system clock was trusted when
     the reading was taken; a reading taken before is held in the queue and re-stamped from ``mono_ms`` (the
     monotonic clock then) once it is (:mod:`gateway.timekeeper`).
+
+    A *period reading* (a utility bill, an interval of a utility's interval data) covers ``start_ms`` to ``ts_ms``:
+    its values are what was used or paid over that span (``interval_energy``, ``cost``), not the state of a meter at
+    one instant. It is ordered, like any reading, by ``ts_ms``, its end.
     """
 
     meter: str
@@ -29,8 +33,12 @@ class Reading:
     values: Mapping[Quantity, float]
     clock_synced: bool = True
     mono_ms: int | None = None
+    #: the start of the span a period reading covers (UTC ms); None for a reading of one instant
+    start_ms: int | None = None
 
     def __post_init__(self) -> None:
+        if self.start_ms is not None and not self.start_ms < self.ts_ms:
+            raise ValueError(f"{self.meter}: a period must end after it starts ({self.start_ms} .. {self.ts_ms})")
         values = self.values
         if not all(type(q) is Quantity for q in values):
             raise TypeError(f"{self.meter}: keys must be Quantity members, got {list(values)}")
@@ -39,7 +47,8 @@ class Reading:
             raise ValueError(f"{self.meter}: {bad}: only finite values enter a reading")
 
     @classmethod
-    def trusted(cls, meter: str, ts_ms: int, values: dict[Quantity, float], clock_synced: bool) -> Reading:
+    def trusted(cls, meter: str, ts_ms: int, values: dict[Quantity, float], clock_synced: bool,
+                start_ms: int | None = None) -> Reading:
         """A reading read back from the queue: it was checked when it went in, so skip the checks."""
         r = object.__new__(cls)
         object.__setattr__(r, "meter", meter)
@@ -47,6 +56,7 @@ class Reading:
         object.__setattr__(r, "values", values)
         object.__setattr__(r, "clock_synced", clock_synced)
         object.__setattr__(r, "mono_ms", None)
+        object.__setattr__(r, "start_ms", start_ms)
         return r
 
     @property
@@ -54,13 +64,12 @@ class Reading:
         return datetime.fromtimestamp(self.ts_ms / 1000, tz=UTC)
 
     def to_json_dict(self) -> dict[str, object]:
-        return {
-            "meter": self.meter,
-            "ts": iso_utc(self.ts_ms),
-            "ts_ms": self.ts_ms,
-            "clock_synced": self.clock_synced,
-            "values": {q.value: v for q, v in sorted(self.values.items(), key=lambda kv: CODE[kv[0]])},
-        }
+        out: dict[str, object] = {"meter": self.meter}
+        if self.start_ms is not None:
+            out.update(start=iso_utc(self.start_ms), start_ms=self.start_ms)
+        out.update(ts=iso_utc(self.ts_ms), ts_ms=self.ts_ms, clock_synced=self.clock_synced,
+                   values={q.value: v for q, v in sorted(self.values.items(), key=lambda kv: CODE[kv[0]])})
+        return out
 
 
 def json_lines(readings: Iterable[Reading]) -> str:

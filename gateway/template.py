@@ -17,7 +17,9 @@ from typing import Any
 from gateway.quantities import Quantity
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
-CONTEXT_NAMES = ("device_id", "meter", "site", "ts_iso", "ts_s", "ts_ms", "ts_local")
+CONTEXT_NAMES = ("device_id", "meter", "site", "ts_iso", "ts_s", "ts_ms", "ts_local", "start_iso", "start_ms")
+#: A period reading (a bill, an interval) is sent only by a template that uses one of these.
+PERIOD_NAMES = frozenset({"start_iso", "start_ms"})
 NAMES = frozenset(CONTEXT_NAMES) | {q.value for q in Quantity}
 
 

@@ -36,8 +36,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def device_flow(cloud: IntellimeterCloud, state_dir: Path) -> str:
+    from gateway.cloudhttp import CloudError
     from gateway.platforms.intellimeter.api import (
-        CloudError,
         IntellimeterApi,
         oauth_code,
         oauth_error,

@@ -144,6 +144,11 @@ class MeterBase(Strict):
         """Problems between this meter and the rest of the file (its cloud...), as (key path, message)."""
         return []
 
+    @property
+    def gives_periods(self) -> bool:
+        """Its readings cover periods (bills, intervals of a utility's data), each with a start and an end."""
+        return False
+
 
 
 class CloudBase(Strict):

@@ -33,6 +33,7 @@ SOURCE_PLATFORMS = (
     "modbus",
     "mqtt",
     "intellimeter",
+    "wattzon",
 )
 
 

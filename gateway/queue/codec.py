@@ -7,6 +7,10 @@ the way the Modbus decoder gives a meter's float32 register (230.1, not 230.1000
 takes four bytes a value: a three-phase reading of 35 values takes 156 bytes instead of 288, and decoding needs no
 parser.
 
+**Periods.** A period reading's start (ms since the epoch) is stored as one more float64, first among the floats;
+bit 62 of the mask says it is there (no quantity has code 62). Readings with and without a start never share a
+chunk (their masks differ).
+
 **Chunks.** A meter's readings of one transaction are one row: the masks once, then per reading its offset in ms
 from the chunk's first reading (uint32), its flags (uint8) and its floats. Readings share a chunk only when they
 carry the same quantities, and a chunk stays under :data:`CHUNK_MAX_BYTES` (one 1 KB page).
@@ -31,14 +35,31 @@ FLAG_RESTAMPED = 2
 #: A reading as the chunk codec sees it: (ts_ms, flags, encoded values).
 Row = tuple[int, int, bytes]
 
+#: Set in the mask of a period reading: its start comes first among the floats, as a float64.
+_PERIOD = 1 << 62
+assert len(ALL) < 62, "quantity codes must stay below the mask's flag bits"
+#: The key of a period's start among decoded values (not a quantity: taken out before a Reading is made).
+_START = "period_start"
+
 _MASK = struct.Struct("<Q")
 
 
 # ------------------------------------------------------------ values
 
 
-def encode_values(values: Mapping[Quantity, float]) -> bytes:
-    return _encoder(tuple(values))(values)
+def encode_values(values: Mapping[Quantity, float], start_ms: int | None = None) -> bytes:
+    """A reading's values (and a period reading's start)."""
+    blob = _encoder(tuple(values))(values)
+    if start_ms is None:
+        return blob
+    mask, wide = value_masks(blob)
+    layout = _layout(mask, wide)[0]
+    raw = layout.unpack_from(blob, layout_size(mask, wide)[0])  # float32s as stored: packed again, the same bits
+    return _pack(mask | _PERIOD, wide | _PERIOD, [float(start_ms), *raw])
+
+
+def encode_reading(r: Reading) -> bytes:
+    return encode_values(r.values, r.start_ms)
 
 
 #: Set in the mask when a second mask follows, of the quantities stored as float64; the others are float32, read
@@ -103,6 +124,18 @@ def _pack(mask: int, wide: int, ordered: Sequence[float]) -> bytes:
 
 
 def decode_values(blob: bytes) -> dict[Quantity, float]:
+    """A reading's values (without a period's start: :func:`decode_period`)."""
+    return decode_period(blob)[0]
+
+
+def decode_period(blob: bytes) -> tuple[dict[Quantity, float], int | None]:
+    """A reading's values, and its start if it is a period reading."""
+    values = _decode_all(blob)
+    start = values.pop(_START, None)  # type: ignore[call-overload]
+    return values, None if start is None else int(start)
+
+
+def _decode_all(blob: bytes) -> dict[Quantity, float]:
     mask, wide = value_masks(blob)
     layout, present, narrow = _layout(mask, wide)
     values = list(layout.unpack_from(blob, layout_size(mask, wide)[0]))
@@ -137,7 +170,7 @@ def with_wide(blob: bytes, wide: int) -> bytes:
     mask, had = value_masks(blob)
     if had == wide:
         return blob
-    values = decode_values(blob)
+    values = _decode_all(blob)
     return _pack(mask, wide, [values[q] for q in _present(mask)])
 
 
@@ -150,14 +183,16 @@ def layout_size(mask: int, wide: int) -> tuple[int, int]:
 def _layout(mask: int, wide: int) -> tuple[struct.Struct, tuple[Quantity, ...], tuple[int, ...]]:
     """The struct of the values of one mask and float64 mask, the quantities, and the float32 positions."""
     present = _present(mask)
-    kinds = ["d" if wide >> CODE[q] & 1 else "f" for q in present]
+    kinds = ["d" if q is _START or wide >> CODE[q] & 1 else "f" for q in present]
     return struct.Struct("<" + "".join(kinds)), present, tuple(i for i, k in enumerate(kinds) if k == "f")
 
 
 @functools.cache
 def _present(mask: int) -> tuple[Quantity, ...]:
+    """The keys of the floats, in order: a period's start first (see _START), then the quantities in code order."""
     # A meter sends the same set of quantities every time: a handful of masks, each computed once.
-    return tuple(q for q in ALL if mask >> CODE[q] & 1)
+    start: tuple[Quantity, ...] = (_START,) if mask & _PERIOD else ()  # type: ignore[assignment]
+    return start + tuple(q for q in ALL if mask >> CODE[q] & 1)
 
 
 @functools.cache
@@ -219,7 +254,8 @@ def decode_chunk(data: bytes, first_ts: int) -> Iterator[Row]:
 
 
 def reading_of(meter: str, ts_ms: int, flags: int, values: bytes) -> Reading:
-    return Reading.trusted(meter, ts_ms, decode_values(values), bool(flags & FLAG_CLOCK_SYNCED))
+    decoded, start = decode_period(values)
+    return Reading.trusted(meter, ts_ms, decoded, bool(flags & FLAG_CLOCK_SYNCED), start)
 
 
 @functools.cache
@@ -242,6 +278,11 @@ def chunk_readings(meter: str, data: bytes, first_ts: int, after_ts: int, limit:
     values = [v for row in rows for v in row[2:]]
     _shorten(values, narrow, len(rows))
     trusted = Reading.trusted
+    if mask & _PERIOD:  # the first float of each reading is its start
+        return [trusted(meter, first_ts + row[0], dict(zip(present[1:], values[k * width + 1:(k + 1) * width],
+                                                            strict=True)),
+                        bool(row[1] & FLAG_CLOCK_SYNCED), int(values[k * width]))
+                for k, row in enumerate(rows)]
     return [trusted(meter, first_ts + row[0], dict(zip(present, values[k * width:(k + 1) * width], strict=True)),
                     bool(row[1] & FLAG_CLOCK_SYNCED))
             for k, row in enumerate(rows)]

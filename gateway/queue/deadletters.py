@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.queue.codec import FLAG_CLOCK_SYNCED, decode_values
+from gateway.queue.codec import FLAG_CLOCK_SYNCED, reading_of
 from gateway.reading import Reading
 from gateway.stream import STREAMS_OF_SINK_SQL
 
@@ -48,7 +48,7 @@ def select(db: sqlite3.Connection, sink: str | None = None, state: str | None = 
     sql += " ORDER BY id LIMIT ?"
     args.append(limit)
     return [
-        DeadLetter(i, s, Reading(m, ts, decode_values(d), bool(f & FLAG_CLOCK_SYNCED)), why, at, st, att)
+        DeadLetter(i, s, reading_of(m, ts, f, d), why, at, st, att)
         for i, s, m, ts, f, d, why, at, st, att in db.execute(sql, args)
     ]
 

@@ -23,7 +23,8 @@ the power cut left with garbage or zeros at its end replays up to its last whole
 A segment starts with ``MGJ1``, ``u16`` length and the boot id it was written in (a held reading is dated by
 that boot's monotonic clock). Each record: ``u32 length`` of what follows, ``u32 crc32`` of it, then ``u8 flags``
 (1: clock synchronised, 2: monotonic time present), ``i64 ts_ms``, ``i64 mono_ms``, ``u16`` length of the meter's
-name, the name (UTF-8), and the values as :func:`gateway.queue.codec.encode_values` writes them.
+name, the name (UTF-8), and the values as :func:`gateway.queue.codec.encode_reading` writes them (a period's
+start included).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import structlog
 
-from gateway.queue.codec import decode_values, encode_values
+from gateway.queue.codec import decode_period, encode_reading
 from gateway.reading import Reading
 
 log = structlog.get_logger("gateway.queue")
@@ -62,7 +63,7 @@ def encode(readings: Sequence[Reading], blobs: Sequence[bytes] | None = None) ->
     for i, r in enumerate(readings):
         name = r.meter.encode()
         flags = (_SYNCED if r.clock_synced else 0) | (_HAS_MONO if r.mono_ms is not None else 0)
-        values = blobs[i] if blobs is not None else encode_values(r.values)
+        values = blobs[i] if blobs is not None else encode_reading(r)
         body = _BODY.pack(flags, r.ts_ms, r.mono_ms or 0, len(name)) + name + values
         out.append(_HEAD.pack(len(body), zlib.crc32(body)) + body)
     return b"".join(out)
@@ -95,8 +96,9 @@ def decode(data: bytes, pos: int = 0) -> Iterator[Reading]:
             return
         flags, ts_ms, mono_ms, n = _BODY.unpack_from(body)
         try:
-            reading = Reading(body[_BODY.size:_BODY.size + n].decode(), ts_ms, decode_values(body[_BODY.size + n:]),
-                              bool(flags & _SYNCED), mono_ms if flags & _HAS_MONO else None)
+            values, start = decode_period(body[_BODY.size + n:])
+            reading = Reading(body[_BODY.size:_BODY.size + n].decode(), ts_ms, values, bool(flags & _SYNCED),
+                              mono_ms if flags & _HAS_MONO else None, start)
         except (UnicodeDecodeError, struct.error, KeyError, ValueError, TypeError):
             return
         yield reading

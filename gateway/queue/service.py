@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import structlog
 
 from gateway.errors import QueueError, QueueFullError
-from gateway.queue.codec import encode_values
+from gateway.queue.codec import encode_reading
 from gateway.queue.counters import CounterKey, CounterView, MeterCount, SinkCount, meter_key, sent_mark_key, sink_key
 from gateway.queue.deadletters import DeadLetter
 from gateway.queue.held import Released
@@ -163,7 +163,7 @@ class DiskQueue:
         to ``lazy_commit`` for other writes (fewer, larger commits). A :class:`gateway.platforms.source.Emit`."""
         if self._thread is None:
             raise QueueError("the queue is not running")
-        blobs = [encode_values(r.values) for r in readings]  # once, for the journal and the store
+        blobs = [encode_reading(r) for r in readings]  # once, for the journal and the store
         job = _Job(lambda st: st.append(readings, blobs), self._future(), readings, lazy=not prompt, blobs=blobs)
         if readings:
             job.segment = self._journal.write(readings, blobs)

@@ -32,7 +32,7 @@ from gateway.queue.codec import (
     chunk_readings,
     decode_chunk,
     encode_chunk,
-    encode_values,
+    encode_reading,
     reading_of,
     split,
 )
@@ -443,12 +443,12 @@ class QueueStore:
 
     def append(self, readings: Sequence[Reading], blobs: Sequence[bytes] | None = None) -> AppendOutcome:
         """Insert readings (inside a transaction); refuse any not newer than the last queued for its meter.
-        ``blobs``: their values already encoded (:func:`encode_values`), when the caller has them."""
+        ``blobs``: their values already encoded (:func:`encode_reading`), when the caller has them."""
         out = AppendOutcome()
         accepted = 0
         holding = []
         if blobs is None:
-            blobs = [encode_values(r.values) for r in readings]
+            blobs = [encode_reading(r) for r in readings]
         for r, blob in zip(readings, blobs, strict=True):
             mid = self._meter_id(r.meter)
             ts, flags = r.ts_ms, FLAG_CLOCK_SYNCED if r.clock_synced else 0
@@ -478,7 +478,7 @@ class QueueStore:
         db = self.conn
         for r in readings:
             mid = self._meter_id(r.meter)
-            values = encode_values(r.values)
+            values = encode_reading(r)
             if not r.clock_synced and r.mono_ms is not None:
                 if db.execute("SELECT 1 FROM held WHERE meter_id=? AND boot=? AND mono_ms=?",
                               (mid, boot, r.mono_ms)).fetchone() is None:
@@ -631,7 +631,7 @@ class QueueStore:
 
     def dead_letter(self, stream: str, reading: Reading, reason: str) -> None:
         deadletters.add(self.conn, stream, reading.meter, reading.ts_ms,
-                        FLAG_CLOCK_SYNCED if reading.clock_synced else 0, encode_values(reading.values), reason,
+                        FLAG_CLOCK_SYNCED if reading.clock_synced else 0, encode_reading(reading), reason,
                         self.now_ms())
         self.count(sink_key(sink_of(stream), SinkCount.REJECTED))
 

@@ -30,21 +30,13 @@ from typing import Any
 import httpx
 import structlog
 
-from gateway.errors import PeerError
+from gateway.cloudhttp import CloudError, check_status, error_text, request_json
 from gateway.logs import REDACTOR
 from gateway.platforms.intellimeter.config import IntellimeterCloud
 
 log = structlog.get_logger("gateway.platforms.intellimeter.api")
 
 _HMS = re.compile(r"^(\d{1,6}):([0-5]\d):([0-5]\d)$")
-
-
-class CloudError(PeerError):
-    def __init__(self, kind: str, message: str, status: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.status = status
-        self.retry_after = retry_after
 
 
 def parse_hms(value: object) -> float | None:
@@ -132,20 +124,7 @@ def ssl_context(cloud: IntellimeterCloud) -> ssl.SSLContext:
 
 
 def oauth_error(r: httpx.Response) -> str:
-    return _error_text(r.status_code, r.content)
-
-
-def _error_text(status: int, content: bytes) -> str:
-    """``error`` (and its description) of an OAuth answer, short; the status otherwise."""
-    try:
-        body = json.loads(content[:4096])
-    except ValueError:
-        return f"HTTP {status}"
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        desc = body.get("error_description")
-        text = body["error"][:60] + (f" ({desc[:160]})" if isinstance(desc, str) and desc else "")
-        return REDACTOR.scrub(text)
-    return f"HTTP {status}"
+    return error_text(r.status_code, r.content)
 
 
 def oauth_code(r: httpx.Response) -> str:
@@ -269,20 +248,8 @@ class IntellimeterApi:
     # ------------------------------------------------------------ requests
 
     @staticmethod
-    def _check_status(r: httpx.Response, what: str, content: bytes | None = None) -> None:
-        code = r.status_code
-        if code == 200:
-            return
-        if code == 404:
-            raise CloudError("not_found", f"{what}: Intellimeter answered 404 (is url, or the path, right?)", code)
-        if code == 429 or code >= 500:
-            retry = r.headers.get("Retry-After", "")
-            raise CloudError("transient", f"{what}: Intellimeter answered {code}", code,
-                             float(retry) if retry.isdigit() else None)
-        if code in (401, 403):
-            why = _error_text(code, r.content if content is None else content)
-            raise CloudError("auth", f"{what}: Intellimeter answered {code}: {why}", code)
-        raise CloudError("bad_answer", f"{what}: Intellimeter answered {code}", code)
+    def _check_status(r: httpx.Response, what: str) -> None:
+        check_status(r.status_code, r.headers, r.content, what, "Intellimeter")
 
     def _json(self, r: httpx.Response) -> Any:
         try:
@@ -291,38 +258,19 @@ class IntellimeterApi:
             raise CloudError("bad_answer", "Intellimeter's answer is not JSON") from None
 
     async def get(self, path: str, params: dict[str, str], hook: Any = None) -> Any:
-        """GET ``path`` with a bearer token; the answer's JSON (``hook``: json's ``object_hook``)."""
+        """GET ``path`` with a bearer token; the answer's JSON (``hook``: json's ``object_hook``). A 401 renews the
+        token once and asks again."""
         for attempt in (1, 2):
             token = await self.token()
             self.requests += 1
-            try:
-                async with self._http().stream("GET", self.base + path, params=params,
-                                               headers={"Authorization": f"Bearer {token}"}) as r:
-                    if r.status_code == 401 and attempt == 1:
-                        await r.aread()
-                        await self.renew(token)
-                        continue
-                    body = bytearray()
-                    async for chunk in r.aiter_bytes():
-                        body += chunk
-                        if len(body) > self.cloud.max_answer:
-                            raise CloudError("bad_answer", f"Intellimeter's answer is larger than max_answer"
-                                                           f" ({self.cloud.max_answer} bytes)")
-            except httpx.TimeoutException:
-                raise CloudError("transient", f"Intellimeter did not answer in time ({path})") from None
-            except httpx.HTTPError as e:
-                raise CloudError("transient", f"cannot reach Intellimeter: {type(e).__name__}: {e}"[:300]) from None
-            if r.status_code != 200:
-                self._check_status(r, f"GET {path}", bytes(body[:4096]))
-            try:
-                text = body.decode()  # json would decode it anyway: let the bytes go before parsing
-            except UnicodeDecodeError:
-                raise CloudError("bad_answer", f"GET {path}: Intellimeter's answer is not UTF-8") from None
-            del body
-            try:
-                return json.loads(text, object_hook=hook)
-            except (ValueError, RecursionError):
-                raise CloudError("bad_answer", f"GET {path}: Intellimeter's answer is not JSON") from None
+            status, answer = await request_json(
+                self._http(), "GET", self.base + path, peer="Intellimeter", what=f"GET {path}",
+                max_answer=self.cloud.max_answer, hook=hook, params=params,
+                headers={"Authorization": f"Bearer {token}"})
+            if status != 401:
+                return answer
+            if attempt == 1:
+                await self.renew(token)
         raise CloudError("auth", f"GET {path}: Intellimeter refused the renewed token (401)", 401)
 
     async def reads(self, quantity: int, unit: str, prop: str | None, hook: Any = None) -> Any:

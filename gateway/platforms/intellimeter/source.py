@@ -25,8 +25,9 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from gateway.cloudhttp import CloudError
 from gateway.config.units import format_duration
-from gateway.platforms.intellimeter.api import CloudError, IntellimeterApi
+from gateway.platforms.intellimeter.api import IntellimeterApi
 from gateway.platforms.intellimeter.config import IntellimeterCloud, IntellimeterMeter, properties
 from gateway.platforms.intellimeter.reads import BadAnswer, Mapper, RawRead, object_hook, reads_of
 from gateway.platforms.source import BaseSource, Emit

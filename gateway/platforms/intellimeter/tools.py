@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from zoneinfo import ZoneInfo
 
+from gateway.cloudhttp import CloudError
 from gateway.config.models import GatewayConfig
-from gateway.platforms.intellimeter.api import CloudError, IntellimeterApi, scope_covers
+from gateway.platforms.intellimeter.api import IntellimeterApi, scope_covers
 from gateway.platforms.intellimeter.config import UTILITY_CODE, IntellimeterCloud, IntellimeterMeter, properties
 from gateway.platforms.intellimeter.reads import BadAnswer, Mapper, object_hook, reads_of
 from gateway.reading import Reading

@@ -39,7 +39,7 @@ from gateway.platforms.voltaware.config import VoltawareConfig
 from gateway.quantities import Quantity
 from gateway.reading import Reading, iso_utc, local_iso
 from gateway.stream import Stream
-from gateway.template import MissingQuantity, compile_template, render_json, uses
+from gateway.template import PERIOD_NAMES, MissingQuantity, compile_template, render_json, uses
 
 log = structlog.get_logger("gateway.platforms.voltaware.sink")
 
@@ -63,6 +63,7 @@ class VoltawareSink(BaseSink):
         used = uses(config.payload) | uses(config.topic)
         self._wants_iso = "ts_iso" in used
         self._wants_local = "ts_local" in used
+        self._wants_periods = bool(used & PERIOD_NAMES)
         self.log = log.bind(sink=config.name)
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -196,6 +197,11 @@ class VoltawareSink(BaseSink):
         ctx: dict[str, object] = dict(reading.values.items())
         ctx.update(device_id=stream.key, meter=reading.meter, site=self.site, ts_ms=ts,
                    ts_s=ts // 1000 if ts % 1000 == 0 else ts / 1000)
+        if reading.start_ms is not None:
+            if not self._wants_periods:
+                return Skip("a period reading (bill, interval): the template uses neither {start_iso} nor"
+                            " {start_ms}")
+            ctx.update(start_ms=reading.start_ms, start_iso=iso_utc(reading.start_ms))
         if self._wants_iso:
             ctx["ts_iso"] = iso_utc(ts)
         if self._wants_local:

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from gateway.config.models import GatewayConfig
 
 PRODUCTION_URL = "https://web-collector.wattics.com/measurements/v2/unifiedjson/"
+#: What a period reading (a bill, an interval) carries that a value data point can take.
+PERIOD_QUANTITIES = frozenset({Quantity.INTERVAL_ENERGY, Quantity.COST, Quantity.VALUE})
 #: Units of a single value that counts up (aggregated by its last value); other units are averaged.
 COUNTER_UNITS = frozenset({"m3", "l", "kWh", "Wh", "MWh", "GJ", "MJ", "pulses", "count"})
 
@@ -106,6 +108,12 @@ class WatticsConfig(SinkBase):
                 problems.append(((*path, "quantity"), "only for format: value (electrical sends every quantity)"))
             if dp.format == "electrical" and dp.aggregate != "auto":
                 problems.append(((*path, "aggregate"), "only for format: value"))
+            if meter is not None and meter.gives_periods and (
+                    dp.format == "electrical" or dp.interval is not None
+                    or (dp.quantity or Quantity.VALUE) not in PERIOD_QUANTITIES):
+                problems.append(((*path, "format"), f"meter '{meter.name}' gives periods (bills, intervals): send them"
+                                 " as format: value with quantity: interval_energy (or cost, or value for a volume),"
+                                 " without interval; each goes stamped at its period's end"))
             if dp.format == "value" and dp.quantity is Quantity.INTERVAL_ENERGY and dp.interval is not None:
                 problems.append(((*path, "interval"), "interval_energy is the energy of the meter's own interval: over"
                                  " a longer one it would be a sum, which is not computed; leave out interval (every"

@@ -170,6 +170,8 @@ class WatticsSink(BaseSink):
         if dp.format == "value":
             q = dp.quantity or Q.VALUE
             return {"id": dp.id, "tsISO8601": ts, "value": reading.values[q]} if q in reading.values else None
+        if reading.start_ms is not None:
+            return None  # a period's usage is no electrical packet (check refuses such a data point)
         packet = electrical_packet(dp.id, ts, reading.values, self.keys[dp.id])
         return packet if len(packet) > 2 else None
 

@@ -1,0 +1,85 @@
+"""What the cloud sources (Intellimeter, WattzOn Link) share to ask a REST API for JSON: one error type whose
+``kind`` says what the caller does, and a GET/POST that bounds the answer's size and never trusts its shape.
+
+Kinds: ``auth`` (credentials refused: a person must act; try again slowly), ``not_found`` (404: an address, a path
+or an id is wrong), ``transient`` (429, 5xx, timeouts, connection errors: try again with a backoff; a
+``Retry-After`` in seconds is kept), ``bad_answer`` (not the JSON expected, not UTF-8, larger than allowed: nothing
+of it is used). Messages never carry a credential (the caller's redactor scrubs what a peer echoes).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from gateway.errors import PeerError
+from gateway.logs import REDACTOR
+
+
+class CloudError(PeerError):
+    def __init__(self, kind: str, message: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retry_after = retry_after
+
+
+def error_text(status: int, content: bytes) -> str:
+    """An error answer's ``error`` (and ``error_description``), short and scrubbed; else the status."""
+    try:
+        body = json.loads(content[:4096])
+    except ValueError:
+        return f"HTTP {status}"
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        desc = body.get("error_description") or body.get("detail")
+        text = body["error"][:80] + (f" ({desc[:160]})" if isinstance(desc, str) and desc else "")
+        return REDACTOR.scrub(text)
+    return f"HTTP {status}"
+
+
+def check_status(status: int, headers: httpx.Headers, content: bytes, what: str, peer: str) -> None:
+    """Nothing for a 2xx; a :class:`CloudError` of the right kind otherwise."""
+    if 200 <= status < 300:
+        return
+    if status == 404:
+        raise CloudError("not_found", f"{what}: {peer} answered 404: {error_text(status, content)}", status)
+    if status == 429 or status >= 500:
+        retry = headers.get("Retry-After", "")
+        raise CloudError("transient", f"{what}: {peer} answered {status}", status,
+                         float(retry) if retry.isdigit() else None)
+    if status in (401, 403):
+        raise CloudError("auth", f"{what}: {peer} answered {status}: {error_text(status, content)}", status)
+    raise CloudError("bad_answer", f"{what}: {peer} answered {status}: {error_text(status, content)}", status)
+
+
+async def request_json(client: httpx.AsyncClient, method: str, url: str, *, peer: str, what: str, max_answer: int,
+                       hook: Any = None, **kwargs: Any) -> tuple[int, Any]:
+    """(status, JSON) of a 2xx answer; a 401 comes back as (401, None) for the caller to renew its credentials;
+    anything else raises :class:`CloudError`. The answer is read up to ``max_answer`` bytes, and its bytes are let
+    go before it is parsed (``hook``: json's ``object_hook``)."""
+    try:
+        async with client.stream(method, url, **kwargs) as r:
+            body = bytearray()
+            async for chunk in r.aiter_bytes():
+                body += chunk
+                if len(body) > max_answer:
+                    raise CloudError("bad_answer", f"{what}: {peer}'s answer is larger than max_answer"
+                                                   f" ({max_answer} bytes)")
+    except httpx.TimeoutException:
+        raise CloudError("transient", f"{what}: {peer} did not answer in time") from None
+    except httpx.HTTPError as e:
+        raise CloudError("transient", f"cannot reach {peer}: {type(e).__name__}: {e}"[:300]) from None
+    if r.status_code == 401:
+        return 401, None
+    check_status(r.status_code, r.headers, bytes(body[:4096]), what, peer)
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        raise CloudError("bad_answer", f"{what}: {peer}'s answer is not UTF-8") from None
+    del body
+    try:
+        return r.status_code, json.loads(text, object_hook=hook)
+    except (ValueError, RecursionError):
+        raise CloudError("bad_answer", f"{what}: {peer}'s answer is not JSON") from None

@@ -1,0 +1,135 @@
+"""Period readings (a bill, an interval of a utility's data): a start and an end, kept as such by every layer of the
+queue (the values' encoding, chunks, the journal a crash leaves, dead letters) and written out by the local sinks."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.platforms.file.config import FileConfig
+from gateway.platforms.file.sink import FileSink
+from gateway.quantities import Quantity as Q
+from gateway.queue import DiskQueue, QueueStore
+from gateway.queue.codec import decode_period, decode_values, encode_reading, encode_values, split
+from gateway.queue.journal import encode, header
+from gateway.reading import Reading
+from gateway.stream import Stream
+
+DAY = 86_400_000
+
+
+def period(meter: str, start: int, end: int, kwh: float, cost: float = 0.0) -> Reading:
+    return Reading(meter, end, {Q.INTERVAL_ENERGY: kwh * 1000, Q.VALUE: cost}, start_ms=start)
+
+
+def test_a_period_must_end_after_it_starts() -> None:
+    with pytest.raises(ValueError, match="end after it starts"):
+        Reading("m", 1000, {Q.VALUE: 1.0}, start_ms=1000)
+
+
+def test_the_start_survives_encoding_and_never_becomes_a_value() -> None:
+    r = period("m", 1_700_000_000_123, 1_702_592_000_000, 613.25, 84.17)
+    blob = encode_reading(r)
+    assert decode_period(blob) == (dict(r.values), 1_700_000_000_123)
+    assert decode_values(blob) == dict(r.values)
+    assert decode_period(encode_values(r.values)) == (dict(r.values), None)
+    # Instant and period readings of one meter never share a chunk (their layouts differ).
+    rows = [(r.ts_ms, 1, blob), (r.ts_ms + 1, 1, encode_values(r.values))]
+    assert [len(c) for c in split(rows)] == [1, 1]
+
+
+def test_the_store_gives_back_periods_in_order_of_their_end(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path / "queue.db")
+    store.open()
+    store.begin()
+    store.configure({"s": ["bills"]})
+    months = [period("bills", k * 30 * DAY, (k + 1) * 30 * DAY, 500.0 + k, 80.0 + k / 4) for k in range(1, 13)]
+    store.append(months[:7])
+    store.commit()
+    store.begin()
+    out = store.append([months[6], months[5], *months[7:]])  # a bill seen again: not newer, refused
+    store.commit()
+    assert out.accepted == 5 and len(out.refused) == 2
+    back = store.read("bills", -1, 100)  # from the committed chunks, decoded together
+    assert back == months
+    assert [r.start_ms for r in back] == [k * 30 * DAY for k in range(1, 13)]
+    store.close()
+    store = QueueStore(tmp_path / "queue.db")
+    store.open()
+    assert store.read("bills", 3 * 30 * DAY, 2) == months[2:4]
+    store.close()
+
+
+async def test_a_crash_before_the_commit_puts_periods_back_with_their_start(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    q = DiskQueue(QueueStore(path, boot="boot-1", max_age_s=400 * 86400.0), lazy_commit=0.01)
+    await q.start()
+    await q.configure({"s": ["bills"]})
+    b = int(time.time() * 1000) - 200 * DAY
+    first = period("bills", b, b + 30 * DAY, 100.0)
+    await q.append([first])
+    await q.stop()
+    left = [period("bills", b + 30 * DAY, b + 61 * DAY, 110.5, 20.25),
+            period("bills", b + 61 * DAY, b + 91 * DAY, 99.0)]
+    (tmp_path / "queue.db.journal.3").write_bytes(header("boot-1") + encode(left))
+    q = DiskQueue(QueueStore(path, boot="boot-1", max_age_s=400 * 86400.0), lazy_commit=0.01)
+    await q.start()
+    await q.configure({"s": ["bills"]})
+    assert await q.read("bills", -1, 10) == [first, *left]
+    await q.stop()
+
+
+async def test_a_dead_letter_keeps_the_period(tmp_path: Path) -> None:
+    q = DiskQueue(QueueStore(tmp_path / "queue.db"), lazy_commit=0.01)
+    await q.start()
+    await q.configure({"s": ["bills"]})
+    b = int(time.time() * 1000) - 40 * DAY
+    bill = period("bills", b, b + 30 * DAY, 613.0, 84.0)
+    await q.append([bill])
+    await q.dead_letter("s", bill, "refused by the platform")
+    letters = await q.dead_letters("s")
+    assert [d.reading for d in letters] == [bill] and letters[0].reading.start_ms == b
+    await q.stop()
+
+
+async def test_the_file_sink_writes_the_period(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    sink = FileSink(FileConfig(name="f", type="file", path=out))
+    await sink.start()
+    await sink.send(Stream("f", "bills"), [period("bills", 1_696_118_400_000, 1_698_796_799_000, 613.0, 84.17)])
+    await sink.close()
+    line = json.loads(out.read_text())
+    assert line["start"] == "2023-10-01T00:00:00.000Z" and line["ts"] == "2023-10-31T23:59:59.000Z"
+    assert line["start_ms"] == 1_696_118_400_000 and line["values"] == {"value": 84.17, "interval_energy": 613000.0}
+
+
+def test_a_schema_2_file_is_marked_3_so_that_an_older_gateway_refuses_it(tmp_path: Path) -> None:
+    import sqlite3
+
+    from gateway.errors import QueueError
+
+    store = QueueStore(tmp_path / "queue.db")
+    store.open()
+    store.begin()
+    store.configure({"s": ["m"]})
+    store.append([Reading("m", 1_000, {Q.VALUE: 1.5})])
+    store.commit()
+    store.close()
+    db = sqlite3.connect(tmp_path / "queue.db")
+    db.execute("UPDATE meta SET value='2' WHERE key='schema'")
+    db.commit()
+    db.close()
+    store = QueueStore(tmp_path / "queue.db")
+    store.open()
+    assert store.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "3"
+    assert [r.values for r in store.read("m", -1, 10)] == [{Q.VALUE: 1.5}]  # nothing stored changed
+    store.close()
+    db = sqlite3.connect(tmp_path / "queue.db")
+    db.execute("UPDATE meta SET value='4' WHERE key='schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(QueueError, match="newer meter-gateway"):
+        QueueStore(tmp_path / "queue.db").open()
