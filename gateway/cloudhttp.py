@@ -10,6 +10,7 @@ of it is used). Messages never carry a credential (the caller's redactor scrubs 
 from __future__ import annotations
 
 import json
+import ssl
 from typing import Any
 
 import httpx
@@ -69,7 +70,10 @@ async def request_json(client: httpx.AsyncClient, method: str, url: str, *, peer
                                                    f" ({max_answer} bytes)")
     except httpx.TimeoutException:
         raise CloudError("transient", f"{what}: {peer} did not answer in time") from None
-    except httpx.HTTPError as e:
+    except ssl.SSLError as e:  # with TLS 1.3 a refused client certificate arrives as an alert on the first read
+        raise CloudError("transient", f"cannot reach {peer}: TLS: {e.reason or e} (with a client certificate:"
+                                      " is it the one the platform signed?)"[:300]) from None
+    except (httpx.HTTPError, OSError) as e:
         raise CloudError("transient", f"cannot reach {peer}: {type(e).__name__}: {e}"[:300]) from None
     if r.status_code == 401:
         return 401, None

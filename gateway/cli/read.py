@@ -28,6 +28,7 @@ def _resolve(config: GatewayConfig, names: list[str] | None) -> list[Any]:
     from gateway.platforms.intellimeter.config import IntellimeterMeter
     from gateway.platforms.modbus.config import ModbusMeterConfig
     from gateway.platforms.mqtt.config import MqttMeterConfig
+    from gateway.platforms.wattzon.config import WattzonMeter
 
     if not names:
         modbus = [m for m in config.meters if isinstance(m, ModbusMeterConfig)]
@@ -41,8 +42,9 @@ def _resolve(config: GatewayConfig, names: list[str] | None) -> list[Any]:
         m = by_name.get(n)
         if m is None:
             raise GatewayError(f"no meter named '{n}' (defined: {', '.join(by_name)})")
-        if not isinstance(m, ModbusMeterConfig | MqttMeterConfig | IntellimeterMeter):
-            raise GatewayError(f"meter '{n}' is of type {m.type}: 'read' reads Modbus, MQTT and Intellimeter meters")
+        if not isinstance(m, ModbusMeterConfig | MqttMeterConfig | IntellimeterMeter | WattzonMeter):
+            raise GatewayError(f"meter '{n}' is of type {m.type}: 'read' reads Modbus, MQTT, Intellimeter and"
+                               " WattzOn meters")
         out.append(m)
     return out
 
@@ -54,6 +56,8 @@ def main(args: argparse.Namespace) -> int:
     from gateway.platforms.modbus.config import ModbusMeterConfig
     from gateway.platforms.mqtt.config import MqttMeterConfig
     from gateway.platforms.mqtt.tools import read_mqtt
+    from gateway.platforms.wattzon.config import WattzonMeter
+    from gateway.platforms.wattzon.tools import read_latest as read_wattzon
 
     config = load(args)
     meters = _resolve(config, args.meters)
@@ -63,10 +67,13 @@ def main(args: argparse.Namespace) -> int:
     out: list[dict[str, Any]] = [r.to_json() for r in results]
     text = [tools.render_read(results, config)] if results else []
     for m in meters:
-        if isinstance(m, MqttMeterConfig | IntellimeterMeter):
+        if isinstance(m, MqttMeterConfig | IntellimeterMeter | WattzonMeter):
             if isinstance(m, IntellimeterMeter):
                 reading, problems = asyncio.run(read_latest(config, m))
                 origin, what = f"from cloud {m.cloud}", "latest read"
+            elif isinstance(m, WattzonMeter):
+                reading, problems = asyncio.run(read_wattzon(config, m))
+                origin, what = f"from cloud {m.cloud}", "latest period"
             else:
                 if not args.json:
                     print(f"waiting up to {format_duration(args.timeout)} for a message of {m.name} ...",
@@ -76,7 +83,9 @@ def main(args: argparse.Namespace) -> int:
             ok = ok and reading is not None
             out.append({"meter": m.name, "ok": reading is not None, "problems": problems,
                         "reading": reading.to_json_dict() if reading else None})
-            lines = [f"{m.name}  ({origin}): " + (f"{what} of {iso_utc(reading.ts_ms)}" if reading else "no reading")]
+            when = "" if reading is None else (
+                f"{iso_utc(reading.start_ms)} .. " if reading.start_ms is not None else "") + iso_utc(reading.ts_ms)
+            lines = [f"{m.name}  ({origin}): " + (f"{what} of {when}" if reading else "no reading")]
             if reading is not None:
                 lines += tools.format_values(dict(reading.values), m.value_unit)
             lines += [f"  ! {p}" for p in problems]

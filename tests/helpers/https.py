@@ -14,18 +14,36 @@ import trustme
 
 
 class HttpsServer:
-    def __init__(self, cert_dir: Path, ca_name: str) -> None:
+    def __init__(self, cert_dir: Path, ca_name: str, client_certs: bool = False) -> None:
+        """``client_certs``: every client must present a certificate of this server's own client CA
+        (:meth:`issue_client`), as a platform that authenticates clients by certificate does."""
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1", "localhost")
         cert_dir.mkdir(parents=True, exist_ok=True)
+        self.cert_dir = cert_dir
         self.ca_file = cert_dir / ca_name
         ca.cert_pem.write_to_path(str(self.ca_file))
         self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         cert.configure_cert(self._ctx)
+        self.client_ca: trustme.CA | None = None
+        if client_certs:
+            self.client_ca = trustme.CA()
+            self._ctx.verify_mode = ssl.CERT_REQUIRED
+            self.client_ca.configure_trust(self._ctx)
         self._server: ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
         self.connections = 0
         self.open_sockets: set[socket.socket] = set()
+
+    def issue_client(self, name: str, ca: trustme.CA | None = None) -> tuple[Path, Path]:
+        """A client certificate and its key (PEM files), signed by the server's client CA (or by ``ca``)."""
+        signer = ca or self.client_ca
+        assert signer is not None
+        leaf = signer.issue_cert(f"{name}.clients.example")
+        cert, key = self.cert_dir / f"{name}.crt", self.cert_dir / f"{name}.key"
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+        return cert, key
 
     @property
     def port(self) -> int:

@@ -137,6 +137,10 @@ class WattzonMeter(MeterBase):
     def gives_periods(self) -> bool:
         return True
 
+    @property
+    def value_unit(self) -> str | None:
+        return None
+
     def offered_quantities(self, gateway: GatewayConfig) -> frozenset[Quantity] | None:
         if self.data == "bills":
             return frozenset({Quantity.INTERVAL_ENERGY, Quantity.COST})

@@ -51,7 +51,8 @@ class MeterState:
 
 
 def _values_key(r: Reading) -> list[Any]:
-    return [r.start_ms, sorted((q.value, v) for q, v in r.values.items())]
+    """What is kept of a queued bill, as it reads back from the JSON state file."""
+    return [r.start_ms, sorted([q.value, v] for q, v in r.values.items())]
 
 
 class WattzonSource(BaseSource):

@@ -1,0 +1,341 @@
+"""WattzOn Link against its emulator over HTTPS with a client certificate: jobs followed by ``finished``, bills and
+interval months queued once each as period readings (across restarts and SIGKILLs), corrected and late bills
+accounted for, a state that needs a person said once, hostile records refused, and ``check``/``verify``/``read``."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.daemon import Daemon, read_jsonl
+from tests.helpers.wattzon_emulator import WattzonEmulator
+
+THERM_WH = 29_307.107
+
+
+@pytest.fixture
+def emu(tmp_path: Path) -> Iterator[WattzonEmulator]:
+    e = WattzonEmulator(tmp_path / "certs").start()
+    yield e
+    e.stop()
+
+
+def write_config(tmp_path: Path, emu: WattzonEmulator, cloud: str = "", meters: str = "",
+                 cert: tuple[Path, Path] | None = None) -> Path:
+    crt, key = cert or (emu.client_cert, emu.client_key)
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""\
+site: {{name: plant, timezone: America/New_York}}
+state_dir: {tmp_path}/state
+time_sync: ignore
+queue: {{max_age: 800d}}
+clouds:
+  - type: wattzon
+    name: utility
+    url: {emu.url}
+    cert_file: {crt}
+    key_file: {key}
+    ca_file: {emu.ca_file}
+    extract_every: 1h
+    job_poll: 200ms
+    fetch_every: 1h
+    retry_cap: 1s
+{cloud}meters:
+{meters or '''  - {name: elec, type: wattzon, cloud: utility, profile_id: 516, meter_number: "67563764"}
+  - {name: gas, type: wattzon, cloud: utility, profile_id: 516, meter_number: "G-1", utility: gas}
+'''}sinks:
+  - {{name: archive, type: file, path: {tmp_path}/archive.jsonl}}
+""")
+    return path
+
+
+def month_bounds(year: int, month: int) -> tuple[str, str]:
+    start = datetime(year, month, 1)
+    nxt = datetime(year + month // 12, month % 12 + 1, 1)
+    return start.isoformat(), (nxt - timedelta(seconds=1)).isoformat()
+
+
+def bill(year: int, month: int, usage: Any, cost: Any, meter: str = "67563764", kind: str = "electricity",
+         units: str = "kWh", currency: str = "USD", bill_id: str | None = None) -> dict[str, Any]:
+    start, end = month_bounds(year, month)
+    return {"account_number": "42626522-7", "bill_id": bill_id or f"{meter}-{year}-{month:02d}", "cost": cost,
+            "currency": currency, "end_date": end, "meter_number": meter, "name": "J. Random Person",
+            "pdf": f"/link/4.0/data/bills/516/{meter}-{year}-{month:02d}/pdf",
+            "service_address": "123 J. Random Road, Randomtown, RI 00007", "service_id": "353267363254",
+            "start_date": start, "type": kind, "units": units, "usage": usage}
+
+
+def ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def archived(tmp_path: Path) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for line in read_jsonl(tmp_path / "archive.jsonl"):
+        out.setdefault(line["meter"], []).append(line)
+    return out
+
+
+def wait_for(pred: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def status(path: Path) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "gateway", "status", "-c", str(path), "--json"],
+                         capture_output=True, text=True, timeout=60)
+    return dict(json.loads(out.stdout))
+
+
+def test_bills_are_queued_once_in_order_across_jobs_restarts_and_corrections(tmp_path: Path,
+                                                                            emu: WattzonEmulator) -> None:
+    p = emu.profile(516)
+    p.bills = [bill(2026, m, 600.0 + m, 80.0 + m / 4) for m in range(1, 7)]
+    p.bills += [bill(2026, m, 40.0 + m, 35.5, meter="G-1", kind="gas", units="therms") for m in range(1, 7)]
+    p.bills.append({**bill(2026, 1, 1.0, 1.0, meter="67563764"), "type": "billing"})  # payment record: not energy
+    p.extracted_bills = [bill(2026, m, 600.0 + m, 80.0 + m / 4) for m in (7, 8)]
+    path = write_config(tmp_path, emu)
+    with Daemon(path).start() as d:
+        wait_for(lambda: len(archived(tmp_path).get("elec", [])) == 8)
+        d.wait_log(lambda e: e.get("event") == "extraction job finished" and e.get("status") == "success")
+        time.sleep(1)
+        d.stop()
+    got = archived(tmp_path)
+    elec, gas = got["elec"], got["gas"]
+    assert [r["start"] for r in elec] == [f"2026-{m:02d}-01T00:00:00.000Z" for m in range(1, 9)]
+    assert [r["ts_ms"] for r in elec] == [ms(month_bounds(2026, m)[1]) for m in range(1, 9)]
+    assert [r["values"] for r in elec] == [{"interval_energy": (600.0 + m) * 1000, "cost": 80.0 + m / 4}
+                                           for m in range(1, 9)]
+    assert [r["values"]["interval_energy"] for r in gas] == [round((40.0 + m) * THERM_WH, 3) for m in range(1, 7)]
+    assert len(emu.jobs) == 1 and len(emu.requests("/jobs")) >= 4  # started once, followed until finished
+
+    # A restart: no job (one per extract_every, remembered), nothing queued again. A corrected bill (March) and
+    # a late one (a bill for a period between two already delivered) are logged and counted, never queued.
+    p.bills[2] = {**p.bills[2], "usage": 999.0, "cost": 150.0}
+    p.bills.append(bill(2025, 12, 580.0, 79.0))
+    with Daemon(path).start() as d:
+        d.wait_log(lambda e: e.get("event", "").startswith("a corrected bill") and e.get("meter") == "elec")
+        d.wait_log(lambda e: e.get("event", "").startswith("a late bill") and e.get("meter") == "elec")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the heartbeat reaches the queue file with a commit
+            report = status(path)
+            if report["meters"]["elec"]["read_errors"]:
+                break
+            time.sleep(0.5)
+        assert report["meters"]["elec"]["read_errors"] == {"corrected_bills": 1, "late_bills": 1}
+        d.stop()
+    assert len(emu.jobs) == 1
+    assert archived(tmp_path) == got
+    assert status(path)["meters"]["elec"]["refused"] == 0
+    # Seen again, the same correction is not logged twice.
+    with Daemon(path).start() as d:
+        time.sleep(2)
+        d.stop()
+        assert not any(e.get("event", "").startswith("a corrected bill") for e in d.events())
+
+
+def test_interval_months_are_fetched_until_complete_and_each_interval_queued_once(tmp_path: Path,
+                                                                                 emu: WattzonEmulator) -> None:
+    p = emu.profile(268)
+    p.script = ["queued", "interval_extract", "interval_processing", "success"]
+
+    def rows(first: datetime, hours: int) -> list[dict[str, Any]]:
+        return [{"start": int((first + timedelta(hours=h)).timestamp()),
+                 "end": int((first + timedelta(hours=h + 1)).timestamp()), "usage": round(0.5 + (h % 24) / 10, 2)}
+                for h in range(hours)]
+
+    oct1, nov1 = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    meter_id = "__mock_meter__268"
+    p.months[(meter_id, "2026-10")] = {"complete": True, "rows": rows(oct1, 31 * 24)}
+    p.months[(meter_id, "2026-11")] = {"complete": False, "rows": rows(nov1, 10 * 24)}
+    p.extracted_months[(meter_id, "2026-11")] = {"complete": True, "rows": rows(nov1, 30 * 24)}
+    path = write_config(tmp_path, emu, meters=f"""\
+  - {{name: smart, type: wattzon, cloud: utility, profile_id: 268, data: intervals, meter_id: "{meter_id}",
+     interval: 1h}}
+""")
+    with Daemon(path).start() as d:
+        wait_for(lambda: len(archived(tmp_path).get("smart", [])) == 61 * 24)
+        time.sleep(1)
+        d.stop()
+    with Daemon(path).start() as d:
+        time.sleep(1.5)
+        d.stop()
+    got = archived(tmp_path)["smart"]
+    assert [r["ts_ms"] for r in got] == [int((oct1 + timedelta(hours=h + 1)).timestamp() * 1000)
+                                         for h in range(61 * 24)]
+    assert all(r["ts_ms"] - r["start_ms"] == 3_600_000 for r in got)
+    assert got[5]["values"] == {"interval_energy": 1000.0}
+    fetched = [e[1] for e in emu.requests("/data/intervals/268/") if "/monthly/" in e[1]]
+    # October once (complete, taken); November before its job (incomplete), after it, and never again.
+    assert fetched.count(f"/link/4.0/data/intervals/268/{meter_id}/monthly/2026-10") == 1
+    assert fetched.count(f"/link/4.0/data/intervals/268/{meter_id}/monthly/2026-11") == 2
+
+
+def test_a_job_that_needs_a_person_is_said_once_and_shown_until_one_succeeds(tmp_path: Path,
+                                                                            emu: WattzonEmulator) -> None:
+    p = emu.profile(516)
+    p.script = ["queued", "login", "credential_error"]
+    p.bills = [bill(2026, 1, 600.0, 80.0)]
+    path = write_config(tmp_path, emu, cloud="    extract_every: 2s\n".replace("    extract_every: 2s\n", ""))
+    text = path.read_text().replace("extract_every: 1h", "extract_every: 2s")
+    path.write_text(text)
+    with Daemon(path).start() as d:
+        d.wait_log(lambda e: e.get("event", "").startswith("extraction job needs a person")
+                   and e.get("status") == "credential_error")
+        wait_for(lambda: len(emu.jobs) >= 3, timeout=30)  # tried again every extract_every
+        errors = [e for e in d.events() if e.get("event", "").startswith("extraction job needs a person")]
+        assert len(errors) == 1 and "username or password" in errors[0]["event"]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            report = status(path)
+            if report["meters"]["elec"]["failing"]:
+                break
+            time.sleep(0.5)
+        assert "credential_error" in report["meters"]["elec"]["last_problem"]
+        assert len(archived(tmp_path)["elec"]) == 1  # the bills already there are still taken
+        p.script = ["queued", "success"]
+        d.wait_log(lambda e: e.get("event") == "extraction job succeeded again", timeout=30)
+        d.stop()
+
+
+def test_hostile_records_are_refused_and_nothing_wrong_is_queued(tmp_path: Path, emu: WattzonEmulator) -> None:
+    p = emu.profile(516)
+    good = [bill(2026, m, 600.0, 80.0) for m in (1, 3, 5)]
+    p.bills = [*good,
+               bill(2026, 2, "600", 80.0), bill(2026, 4, 10**400, 80.0), bill(2026, 6, 100.0, 10.0, units="ccf"),
+               bill(2026, 7, 100.0, 10.0, currency="EUR"), {**bill(2026, 8, 1.0, 1.0), "start_date": None},
+               {**bill(2026, 9, 1.0, 1.0), "end_date": "2099-01-31T23:59:59"}, "not a bill", None,
+               {**bill(2026, 10, 5.0, 5.0), "start_date": "2026-11-01T00:00:00"}]
+    path = write_config(tmp_path, emu)
+    emu.garble("<html>502</html>", times=2, prefix="/data/bills")  # the first two fetches: garbage
+    with Daemon(path).start() as d:
+        d.wait_log(lambda e: e.get("event", "").startswith("cannot reach WattzOn") and e.get("kind") == "bad_answer")
+        d.wait_log(lambda e: e.get("event") == "WattzOn records refused: nothing of them is queued")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the heartbeat reaches the queue file with a commit
+            report = status(path)
+            if report["meters"]["elec"]["read_errors"]:
+                break
+            time.sleep(0.5)
+        errors = report["meters"]["elec"]["read_errors"]
+        assert d.proc is not None and d.proc.poll() is None
+        d.stop()
+    got = archived(tmp_path)["elec"]
+    assert [r["start"][:7] for r in got] == ["2026-01", "2026-03", "2026-05"]
+    assert all(r["values"] == {"interval_energy": 600000.0, "cost": 80.0} for r in got)
+    assert errors == {"bad_value": 2, "unknown_units": 1, "wrong_currency": 1, "no_period": 1, "bad_period": 1}
+    assert status(path)["meters"]["elec"]["future"] == 1  # the bill ending in 2099: refused as ahead of the clock
+
+
+def test_sigkill_while_months_of_intervals_are_caught_up_queues_each_once(tmp_path: Path) -> None:
+    emu = WattzonEmulator(tmp_path / "certs", latency=0.05).start()
+    try:
+        p = emu.profile(7)
+        meter_id = "M-7"
+        first = datetime(2026, 5, 1, tzinfo=UTC)
+        total = 0
+        for k in range(6):
+            start = datetime(2026, 5 + k, 1, tzinfo=UTC)
+            end = datetime(2026, 6 + k, 1, tzinfo=UTC)
+            n = int((end - start).total_seconds() // 900)
+            p.months[(meter_id, f"2026-{5 + k:02d}")] = {"complete": True, "rows": [
+                {"start": int((start + timedelta(minutes=15 * i)).timestamp()),
+                 "end": int((start + timedelta(minutes=15 * (i + 1))).timestamp()), "usage": 0.25 + i % 4 / 100}
+                for i in range(n)]}
+            total += n
+        path = write_config(tmp_path, emu, cloud="    start_jobs: false\n", meters=f"""\
+  - {{name: smart, type: wattzon, cloud: utility, profile_id: 7, data: intervals, meter_id: {meter_id},
+     interval: 15m}}
+""")
+        rng = random.Random(5)
+        at_kill = []
+        for _ in range(4):
+            d = Daemon(path).start()
+            time.sleep(rng.uniform(0.2, 1.0))
+            d.signal(signal.SIGKILL)
+            assert d.proc is not None
+            d.proc.wait(10)
+            at_kill.append(len({r["ts_ms"] for r in archived(tmp_path).get("smart", [])}))
+        with Daemon(path).start() as d:
+            wait_for(lambda: len({r["ts_ms"] for r in archived(tmp_path).get("smart", [])}) == total, timeout=60)
+            time.sleep(1)
+            d.stop()
+        assert any(0 < n < total for n in at_kill), at_kill
+        rows = archived(tmp_path)["smart"]
+        firsts, seen, resent = [], {}, 0
+        for r in rows:
+            if firsts and r["ts_ms"] <= firsts[-1]:
+                resent += 1
+                assert seen[r["ts_ms"]] == (r["start_ms"], r["values"])  # the file sink writing it again
+                continue
+            firsts.append(r["ts_ms"])
+            seen[r["ts_ms"]] = (r["start_ms"], r["values"])
+        assert firsts == [int((first + timedelta(minutes=15 * (i + 1))).timestamp() * 1000) for i in range(total)]
+        assert status(path)["meters"]["smart"]["refused"] == 0
+        print(f"\n4 kills during a catch-up of 6 months of 15-minute intervals ({total} readings; archived at each"
+              f" kill: {at_kill}): each queued once, in order ({resent} written again by the file sink)")
+    finally:
+        emu.stop()
+
+
+def test_check_verify_and_read_say_what_wattzon_has(tmp_path: Path, emu: WattzonEmulator) -> None:
+    p = emu.profile(516)
+    p.bills = [bill(2026, m, 600.0 + m, 80.0) for m in (9, 10)] + [bill(2026, 10, 5.0, 5.0, meter="OTHER")]
+    path = write_config(tmp_path, emu, meters="""\
+  - {name: elec, type: wattzon, cloud: utility, profile_id: 516, meter_number: "67563764"}
+  - {name: ghost, type: wattzon, cloud: utility, profile_id: 516, meter_number: "NOPE"}
+""")
+    run = [sys.executable, "-m", "gateway"]
+    out = subprocess.run([*run, "check", "-c", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "utility              wattzon:" in out.stdout and "meter elec: profile 516, electricity bills" in out.stdout
+    out = subprocess.run([*run, "read", "-c", str(path), "--meter", "elec"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "latest period of 2026-10-01T00:00:00.000Z .. 2026-10-31T23:59:59.000Z" in out.stdout
+    assert "610000.0" in out.stdout
+    out = subprocess.run([*run, "verify", "-c", str(path)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "certificate: accepted" in out.stdout and "meter elec: 2 bill(s)" in out.stdout
+    assert "! meter ghost: 0 bill(s)" in out.stdout and "not mapped: electricity bills of meter_number OTHER" \
+        in out.stdout
+    # A certificate WattzOn did not sign: refused at the handshake, said plainly.
+    stranger = emu.https.issue_client("stranger", ca=__import__("trustme").CA())
+    path = write_config(tmp_path, emu, cert=stranger)
+    out = subprocess.run([*run, "verify", "-c", str(path)], capture_output=True, text=True)
+    assert out.returncode == 1 and "! " in out.stdout and "cannot reach WattzOn" in out.stdout
+
+
+def test_a_wattzon_meter_goes_only_to_a_wattics_value_data_point(tmp_path: Path, emu: WattzonEmulator) -> None:
+    from gateway.config.loader import load_config_text
+    from gateway.errors import ConfigError
+
+    text = write_config(tmp_path, emu).read_text().split("sinks:")[0] + """sinks:
+  - type: wattics
+    name: wattics
+    url: https://127.0.0.1:1/
+    username: u
+    password: p4ssword
+    data_points:
+      - {id: dp-1, meter: elec}
+      - {id: dp-2, meter: elec, format: value, quantity: interval_energy}
+      - {id: dp-3, meter: elec, format: value, quantity: cost}
+      - {id: dp-4, meter: gas, format: value, quantity: power_active_total}
+"""
+    with pytest.raises(ConfigError) as e:
+        load_config_text(text, "site.yaml")
+    assert [p.split(": ", 1)[1].split(":")[0] for p in e.value.problems] == [
+        "sinks[wattics].data_points[0].format", "sinks[wattics].data_points[3].format"]
