@@ -61,6 +61,10 @@ class Quantity(StrEnum):
 
 
 ALL: tuple[Quantity, ...] = tuple(Quantity)
+
+#: The international-table British thermal unit, in joules; a (US) therm is 100,000 of them.
+JOULES_PER_BTU = 1055.05585262
+WH_PER_THERM = 100_000 * JOULES_PER_BTU / 3600
 CODE: dict[Quantity, int] = {q: i for i, q in enumerate(ALL)}
 
 _PREFIX_UNITS = (

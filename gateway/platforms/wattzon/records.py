@@ -3,7 +3,8 @@
 A bill record (type ``electricity`` or ``gas``) with ``start_date`` and ``end_date`` (ISO 8601, UTC: the document
 says so; a stamp with an offset is taken as it says), ``usage`` and ``units``, ``cost`` and ``currency`` becomes a
 reading of its period: ``interval_energy`` in Wh and ``cost`` in the meter's currency. Energy units: kWh, Wh, MWh,
-and for gas ``therms`` (1 therm = 100,000 BTU = 29,307.107 Wh, the international-table BTU); any other unit (a
+and for gas ``therms`` (1 therm = 100,000 BTU = 29,307.107 Wh, with the international-table BTU of
+1,055.05585262 J); any other unit (a
 volume such as ccf) is refused. A record with only the older agents' interpolated ``date`` has no period: refused.
 
 An interval of a month's normalised data becomes a reading of its interval (``interval_energy``); where its fields
@@ -18,10 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.platforms.wattzon.config import IntervalLayout, WattzonMeter
-from gateway.quantities import Quantity
+from gateway.quantities import WH_PER_THERM, Quantity
 from gateway.reading import Reading
 
-THERM_WH = 29_307.107
+THERM_WH = WH_PER_THERM
 #: Wh per unit, by the unit's name in lower case.
 ENERGY_UNITS = {"kwh": 1000.0, "wh": 1.0, "mwh": 1e6, "therm": THERM_WH, "therms": THERM_WH}
 LIMIT = 1e12
@@ -88,7 +89,7 @@ def bill_reading(meter: WattzonMeter, rec: dict[str, Any], problems: Counter[str
         if factor is None:
             problems["unknown_units"] += 1
             return None
-        values[Quantity.INTERVAL_ENERGY] = round(usage * factor, 3)
+        values[Quantity.INTERVAL_ENERGY] = round(usage * factor, 6)
     elif rec.get("usage") is not None:
         problems["bad_value"] += 1
         return None
@@ -128,7 +129,7 @@ def interval_reading(meter: WattzonMeter, row: object, layout: IntervalLayout,
     if usage is None or factor is None:
         problems["bad_value" if factor is not None else "unknown_units"] += 1
         return None
-    return Reading(meter.name, end, {Quantity.INTERVAL_ENERGY: round(usage * factor, 3)}, start_ms=start)
+    return Reading(meter.name, end, {Quantity.INTERVAL_ENERGY: round(usage * factor, 6)}, start_ms=start)
 
 
 def in_order(readings: list[Reading], problems: Counter[str]) -> list[Reading]:

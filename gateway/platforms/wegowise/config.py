@@ -20,7 +20,7 @@ from gateway.config.common import (
     check_url,
 )
 from gateway.config.units import format_duration
-from gateway.quantities import Quantity
+from gateway.quantities import JOULES_PER_BTU, Quantity
 from gateway.stream import Stream
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 #: What each data type's raw datum carries as usage, and from what the gateway computes it.
 USAGE_FIELD = {"Electric": "kwh", "Gas": "btu", "Water": "gallons"}
 #: 1 Wh in BTU (the International Table BTU, 1055.05585262 J).
-BTU_PER_WH = 3600.0 / 1055.05585262
+BTU_PER_WH = 3600.0 / JOULES_PER_BTU
 #: 1 m3 in US gallons (231 cubic inches).
 GALLONS_PER_M3 = 1 / 0.003785411784
 #: 1 therm = 100,000 BTU.
@@ -136,6 +136,11 @@ class WegowiseConfig(SinkBase):
                 f"a new Wegowise meter (account {e.create.account_number if e.create else '?'})"
             cost = (f"{e.tariff.price:g} per {e.tariff.per} + {e.tariff.fixed:g} a period" if e.tariff
                     else "no tariff: total_charge 0.00")
+            if m is not None and m.gives_periods:
+                lines.append(f"{e.meter} -> {target}: {e.data_type} {USAGE_FIELD[e.data_type]} from each period's"
+                             f" {q.value} (Wh), one raw datum per bill with its own dates (UTC); total_charge from"
+                             f" its cost ({cost} when it has none)")
+                continue
             lines.append(f"{e.meter} -> {target}: {e.data_type} {USAGE_FIELD[e.data_type]} from {q.value}"
                          f" ({self.unit_of(e, m) or '?'}), one raw datum a {self.period}; {cost}")
         lines.append(f"periods: local {self.period}s in {gateway.site.timezone}; the next one due is {when},"
@@ -152,6 +157,8 @@ class WegowiseConfig(SinkBase):
     def quantity_of(self, entry: WegowiseMeter, meter: MeterBase | None) -> Quantity:
         if entry.quantity is not None:
             return entry.quantity
+        if meter is not None and meter.gives_periods:
+            return Quantity.INTERVAL_ENERGY  # a bill's usage, passed through as one raw datum
         if meter is not None and getattr(meter, "value_unit", None):
             return Quantity.VALUE
         return Quantity.ENERGY_IMPORT_TOTAL
@@ -161,7 +168,7 @@ class WegowiseConfig(SinkBase):
         q = self.quantity_of(entry, meter)
         if q is Quantity.VALUE:
             return str(getattr(meter, "value_unit", "") or "")
-        return "Wh" if q.value.startswith("energy_") else ""
+        return "Wh" if q.value.startswith("energy_") or q is Quantity.INTERVAL_ENERGY else ""
 
     def cross_check(self, meters: Sequence[MeterBase]) -> list[tuple[tuple[str | int, ...], str]]:
         problems = super().cross_check(meters)
@@ -184,6 +191,14 @@ class WegowiseConfig(SinkBase):
             new = e.create
             if new is not None and (new.utility_company_id is None) == (new.other_utility_company is None):
                 problems.append(((*path, "create"), "Wegowise needs utility_company_id or other_utility_company"))
+            if meter.gives_periods:
+                if e.data_type == "Water":
+                    problems.append(((*path, "data_type"), f"meter '{e.meter}' gives bills of energy: Electric or"
+                                     " Gas"))
+                if e.quantity not in (None, Quantity.INTERVAL_ENERGY):
+                    problems.append(((*path, "quantity"), f"meter '{e.meter}' gives periods: its usage is"
+                                     " interval_energy (leave quantity out)"))
+                continue
             if self.max_gap < 2 * meter.interval:
                 problems.append((("max_gap",), f"{format_duration(self.max_gap)} is shorter than twice meter"
                                  f" '{meter.name}''s interval ({format_duration(meter.interval)}): every period would"

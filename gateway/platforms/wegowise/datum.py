@@ -37,11 +37,12 @@ def charge(p: Period, unit: str, entry: WegowiseMeter) -> float | None:
     return t.price * amount + t.fixed * p.spans
 
 
-def datum(p: Period, unit: str, entry: WegowiseMeter) -> dict[str, str]:
-    """The raw datum's body: the document's fields, every value a string."""
+def datum(p: Period, unit: str, entry: WegowiseMeter, cost: float | None = None) -> dict[str, str]:
+    """The raw datum's body: the document's fields, every value a string. ``cost``: what the period cost (a bill's
+    own), used instead of the tariff."""
     body = {"start_date": p.first_day.isoformat(), "end_date": p.last_day.isoformat(),
             USAGE_FIELD[entry.data_type]: f"{usage(p, unit, entry):.3f}"}
-    total = charge(p, unit, entry)
+    total = cost if cost is not None else charge(p, unit, entry)
     body["total_charge"] = f"{total:.2f}" if total is not None else "0.00"
     return body
 

@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -76,6 +77,16 @@ class MeterState:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+
+
+def bill_period(r: Reading) -> Period | None:
+    """A period reading (a bill) as a period of its own: the UTC days of its start and of its last instant."""
+    energy = r.values.get(Quantity.INTERVAL_ENERGY)
+    if r.start_ms is None or energy is None:
+        return None
+    first = datetime.fromtimestamp(r.start_ms / 1000, tz=UTC).date()
+    last = datetime.fromtimestamp((r.ts_ms - 1) / 1000, tz=UTC).date()
+    return Period(r.start_ms, r.ts_ms, first, last, energy)
 
 
 class WegowiseSink(BaseSink):
@@ -205,6 +216,11 @@ class WegowiseSink(BaseSink):
         async with self._lock(stream.meter):
             for r in readings:
                 value = r.values.get(st.quantity)
+                if r.start_ms is not None:  # a bill: one raw datum of its own dates
+                    out.append(await self._pass_through(stream.meter, st, r))
+                    if isinstance(out[-1], Retry):
+                        return out
+                    continue
                 if value is None:
                     out.append(Skip(f"no {st.quantity.value} in this reading"))
                     continue
@@ -243,8 +259,19 @@ class WegowiseSink(BaseSink):
             self.log.info("first period incomplete (began before the first reading): not sent; periods start at"
                           " the next boundary", meter=meter, from_ms=b.first_partial)
 
-    async def _deliver(self, meter: str, st: MeterState, p: Period) -> Outcome:
-        body = datum(p, st.unit, st.entry)
+    async def _pass_through(self, meter: str, st: MeterState, r: Reading) -> Outcome:
+        """A period reading (a WattzOn bill) as one raw datum: its own dates (the UTC days of its start and of its
+        last instant), its usage converted to the data type's unit, its own cost as total_charge."""
+        p = bill_period(r)
+        if p is None:
+            return Skip("a period without interval_energy: nothing for Wegowise")
+        outcome = await self._deliver(meter, st, p, r.values.get(Quantity.COST))
+        if not isinstance(outcome, Retry):
+            await asyncio.to_thread(st.save)
+        return outcome
+
+    async def _deliver(self, meter: str, st: MeterState, p: Period, cost: float | None = None) -> Outcome:
+        body = datum(p, st.unit, st.entry, cost)
         key = period_key(body)
         if p.spans > 1:
             self.log.warning("readings too far apart to split the consumption between periods: sent as one",
@@ -390,10 +417,12 @@ class WegowiseSink(BaseSink):
         value = reading.values.get(st.quantity)
         if value is None:
             return Skip(f"no {st.quantity.value} in this reading")
-        periods = st.builder.feed(reading.ts_ms, value)
+        bill = bill_period(reading)
+        periods = [bill] if bill is not None else st.builder.feed(reading.ts_ms, value)
         if not periods:
             return Skip("no period closed by this reading")
         where = st.meter_id if st.meter_id is not None else "(created at the first period)"
         return {"sink": self.name, "would": "POST",
                 "url": f"{self.config.url.rstrip('/')}{self.config.api_path}/meters/{where}/raw_data",
-                "bodies": [datum(p, st.unit, st.entry) for p in periods]}
+                "bodies": [datum(p, st.unit, st.entry, reading.values.get(Quantity.COST) if bill else None)
+                           for p in periods]}
