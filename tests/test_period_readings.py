@@ -22,7 +22,7 @@ DAY = 86_400_000
 
 
 def period(meter: str, start: int, end: int, kwh: float, cost: float = 0.0) -> Reading:
-    return Reading(meter, end, {Q.INTERVAL_ENERGY: kwh * 1000, Q.VALUE: cost}, start_ms=start)
+    return Reading(meter, end, {Q.INTERVAL_ENERGY: kwh * 1000, Q.COST: cost}, start_ms=start)
 
 
 def test_a_period_must_end_after_it_starts() -> None:
@@ -103,7 +103,7 @@ async def test_the_file_sink_writes_the_period(tmp_path: Path) -> None:
     await sink.close()
     line = json.loads(out.read_text())
     assert line["start"] == "2023-10-01T00:00:00.000Z" and line["ts"] == "2023-10-31T23:59:59.000Z"
-    assert line["start_ms"] == 1_696_118_400_000 and line["values"] == {"value": 84.17, "interval_energy": 613000.0}
+    assert line["start_ms"] == 1_696_118_400_000 and line["values"] == {"interval_energy": 613000.0, "cost": 84.17}
 
 
 def test_a_schema_2_file_is_marked_3_so_that_an_older_gateway_refuses_it(tmp_path: Path) -> None:
@@ -133,3 +133,58 @@ def test_a_schema_2_file_is_marked_3_so_that_an_older_gateway_refuses_it(tmp_pat
     db.close()
     with pytest.raises(QueueError, match="newer meter-gateway"):
         QueueStore(tmp_path / "queue.db").open()
+
+
+SITE = """\
+site: {name: plant, timezone: America/New_York}
+meters:
+  - {name: bills, type: simulated, model: gas, value_unit: m3}
+sinks:
+"""
+
+
+def test_wattics_sends_a_periods_energy_as_a_value_stamped_at_its_end() -> None:
+    from gateway.config.loader import load_config_text
+    from gateway.platforms.wattics.sink import WatticsSink
+
+    config = load_config_text(SITE + """\
+  - type: wattics
+    name: w
+    username: u
+    password: p4ssword
+    data_points:
+      - {id: dp-1, meter: bills, format: value, quantity: interval_energy}
+""", "site.yaml")
+    sink = WatticsSink(config.sinks[0], config)  # type: ignore[arg-type]
+    bill = period("bills", 1_696_132_800_000, 1_698_811_199_000, 613.0, 84.17)
+    assert sink.packet(Stream("w", "bills", "dp-1"), bill) == {
+        "id": "dp-1", "tsISO8601": "2023-10-31T23:59:59.000-04:00", "value": 613000.0}
+
+
+def test_voltaware_sends_a_period_only_when_its_template_asks_for_the_start() -> None:
+    from gateway.config.loader import load_config_text
+    from gateway.outcome import Skip
+    from gateway.platforms.voltaware.sink import VoltawareSink
+
+    def sink(extra: str) -> VoltawareSink:
+        config = load_config_text(SITE + f"""\
+  - type: voltaware
+    name: v
+    host: 127.0.0.1
+    username: gateway
+    password: s3cret-pw
+{extra}    devices: [{{meter: bills, device_id: dev-9}}]
+""", "site.yaml")
+        return VoltawareSink(config.sinks[0], config)  # type: ignore[arg-type]
+
+    bill = period("bills", 1_696_132_800_000, 1_698_811_199_000, 613.0, 84.17)
+    plain = sink("").render(Stream("v", "bills", "dev-9"), bill)
+    assert isinstance(plain, Skip) and "period reading" in plain.reason
+    asks = sink('    payload: {from: "{start_iso}", to: "{ts_iso}", wh: "{interval_energy}", cost: "{cost}"}\n')
+    rendered = asks.render(Stream("v", "bills", "dev-9"), bill)
+    assert not isinstance(rendered, Skip)
+    assert json.loads(rendered[1]) == {"from": "2023-10-01T04:00:00.000Z", "to": "2023-11-01T03:59:59.000Z",
+                                       "wh": 613000.0, "cost": 84.17}
+    instant = sink('    payload: {from: "{start_iso}", to: "{ts_iso}"}\n').render(
+        Stream("v", "bills", "dev-9"), Reading("bills", 1_698_811_199_000, {Q.VALUE: 1.0}))
+    assert not isinstance(instant, Skip) and json.loads(instant[1]) == {"to": "2023-11-01T03:59:59.000Z"}
