@@ -10,7 +10,9 @@ of it is used). Messages never carry a credential (the caller's redactor scrubs 
 from __future__ import annotations
 
 import json
+import math
 import ssl
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +27,38 @@ class CloudError(PeerError):
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
+
+
+def client(ca_file: Path | None, timeout: float, cert: tuple[Path, Path] | None = None,
+           verify: bool = True) -> httpx.AsyncClient:
+    """An HTTP client for a cloud's API: the system's CAs plus ``ca_file``, host names checked, a client
+    certificate (``cert``: certificate and key files) when the platform authenticates by one; no redirects, no proxy
+    from the environment. ``verify`` False only for plain http (nothing to verify)."""
+    ctx = ssl.create_default_context()
+    if ca_file is not None:
+        ctx.load_verify_locations(cafile=str(ca_file))
+    if cert is not None:
+        try:
+            ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+        except (OSError, ssl.SSLError) as e:
+            raise CloudError("auth", f"cannot use the client certificate {cert[0]} with {cert[1]}:"
+                                     f" {type(e).__name__}") from None
+    return httpx.AsyncClient(verify=ctx if verify else True, timeout=timeout, follow_redirects=False,
+                             trust_env=False, headers={"User-Agent": "meter-gateway"})
+
+
+def json_number(v: object, limit: float, signed: bool = False) -> float | None:
+    """A JSON number as a float: finite, under ``limit`` in size, not negative unless ``signed``; else None (a
+    string, a boolean, a number too big for a float)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    if not math.isfinite(f) or abs(f) >= limit or (f < 0 and not signed):
+        return None
+    return f
 
 
 def error_text(status: int, content: bytes) -> str:

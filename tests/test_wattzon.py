@@ -101,6 +101,17 @@ def status(path: Path) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
+def status_when(path: Path, pred: Any, timeout: float = 20.0) -> dict[str, Any]:
+    """``status`` once ``pred`` holds of it (the running daemon's heartbeat reaches the queue file with a commit),
+    or the last one after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    report = status(path)
+    while not pred(report) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        report = status(path)
+    return report
+
+
 def test_bills_are_queued_once_in_order_across_jobs_restarts_and_corrections(tmp_path: Path,
                                                                             emu: WattzonEmulator) -> None:
     p = emu.profile(516)
@@ -130,12 +141,7 @@ def test_bills_are_queued_once_in_order_across_jobs_restarts_and_corrections(tmp
     with Daemon(path).start() as d:
         d.wait_log(lambda e: e.get("event", "").startswith("a corrected bill") and e.get("meter") == "elec")
         d.wait_log(lambda e: e.get("event", "").startswith("a late bill") and e.get("meter") == "elec")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # the heartbeat reaches the queue file with a commit
-            report = status(path)
-            if report["meters"]["elec"]["read_errors"]:
-                break
-            time.sleep(0.5)
+        report = status_when(path, lambda r: r["meters"]["elec"]["read_errors"])
         assert report["meters"]["elec"]["read_errors"] == {"corrected_bills": 1, "late_bills": 1}
         d.stop()
     assert len(emu.jobs) == 1
@@ -190,21 +196,15 @@ def test_a_job_that_needs_a_person_is_said_once_and_shown_until_one_succeeds(tmp
     p = emu.profile(516)
     p.script = ["queued", "login", "credential_error"]
     p.bills = [bill(2026, 1, 600.0, 80.0)]
-    path = write_config(tmp_path, emu, cloud="    extract_every: 2s\n".replace("    extract_every: 2s\n", ""))
-    text = path.read_text().replace("extract_every: 1h", "extract_every: 2s")
-    path.write_text(text)
+    path = write_config(tmp_path, emu)
+    path.write_text(path.read_text().replace("extract_every: 1h", "extract_every: 2s"))
     with Daemon(path).start() as d:
         d.wait_log(lambda e: e.get("event", "").startswith("extraction job needs a person")
                    and e.get("status") == "credential_error")
         wait_for(lambda: len(emu.jobs) >= 3, timeout=30)  # tried again every extract_every
         errors = [e for e in d.events() if e.get("event", "").startswith("extraction job needs a person")]
         assert len(errors) == 1 and "username or password" in errors[0]["event"]
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            report = status(path)
-            if report["meters"]["elec"]["failing"]:
-                break
-            time.sleep(0.5)
+        report = status_when(path, lambda r: r["meters"]["elec"]["failing"])
         assert "credential_error" in report["meters"]["elec"]["last_problem"]
         assert len(archived(tmp_path)["elec"]) == 1  # the bills already there are still taken
         p.script = ["queued", "success"]
@@ -225,13 +225,7 @@ def test_hostile_records_are_refused_and_nothing_wrong_is_queued(tmp_path: Path,
     with Daemon(path).start() as d:
         d.wait_log(lambda e: e.get("event", "").startswith("cannot reach WattzOn") and e.get("kind") == "bad_answer")
         d.wait_log(lambda e: e.get("event") == "WattzOn records refused: nothing of them is queued")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # the heartbeat reaches the queue file with a commit
-            report = status(path)
-            if report["meters"]["elec"]["read_errors"]:
-                break
-            time.sleep(0.5)
-        errors = report["meters"]["elec"]["read_errors"]
+        errors = status_when(path, lambda r: r["meters"]["elec"]["read_errors"])["meters"]["elec"]["read_errors"]
         assert d.proc is not None and d.proc.poll() is None
         d.stop()
     got = archived(tmp_path)["elec"]

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers.intellimeter_emulator import IntellimeterEmulator  # noqa: E402
+from tests.helpers.wattzon_emulator import WattzonEmulator  # noqa: E402
 
 PROPERTIES = 4
 
@@ -122,6 +123,75 @@ clouds:
         emu.stop()
 
 
+def watch(cmd: list[str], out: Path, total: int, quick: bool) -> tuple[float | None, int, int]:
+    """Start the daemon; (seconds until ``out`` has ``total`` lines, peak RSS kB, RSS kB afterwards)."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    peak, done = 0, None
+    deadline = t0 + (120 if quick else 900)
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        peak = max(peak, rss_kb(proc.pid, "VmRSS"))
+        if archived(out) >= total:
+            done = time.monotonic() - t0
+            break
+    peak = max(peak, rss_kb(proc.pid, "VmHWM"))
+    time.sleep(2)
+    after = rss_kb(proc.pid, "VmRSS")
+    proc.terminate()
+    proc.wait(30)
+    return done, peak, after
+
+
+def run_wattzon(days: float, meters: int, latency: float, quick: bool) -> dict[str, object]:
+    """WattzOn Link: ``meters`` interval meters of one profile, each with ``days`` of 15-minute intervals in
+    monthly files (fetched one month at a time), no job started (the data is there)."""
+    tmp = Path(tempfile.mkdtemp(prefix="catchup-wz-"))
+    emu = WattzonEmulator(tmp / "certs", latency=latency).start()
+    try:
+        p = emu.profile(1)
+        n = int(days * 96)
+        start = int(time.time()) // 900 * 900 - n * 900
+        for i in range(meters):
+            rows_by_month: dict[str, list[dict[str, object]]] = {}
+            for k in range(n):
+                t = start + k * 900
+                ym = time.strftime("%Y-%m", time.gmtime(t))
+                rows_by_month.setdefault(ym, []).append({"start": t, "end": t + 900, "usage": 0.25 + k % 7 / 100})
+            for ym, rows in rows_by_month.items():
+                p.months[(f"M{i:03d}", ym)] = {"complete": True, "rows": rows}
+        total = n * meters
+        meter_lines = "".join(f"  - {{name: m{i:03d}, type: wattzon, cloud: wz, profile_id: 1, data: intervals,"
+                              f" meter_id: M{i:03d}, interval: 15m}}\n" for i in range(meters))
+        cfg = tmp / "config.yaml"
+        cfg.write_text(f"""\
+site: {{name: bench, timezone: UTC}}
+state_dir: {tmp}/state
+time_sync: ignore
+queue: {{max_age: 90d}}
+clouds:
+  - type: wattzon
+    name: wz
+    url: {emu.url}
+    cert_file: {emu.client_cert}
+    key_file: {emu.client_key}
+    ca_file: {emu.ca_file}
+    start_jobs: false
+meters:
+{meter_lines}sinks:
+  - {{name: archive, type: file, path: {tmp}/archive.jsonl}}
+""")
+        done, peak, after = watch([sys.executable, "-m", "gateway", "--log-format", "json", "run", "-c", str(cfg)],
+                                  tmp / "archive.jsonl", total, quick)
+        largest = max(len(json.dumps({"intervals": m["rows"]})) for m in p.months.values())
+        return {"source": "wattzon", "meters": meters, "days": days, "reads": total,
+                "archived_s": None if done is None else round(done, 2), "requests": len(emu.log),
+                "peak_rss_mb": round(peak / 1024, 1), "after_rss_mb": round(after / 1024, 1),
+                "largest_answer_mb": round(largest / 1e6, 2)}
+    finally:
+        emu.stop()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="3 days instead of 30")
@@ -139,6 +209,12 @@ def main() -> None:
               f" all archived in {r['archived_s']} s; {r['read_requests']} read request(s),"
               f" {r['auth_requests']} token request(s); largest answer {r['largest_answer_mb']} MB; peak RSS"
               f" {r['peak_rss_mb']} MB, {r['after_rss_mb']} MB afterwards")
+    wz = run_wattzon(days, a.meters, a.latency, a.quick)
+    print(f"WattzOn Link: {wz['meters']} interval meters x {wz['days']:g} days of 15-min intervals = {wz['reads']:,}"
+          f" periods, one month per request: all archived in {wz['archived_s']} s; {wz['requests']} requests;"
+          f" largest answer {wz['largest_answer_mb']} MB; peak RSS {wz['peak_rss_mb']} MB,"
+          f" {wz['after_rss_mb']} MB afterwards")
+    results.append(wz)
     print(json.dumps({"cloud_catchup": results, "baseline_peak_rss_mb": base["peak_rss_mb"]}))
     if any(r["archived_s"] is None for r in results):
         sys.exit(1)

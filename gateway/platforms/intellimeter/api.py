@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import re
-import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import httpx
 import structlog
 
-from gateway.cloudhttp import CloudError, check_status, error_text, request_json
+from gateway.cloudhttp import CloudError, check_status, client, error_text, request_json
 from gateway.logs import REDACTOR
 from gateway.platforms.intellimeter.config import IntellimeterCloud
 
@@ -116,13 +115,6 @@ def scope_covers(granted: str, wanted: str) -> bool:
     return True
 
 
-def ssl_context(cloud: IntellimeterCloud) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    if cloud.ca_file is not None:
-        ctx.load_verify_locations(cafile=str(cloud.ca_file))
-    return ctx
-
-
 def oauth_error(r: httpx.Response) -> str:
     return error_text(r.status_code, r.content)
 
@@ -151,10 +143,7 @@ class IntellimeterApi:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            verify: ssl.SSLContext | bool = ssl_context(self.cloud) if not self.cloud.insecure else True
-            self._client = httpx.AsyncClient(verify=verify, timeout=self.cloud.request_timeout,
-                                             follow_redirects=False, trust_env=False,
-                                             headers={"User-Agent": "meter-gateway"})
+            self._client = client(self.cloud.ca_file, self.cloud.request_timeout, verify=not self.cloud.insecure)
         return self._client
 
     async def close(self) -> None:

@@ -19,7 +19,6 @@ with no usable value is refused; one whose interval energy alone is unusable is 
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from gateway.cloudhttp import json_number
 from gateway.platforms.intellimeter.config import UTILITY_CODE, IntellimeterMeter
 from gateway.quantities import Quantity
 from gateway.reading import Reading
@@ -93,13 +93,7 @@ _NOT_A_READ = RawRead(None, None, None, None, None, None, None)
 
 
 def _number(v: object) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    try:
-        f = float(v)
-    except OverflowError:
-        return None
-    return f if math.isfinite(f) and 0 <= f < MAX_KWH else None
+    return json_number(v, MAX_KWH)
 
 
 def instants(stamp: str, tz: ZoneInfo) -> tuple[int, int] | None:

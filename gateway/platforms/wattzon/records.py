@@ -13,11 +13,11 @@ are is :class:`gateway.platforms.wattzon.config.IntervalLayout`.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.cloudhttp import json_number
 from gateway.platforms.wattzon.config import IntervalLayout, WattzonMeter
 from gateway.quantities import WH_PER_THERM, Quantity
 from gateway.reading import Reading
@@ -31,15 +31,7 @@ LAST_TIME_S = 4_102_444_800
 
 
 def number(v: object, signed: bool = False) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    try:
-        f = float(v)
-    except OverflowError:
-        return None
-    if not math.isfinite(f) or abs(f) >= LIMIT or (f < 0 and not signed):
-        return None
-    return f
+    return json_number(v, LIMIT, signed)
 
 
 def instant_ms(v: object) -> int | None:

@@ -199,12 +199,7 @@ class WattzonSource(BaseSource):
     # ------------------------------------------------------------ bills
 
     async def _take_bills(self, pid: int, emit: Emit) -> None:
-        try:
-            records = await self.api.bills(pid)
-        except CloudError as e:
-            if e.kind != "not_found":
-                raise
-            records = []  # no bill yet
+        records = await self.api.bills(pid)
         for meter in (m for m in self.meters if m.profile_id == pid and m.mode == "bill"):
             problems: Counter[str] = Counter()
             mine = [r for r in records if isinstance(r, dict) and is_mine(meter, r)]
@@ -239,12 +234,7 @@ class WattzonSource(BaseSource):
     # ------------------------------------------------------------ intervals
 
     async def _take_intervals(self, pid: int, emit: Emit) -> None:
-        try:
-            months = await self.api.intervals(pid)
-        except CloudError as e:
-            if e.kind != "not_found":
-                raise
-            months = []
+        months = await self.api.intervals(pid)
         for meter in (m for m in self.meters if m.profile_id == pid and m.mode == "interval"):
             taken = self.months.setdefault(meter.name, [])
             mine = sorted((str(e["month_id"]), e.get("complete") is True) for e in months

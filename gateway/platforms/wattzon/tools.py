@@ -41,12 +41,7 @@ async def verify(cloud: WattzonCloud, config: GatewayConfig) -> tuple[bool, list
         for pid in sorted({m.profile_id for m in meters}):
             mine = [m for m in meters if m.profile_id == pid]
             if any(m.data == "bills" for m in mine):
-                try:
-                    records = await api.bills(pid)
-                except CloudError as e:
-                    if e.kind != "not_found":
-                        raise
-                    records = []
+                records = await api.bills(pid)
                 keys = {(str(r.get("type")), str(r.get("meter_number")), str(r.get("account_number")))
                         for r in records if isinstance(r, dict)}
                 lines.append(f"profile {pid}: {len(records)} bill record(s)")
@@ -61,12 +56,7 @@ async def verify(cloud: WattzonCloud, config: GatewayConfig) -> tuple[bool, list
                         lines.append(f"not mapped: {kind[:20]} bills of meter_number {number[:40]} (account"
                                      f" {account[:40]}) in profile {pid}")
             if any(m.data == "intervals" for m in mine):
-                try:
-                    months = await api.intervals(pid)
-                except CloudError as e:
-                    if e.kind != "not_found":
-                        raise
-                    months = []
+                months = await api.intervals(pid)
                 ids = sorted({str(e.get("meter_id")) for e in months if isinstance(e, dict)})
                 for m in (m for m in mine if m.data == "intervals"):
                     found = m.meter_id in ids
