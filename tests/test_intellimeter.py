@@ -171,6 +171,33 @@ async def test_refused_credentials_and_a_missing_scope_are_auth_errors_without_t
     assert e.value.kind == "auth" and e.value.status == 403
 
 
+async def test_a_stalled_or_failing_answer_is_transient_and_a_404_says_the_address(tmp_path: Path,
+                                                                                   emu: IntellimeterEmulator) -> None:
+    site(emu, 0.1)
+    api = IntellimeterApi(cloud_of(write_config(tmp_path, emu, "    request_timeout: 1s\n")), tmp_path)
+    try:
+        await api.token()
+        for fault, kind in ((lambda: emu.stall(3.0, path="/api/v1/read"), "transient"),
+                            (lambda: emu.answer(429, path="/api/v1/read"), "transient"),
+                            (lambda: emu.answer(503, path="/api/v1/read"), "transient"),
+                            (lambda: emu.answer(404, path="/api/v1/read"), "not_found"),
+                            (lambda: emu.garble('{"p1": {"not": "a list"}}', path="/api/v1/read"), None)):
+            fault()
+            t0 = time.monotonic()
+            if kind is None:  # JSON, but not the document's shape: refused by the source as a whole
+                from gateway.platforms.intellimeter.reads import BadAnswer, reads_of
+
+                with pytest.raises(BadAnswer):
+                    reads_of(await api.reads(0, "Hour", None))
+                continue
+            with pytest.raises(CloudError) as e:
+                await api.reads(0, "Hour", None)
+            assert e.value.kind == kind and time.monotonic() - t0 < 2.5, (kind, str(e.value))
+        assert "p1" in await api.reads(0, "Hour", None)  # and then it answers again
+    finally:
+        await api.close()
+
+
 # ---------------------------------------------------------------- the daemon
 
 

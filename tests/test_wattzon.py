@@ -380,3 +380,31 @@ def test_bills_reach_wegowise_as_raw_data_of_their_own_dates_once(tmp_path: Path
         assert wego.duplicates() == []
     finally:
         wego.stop()
+
+
+async def test_each_kind_of_failing_answer_is_told_apart(tmp_path: Path, emu: WattzonEmulator) -> None:
+    from gateway.cloudhttp import CloudError
+    from gateway.config import load_config
+    from gateway.platforms.wattzon.api import WattzonApi
+
+    emu.profile(516).bills = [bill(2026, 1, 600.0, 80.0)]
+    cloud = load_config(write_config(tmp_path, emu)).clouds[0]
+    api = WattzonApi(cloud)  # type: ignore[arg-type]
+    try:
+        for status, kind in ((403, "auth"), (401, "auth"), (429, "transient"), (503, "transient"),
+                             (400, "bad_answer")):
+            emu.answer(status, prefix="/jobs")
+            with pytest.raises(CloudError) as e:
+                await api.start_job(516, "bill")
+            assert e.value.kind == kind, (status, str(e.value))
+        with pytest.raises(CloudError) as e:
+            await api.start_job(999, "bill")  # no such profile: 404, the id is wrong
+        assert e.value.kind == "not_found" and "Profile not found" in str(e.value)
+        emu.garble('{"job_id": 5}', prefix="/jobs")
+        with pytest.raises(CloudError) as e:
+            await api.start_job(516, "bill")
+        assert e.value.kind == "bad_answer"
+        assert len(await api.bills(516)) == 1 and await api.bills(516) == await api.bills(516)
+        assert await api.intervals(516) == []  # none extracted yet: WattzOn's 404 is an empty list
+    finally:
+        await api.close()

@@ -93,31 +93,14 @@ clouds:
 {meter_lines}sinks:
   - {{name: archive, type: file, path: {tmp}/archive.jsonl}}
 """)
-        out = tmp / "archive.jsonl"
-        t0 = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "--log-format", "json", "run", "-c", str(cfg)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-        peak = 0
-        archived_s = None
-        deadline = t0 + (120 if quick else 900)
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-            peak = max(peak, rss_kb(proc.pid, "VmRSS"))
-            if archived(out) >= total:
-                archived_s = time.monotonic() - t0
-                break
-        hwm = rss_kb(proc.pid, "VmHWM")
-        # The same daemon, idle (nothing left to fetch): its steady RSS.
-        time.sleep(2)
-        idle = rss_kb(proc.pid, "VmRSS")
-        proc.terminate()
-        proc.wait(30)
+        archived_s, peak, idle = watch([sys.executable, "-m", "gateway", "--log-format", "json", "run", "-c",
+                                        str(cfg)], tmp / "archive.jsonl", total, quick)
         reads = emu.requests("/api/v1/read")
         largest = max((len(json.dumps(emu.read(q)[1])) for q in reads[:PROPERTIES + 1]), default=0)
         return {"meters": meters, "days": days, "reads": total, "per_property": split,
                 "archived_s": None if archived_s is None else round(archived_s, 2),
                 "read_requests": len(reads), "auth_requests": len(emu.grants),
-                "peak_rss_mb": round(max(peak, hwm) / 1024, 1), "after_rss_mb": round(idle / 1024, 1),
+                "peak_rss_mb": round(peak / 1024, 1), "after_rss_mb": round(idle / 1024, 1),
                 "largest_answer_mb": round(largest / 1e6, 1)}
     finally:
         emu.stop()
