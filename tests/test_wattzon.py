@@ -199,10 +199,10 @@ def test_a_job_that_needs_a_person_is_said_once_and_shown_until_one_succeeds(tmp
     path = write_config(tmp_path, emu)
     path.write_text(path.read_text().replace("extract_every: 1h", "extract_every: 2s"))
     with Daemon(path).start() as d:
-        d.wait_log(lambda e: e.get("event", "").startswith("extraction job needs a person")
-                   and e.get("status") == "credential_error")
+        d.wait_log(lambda e: e.get("event", "").startswith("WattzOn profile needs a person: extraction"
+                                                            " credential_error"))
         wait_for(lambda: len(emu.jobs) >= 3, timeout=30)  # tried again every extract_every
-        errors = [e for e in d.events() if e.get("event", "").startswith("extraction job needs a person")]
+        errors = [e for e in d.events() if e.get("event", "").startswith("WattzOn profile needs a person")]
         assert len(errors) == 1 and "username or password" in errors[0]["event"]
         report = status_when(path, lambda r: r["meters"]["elec"]["failing"])
         assert "credential_error" in report["meters"]["elec"]["last_problem"]
@@ -408,3 +408,27 @@ async def test_each_kind_of_failing_answer_is_told_apart(tmp_path: Path, emu: Wa
         assert await api.intervals(516) == []  # none extracted yet: WattzOn's 404 is an empty list
     finally:
         await api.close()
+
+
+def test_an_unknown_profile_or_a_vanished_job_troubles_only_its_own_meters(tmp_path: Path,
+                                                                          emu: WattzonEmulator) -> None:
+    p = emu.profile(516)
+    p.script = ["queued"] * 1000 + ["success"]  # a job that runs and runs
+    p.bills = [bill(2026, m, 600.0, 80.0) for m in (1, 2)]
+    path = write_config(tmp_path, emu, meters="""\
+  - {name: elec, type: wattzon, cloud: utility, profile_id: 516, meter_number: "67563764"}
+  - {name: lost, type: wattzon, cloud: utility, profile_id: 999, meter_number: "X"}
+""")
+    with Daemon(path).start() as d:
+        d.wait_log(lambda e: e.get("event", "").startswith("WattzOn profile needs a person: WattzOn cannot start a"
+                                                            " job for profile 999"))
+        wait_for(lambda: len(archived(tmp_path).get("elec", [])) == 2)
+        report = status_when(path, lambda r: r["meters"]["lost"]["failing"])
+        assert report["meters"]["lost"]["failing"] and "profile_id" in report["meters"]["lost"]["last_problem"]
+        assert not report["meters"]["elec"]["failing"]
+        wait_for(lambda: len(emu.requests("/jobs/")) >= 2)  # the job is followed ...
+        emu.jobs.clear()  # ... until WattzOn forgets it
+        d.wait_log(lambda e: e.get("event", "").startswith("extraction job finished without success")
+                   and e.get("status") == "job_not_found")
+        assert d.proc is not None and d.proc.poll() is None
+        d.stop()

@@ -74,7 +74,7 @@ class WattzonSource(BaseSource):
         #: meter -> months taken whole
         self.months: dict[str, list[str]] = {}
         self.cloud_problem: str | None = None
-        #: profile -> what a person must do (a finished job's state)
+        #: profile -> what a person must do (a finished job's state, a profile WattzOn does not know)
         self.person: dict[int, str] = {}
         self._fetch_due: set[tuple[int, str]] = {(m.profile_id, m.mode) for m in meters}
         self._fetched_at = time.time()
@@ -133,11 +133,19 @@ class WattzonSource(BaseSource):
     def _pairs(self) -> list[tuple[int, str]]:
         return sorted({(m.profile_id, m.mode) for m in self.meters})
 
+    def _job(self, key: str) -> dict[str, Any]:
+        """A job's record, as the state file had it or fresh (a record that is not what this code writes: fresh)."""
+        job = self.jobs.get(key)
+        if not isinstance(job, dict) or not isinstance(job.get("started", 0.0), int | float) or not isinstance(
+                job.get("job_id"), str | None):
+            job = self.jobs[key] = {"started": 0.0, "job_id": None, "status": ""}
+        return job
+
     def _next_wake(self) -> float:
         now = time.time()
         wakes = [self._fetched_at + self.cloud.fetch_every]
         for pid, mode in self._pairs():
-            job = self.jobs.get(f"{pid}:{mode}") or {}
+            job = self._job(f"{pid}:{mode}")
             if job.get("job_id"):
                 wakes.append(now + self.cloud.job_poll)
             elif self.cloud.start_jobs:
@@ -148,14 +156,22 @@ class WattzonSource(BaseSource):
         now = time.time()
         for pid, mode in self._pairs():
             key = f"{pid}:{mode}"
-            job = self.jobs.get(key) or {}
+            job = self._job(key)
             if job.get("job_id"):
                 await self._follow(pid, mode, job, now)
             elif self.cloud.start_jobs and now - float(job.get("started", 0.0)) >= self.cloud.extract_every:
-                job_id = await self.api.start_job(pid, mode)
-                self.jobs[key] = {"started": now, "job_id": job_id, "status": "started"}
+                try:
+                    job_id: str | None = await self.api.start_job(pid, mode)
+                except CloudError as e:
+                    if e.kind != "not_found":
+                        raise
+                    job_id = None  # this profile's trouble, not the cloud's: tried again at the next extract_every
+                    self._needs_person(pid, f"WattzOn cannot start a job for profile {pid} ({e}): is profile_id"
+                                            " right, and does its utility have an agent?")
+                self.jobs[key] = {"started": now, "job_id": job_id, "status": "started" if job_id else "not_found"}
                 self._save()
-                self.log.info("extraction job started", profile=pid, mode=mode, job_id=job_id)
+                if job_id:
+                    self.log.info("extraction job started", profile=pid, mode=mode, job_id=job_id)
         if now - self._fetched_at >= self.cloud.fetch_every:
             self._fetch_due.update(self._pairs())
         for pid, mode in sorted(self._fetch_due):
@@ -167,7 +183,12 @@ class WattzonSource(BaseSource):
             self._fetched_at = time.time()
 
     async def _follow(self, pid: int, mode: str, job: dict[str, Any], now: float) -> None:
-        finished, status, detail = await self.api.job(str(job["job_id"]))
+        try:
+            finished, status, detail = await self.api.job(str(job["job_id"]))
+        except CloudError as e:
+            if e.kind != "not_found":
+                raise
+            finished, status, detail = True, "job_not_found", "WattzOn no longer knows the job"
         job["status"] = status
         timed_out = not finished and now - float(job.get("started", now)) > self.cloud.job_timeout
         if not (finished or timed_out):
@@ -180,11 +201,8 @@ class WattzonSource(BaseSource):
                              " fetched", profile=pid, mode=mode, job_id=job_id, status=status)
             return
         if status in NEEDS_PERSON:
-            if self.person.get(pid) != status:
-                self.log.error("extraction job needs a person: " + NEEDS_PERSON[status], profile=pid, mode=mode,
-                               job_id=job_id, status=status, detail=detail)
-            self.person[pid] = status
-            self._set_problems()
+            self._needs_person(pid, f"extraction {status}: {NEEDS_PERSON[status]}", mode=mode, job_id=job_id,
+                               detail=detail)
             return
         if status in ("success", "partial_success"):
             if pid in self.person:
@@ -312,12 +330,18 @@ class WattzonSource(BaseSource):
     def _set_problems(self) -> None:
         self.on_change()
 
+    def _needs_person(self, pid: int, text: str, **more: Any) -> None:
+        """Said once (at error) until it changes; the profile's meters show it until a job succeeds."""
+        if self.person.get(pid) != text:
+            self.log.error("WattzOn profile needs a person: " + text, profile=pid, **more)
+            self.person[pid] = text
+            self._set_problems()
+
     def health(self) -> dict[str, dict[str, object]]:
         out: dict[str, dict[str, object]] = {}
         for m in self.meters:
             st = self.state[m.name]
-            person = self.person.get(m.profile_id)
-            problem = self.cloud_problem or (f"extraction {person}: {NEEDS_PERSON[person]}" if person else None)
+            problem = self.cloud_problem or self.person.get(m.profile_id)
             out[m.name] = {"failing": problem is not None, "last_problem": problem or st.last_problem,
                            "counts": dict(st.counts)}
         return out
