@@ -417,3 +417,26 @@ def test_interval_energy_is_never_averaged_over_a_wattics_interval(tmp_path: Pat
     assert len(e.value.problems) == 1
     assert "sinks[wattics].data_points[0].interval: interval_energy is the energy of the meter's own interval" \
         in e.value.problems[0]
+
+
+def test_a_meter_the_cloud_has_no_read_of_is_reported_failing(tmp_path: Path, emu: IntellimeterEmulator) -> None:
+    site(emu, 0.1)
+    path = write_config(tmp_path, emu, meters="""\
+  - {name: a, type: intellimeter, cloud: im, meter_id: A1, interval: 1s}
+  - {name: ghost, type: intellimeter, cloud: im, meter_id: NOPE, interval: 1s}
+""")
+    path.write_text(path.read_text().replace("late_reads: 30s", "late_reads: 0s"))
+    emu.live(1.0)
+    with Daemon(path).start() as d:
+        d.wait_log(lambda e: e.get("event") == "no new read of this meter in Intellimeter" and e.get("meter") ==
+                   "ghost", timeout=30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            report = status(path)
+            if report["meters"]["ghost"]["failing"]:
+                break
+            time.sleep(0.5)
+        assert "is meter_id right? see verify" in report["meters"]["ghost"]["last_problem"]
+        assert not report["meters"]["a"]["failing"]  # its reads keep coming
+        assert not [p for p in evaluate(report, MonitoringConfig()) if p["check"] == "cloud_down"]
+        d.stop()
