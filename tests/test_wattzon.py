@@ -432,3 +432,20 @@ def test_an_unknown_profile_or_a_vanished_job_troubles_only_its_own_meters(tmp_p
                    and e.get("status") == "job_not_found")
         assert d.proc is not None and d.proc.poll() is None
         d.stop()
+
+
+def test_a_meter_wattzon_has_nothing_new_for_is_reported_quiet(tmp_path: Path, emu: WattzonEmulator) -> None:
+    p = emu.profile(516)
+    p.script = ["success"]
+    p.bills = [bill(2026, 11, 600.0, 80.0)]  # ended three days ago: within a month's bill
+    path = write_config(tmp_path, emu, meters="""\
+  - {name: elec, type: wattzon, cloud: utility, profile_id: 516, meter_number: "67563764"}
+  - {name: ghost, type: wattzon, cloud: utility, profile_id: 516, meter_number: "NOPE", interval: 1s}
+""")
+    path.write_text(path.read_text().replace("extract_every: 1h", "extract_every: 1s")
+                    .replace("fetch_every: 1h", "fetch_every: 1s"))
+    with Daemon(path).start() as d:
+        report = status_when(path, lambda r: r["meters"]["ghost"]["failing"])
+        assert "WattzOn has no new bill of this meter" in report["meters"]["ghost"]["last_problem"]
+        assert not report["meters"]["elec"]["failing"]
+        d.stop()

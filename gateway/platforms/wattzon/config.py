@@ -130,7 +130,8 @@ class WattzonMeter(MeterBase):
     meter_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     #: Bills: the currency of ``cost``; a bill in another is refused.
     currency: Annotated[str, Field(min_length=3, max_length=3)] = "USD"
-    #: How often a new period is expected (bills: about a month); used to tell a meter gone quiet.
+    #: How often a new period is expected (bills: about a month): with none for twice this (plus extract_every and
+    #: fetch_every) after data was fetched, the meter is reported failing.
     interval: MeterInterval = 31 * 86400.0
 
     @property

@@ -78,6 +78,9 @@ class WattzonSource(BaseSource):
         self.person: dict[int, str] = {}
         self._fetch_due: set[tuple[int, str]] = {(m.profile_id, m.mode) for m in meters}
         self._fetched_at = time.time()
+        self._started = self._fetched_at
+        #: a fetch of data has succeeded since the start (before, a quiet meter says nothing)
+        self._fetched_once = False
         self._failures = 0
 
     # ------------------------------------------------------------ state file
@@ -181,6 +184,7 @@ class WattzonSource(BaseSource):
                 await self._take_intervals(pid, emit)
             self._fetch_due.discard((pid, mode))
             self._fetched_at = time.time()
+            self._fetched_once = True
 
     async def _follow(self, pid: int, mode: str, job: dict[str, Any], now: float) -> None:
         try:
@@ -337,11 +341,23 @@ class WattzonSource(BaseSource):
             self.person[pid] = text
             self._set_problems()
 
+    def quiet(self, m: WattzonMeter, now: float) -> str | None:
+        """A meter with no new period for two of its intervals (plus a job's and a fetch's wait), once data was
+        fetched: said, since a utility that stops issuing bills, or an account that lost its link, is silent."""
+        last = self.last.get(m.name, -1)
+        since = last / 1000 if last >= 0 else self._started
+        if not self._fetched_once or now - since <= 2 * m.interval + self.cloud.extract_every + self.cloud.fetch_every:
+            return None
+        what = "bill" if m.data == "bills" else "interval"
+        return (f"WattzOn has no new {what} of this meter" + (f" since {iso_utc(last)}" if last >= 0 else
+                                                               " (are profile_id and the meter's keys right? verify)"))
+
     def health(self) -> dict[str, dict[str, object]]:
         out: dict[str, dict[str, object]] = {}
+        now = time.time()
         for m in self.meters:
             st = self.state[m.name]
-            problem = self.cloud_problem or self.person.get(m.profile_id)
+            problem = self.cloud_problem or self.person.get(m.profile_id) or self.quiet(m, now)
             out[m.name] = {"failing": problem is not None, "last_problem": problem or st.last_problem,
                            "counts": dict(st.counts)}
         return out
