@@ -176,6 +176,10 @@ async def test_a_stalled_or_failing_answer_is_transient_and_a_404_says_the_addre
     site(emu, 0.1)
     api = IntellimeterApi(cloud_of(write_config(tmp_path, emu, "    request_timeout: 1s\n")), tmp_path)
     try:
+        emu.garble('{"access_token": "' + "x" * 200_000 + '"}', path="/api/v1/auth")  # not read beyond 64 KB
+        with pytest.raises(CloudError) as e:
+            await api.token()
+        assert e.value.kind == "bad_answer"
         await api.token()
         for fault, kind in ((lambda: emu.stall(3.0, path="/api/v1/read"), "transient"),
                             (lambda: emu.answer(429, path="/api/v1/read"), "transient"),

@@ -35,6 +35,8 @@ from gateway.platforms.intellimeter.config import IntellimeterCloud
 
 log = structlog.get_logger("gateway.platforms.intellimeter.api")
 
+#: A token answer is a few hundred bytes; one larger than this is not read further.
+AUTH_ANSWER_MAX = 64 * 1024
 _HMS = re.compile(r"^(\d{1,6}):([0-5]\d):([0-5]\d)$")
 
 
@@ -154,14 +156,21 @@ class IntellimeterApi:
     # ------------------------------------------------------------ tokens
 
     async def post_auth(self, body: dict[str, str]) -> httpx.Response:
-        """POST to the auth endpoint (JSON body); transport failures become ``transient``."""
+        """POST to the auth endpoint (JSON body), the answer read whole up to AUTH_ANSWER_MAX bytes; transport
+        failures become ``transient``."""
         self.requests += 1
         try:
-            return await self._http().post(self.base + self.cloud.auth_path, json=body)
+            async with self._http().stream("POST", self.base + self.cloud.auth_path, json=body) as r:
+                data = bytearray()
+                async for chunk in r.aiter_bytes():
+                    data += chunk
+                    if len(data) > AUTH_ANSWER_MAX:
+                        raise CloudError("bad_answer", "Intellimeter's token answer is larger than any token")
         except httpx.TimeoutException:
             raise CloudError("transient", "Intellimeter did not answer in time (auth)") from None
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, OSError) as e:  # ssl.SSLError is an OSError
             raise CloudError("transient", f"cannot reach Intellimeter: {type(e).__name__}: {e}"[:300]) from None
+        return httpx.Response(r.status_code, headers=r.headers, content=bytes(data))
 
     def _take(self, tokens: Tokens) -> Tokens:
         self._tokens = tokens
