@@ -20,7 +20,6 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -74,7 +73,6 @@ class IntellimeterSource(BaseSource):
         self.cloud_failures = 0
         #: Intellimeter meter ids in answers that no meter of the configuration maps (for status and verify)
         self.unmapped: set[str] = set()
-        self.polls = 0
         self._problem_logged: set[tuple[str, str]] = set()
         self.ok_once = False
 
@@ -138,7 +136,6 @@ class IntellimeterSource(BaseSource):
         now_ms = int(started * 1000)
         span = self.span(now_ms)
         quantity, unit = span if span is not None else (0, "Hour")
-        self.polls += 1
         for prop in properties(self.cloud):
             answer = await self.api.reads(quantity, unit, prop, self._hook)
             try:
@@ -154,7 +151,7 @@ class IntellimeterSource(BaseSource):
             st = self.state[m.name]
             if st.gap is not None and self.last.get(m.name, -1) >= st.gap[1]:
                 st.gap = None
-        self._judge_staleness(started)
+        self._set_failing(started)
 
     async def _take(self, reads: list[tuple[str, RawRead]], emit: Emit) -> None:
         grouped: dict[str, list[RawRead]] = {}
@@ -166,10 +163,11 @@ class IntellimeterSource(BaseSource):
                 continue
             meter = self.mapper.meter_of(read)
             if meter is None:
-                if isinstance(read.meter, str) and read.meter not in self.unmapped and len(self.unmapped) < 1000:
-                    self.unmapped.add(read.meter)
+                meter_id = read.meter[:64] if isinstance(read.meter, str) else None
+                if meter_id is not None and meter_id not in self.unmapped and len(self.unmapped) < 1000:
+                    self.unmapped.add(meter_id)
                     self.log.info("Intellimeter has a meter no meter of the configuration maps (see verify)",
-                                  meter_id=read.meter[:64])
+                                  meter_id=meter_id)
                 continue
             grouped.setdefault(meter.name, []).append(read)
         if not_reads:
@@ -245,9 +243,6 @@ class IntellimeterSource(BaseSource):
             self.cloud_problem = None
             self._set_failing()
 
-    def _judge_staleness(self, now: float) -> None:
-        self._set_failing(now)
-
     def stale(self, meter: IntellimeterMeter, now: float) -> bool:
         """No new read of the meter for three of its intervals (plus the reads' lateness and a fetch interval)."""
         limit = 3 * meter.interval + self.cloud.late_reads + self.cloud.interval
@@ -281,7 +276,3 @@ class IntellimeterSource(BaseSource):
                 "counts": dict(st.counts),
             }
         return out
-
-    def describe_state(self) -> dict[str, Any]:
-        return {"polls": self.polls, "requests": self.api.requests, "unmapped": sorted(self.unmapped)}
-

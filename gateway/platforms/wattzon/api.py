@@ -84,30 +84,26 @@ class WattzonApi:
         text = detail[:200] if isinstance(detail, str) else ""
         return answer["finished"], status_word(answer.get("job_status")), text
 
-    async def _data(self, path: str) -> Any:
-        """A data list; a 404 (no bill or interval extracted yet, as the document answers then) is an empty one."""
+    async def _data(self, path: str, key: str, what: str) -> list[Any]:
+        """A data list, bare or under ``key``; a 404 (nothing extracted yet, as the document answers then) is an
+        empty one."""
         try:
-            return await self._call("GET", path)
+            answer = await self._call("GET", path)
         except CloudError as e:
             if e.kind == "not_found":
                 return []
             raise
+        if isinstance(answer, dict) and isinstance(answer.get(key), list):
+            answer = answer[key]
+        if not isinstance(answer, list):
+            raise CloudError("bad_answer", f"GET {path}: not a list of {what}")
+        return answer
 
     async def bills(self, profile_id: int) -> list[Any]:
-        answer = await self._data(f"/data/bills/{profile_id}")
-        if isinstance(answer, dict) and isinstance(answer.get("data"), list):
-            answer = answer["data"]
-        if not isinstance(answer, list):
-            raise CloudError("bad_answer", f"GET /data/bills/{profile_id}: not a list of bills")
-        return answer
+        return await self._data(f"/data/bills/{profile_id}", "data", "bills")
 
     async def intervals(self, profile_id: int) -> list[Any]:
-        answer = await self._data(f"/data/intervals/{profile_id}")
-        if isinstance(answer, dict) and isinstance(answer.get("intervals"), list):
-            answer = answer["intervals"]
-        if not isinstance(answer, list):
-            raise CloudError("bad_answer", f"GET /data/intervals/{profile_id}: not a list of interval periods")
-        return answer
+        return await self._data(f"/data/intervals/{profile_id}", "intervals", "interval periods")
 
     async def month(self, profile_id: int, meter_id: str, month_id: str) -> Any:
         return await self._call("GET", f"/data/intervals/{profile_id}/{quote(meter_id, safe='')}/monthly/"

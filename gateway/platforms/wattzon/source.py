@@ -211,7 +211,7 @@ class WattzonSource(BaseSource):
         if status in ("success", "partial_success"):
             if pid in self.person:
                 self.log.info("extraction job succeeded again", profile=pid, was=self.person.pop(pid))
-                self._set_problems()
+                self.on_change()
             (self.log.info if status == "success" else self.log.warning)(
                 "extraction job finished", profile=pid, mode=mode, job_id=job_id, status=status)
         else:
@@ -261,7 +261,7 @@ class WattzonSource(BaseSource):
             taken = self.months.setdefault(meter.name, [])
             mine = sorted((str(e["month_id"]), e.get("complete") is True) for e in months
                           if isinstance(e, dict) and e.get("meter_id") == meter.meter_id
-                          and isinstance(e.get("month_id"), str | int))
+                          and isinstance(e.get("month_id"), str) and 0 < len(e["month_id"]) <= 20)
             for month_id, complete in mine:
                 if month_id in taken:
                     continue
@@ -271,7 +271,7 @@ class WattzonSource(BaseSource):
                 try:
                     rows = interval_rows(answer, self.cloud.interval_layout)
                 except ValueError as e:
-                    raise CloudError("bad_answer", f"month {month_id[:20]} of {meter.meter_id}: {e}") from None
+                    raise CloudError("bad_answer", f"month {month_id} of {meter.meter_id}: {e}") from None
                 del answer
                 readings = in_order([r for row in rows if (r := interval_reading(
                     meter, row, self.cloud.interval_layout, problems)) is not None], problems)
@@ -331,15 +331,12 @@ class WattzonSource(BaseSource):
             self.cloud_problem = None
             self.on_change()
 
-    def _set_problems(self) -> None:
-        self.on_change()
-
     def _needs_person(self, pid: int, text: str, **more: Any) -> None:
         """Said once (at error) until it changes; the profile's meters show it until a job succeeds."""
         if self.person.get(pid) != text:
             self.log.error("WattzOn profile needs a person: " + text, profile=pid, **more)
             self.person[pid] = text
-            self._set_problems()
+            self.on_change()
 
     def quiet(self, m: WattzonMeter, now: float) -> str | None:
         """A meter with no new period for two of its intervals (plus a job's and a fetch's wait), once data was
