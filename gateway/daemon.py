@@ -39,6 +39,7 @@ from gateway.supervisor import Supervisor
 from gateway.timekeeper import TimeKeeper
 
 if TYPE_CHECKING:
+    from gateway.fleet.presence import Presence
     from gateway.monitor import Monitor
 
 log = structlog.get_logger("gateway.daemon")
@@ -72,6 +73,11 @@ class Gateway:
         #: Readings confirmed into the queue per meter since start (for /metrics and status).
         self._accepted: Counter[str] = Counter()
         self.monitor: Monitor | None = None
+        #: Presence and health on the fleet broker (``fleet:``), under a supervisor of its own: its goodbye at a stop
+        #: is waited for while the pipeline stops.
+        self.presence: Presence | None = None
+        self._fleet_stop = asyncio.Event()
+        self._fleet_sup = Supervisor(self._fleet_stop)
         #: Per sink, what each stream delivered last: from the previous run at start, kept across a reload.
         self._last_sent: dict[str, Any] | None = None
         self.heartbeat = Heartbeat(self.queue, self._info, self._sent_by_sink)
@@ -100,6 +106,7 @@ class Gateway:
         await self._start_forwarders()
         await self._start_clock()
         self._start_sources()
+        self._start_fleet()
         self._helpers.spawn("heartbeat", lambda: self.heartbeat.run(self._helpers_stop))
         self._helpers.spawn("clock", lambda: self.keeper.run(self._keeper_stop))
         if self.notify.watchdog_interval:
@@ -120,7 +127,9 @@ class Gateway:
         log.info("stopping")
         if self.monitor is not None:
             await self.monitor.stop()
+        goodbye = asyncio.create_task(self._stop_fleet())  # "offline" goes out while the pipeline stops
         await self._stop_pipeline()
+        await goodbye
         # Stopped by their flags, not only by cancelling: in Python 3.11, cancelling asyncio.wait_for at the moment
         # its event is set (a meter starting to fail as the sources stop) can be lost, and the loop would go on.
         self._keeper_stop.set()
@@ -148,6 +157,25 @@ class Gateway:
         """The report of ``status``, with this process's live view instead of its last heartbeat."""
         live, config = self._info(running=True), self.config
         return status.collect(await self.queue.snapshot(status.backlog_streams(config)), config, live=live)
+
+    def _start_fleet(self) -> None:
+        if self.config.fleet is None:
+            return
+        from gateway.fleet.presence import Presence  # paho's client for the fleet only when a fleet is configured
+
+        self._fleet_stop = asyncio.Event()
+        self._fleet_sup = Supervisor(self._fleet_stop)
+        self._fleet_sup.on_change = self._beat_now.set
+        presence = self.presence = Presence(self.config, self.snapshot)
+        presence.on_change = self._beat_now.set
+        self._fleet_sup.spawn("fleet", functools.partial(presence.run, self._fleet_stop))
+
+    async def _stop_fleet(self) -> None:
+        from gateway.fleet.presence import GOODBYE_TIMEOUT
+
+        self._fleet_stop.set()
+        await self._fleet_sup.wait(GOODBYE_TIMEOUT + 2.0)
+        self.presence = None
 
     async def _start_clock(self) -> None:
         """Report held readings an earlier boot left (their time is lost), then decide whether the clock is trusted
@@ -315,6 +343,11 @@ class Gateway:
                 old.meters, old.site, old.buses, old.brokers, old.subscriptions):
             await self._stop_sources()
             self._start_sources()
+        if self.presence is not None and self.presence.same_connection(new):
+            self.presence.update(new)
+        elif self.presence is not None or new.fleet is not None:
+            await self._stop_fleet()
+            self._start_fleet()
         if new.monitoring != old.monitoring:
             if self.monitor is not None:
                 await self.monitor.stop()
@@ -358,11 +391,12 @@ class Gateway:
             "accepted": dict(self._accepted),
             "tasks": self._task_health(),
             "future_at": dict(self._future_at),
+            "fleet": self.presence.health() if self.presence is not None else None,
         }
 
     def _task_health(self) -> dict[str, dict[str, object]]:
         """Background tasks that failed since the start (restarted by their supervisor), by task name."""
-        out = {**self._helpers.health(), **self._sources_sup.health()}
+        out = {**self._helpers.health(), **self._sources_sup.health(), **self._fleet_sup.health()}
         for f in self.forwarders:
             out.update(f.supervisor.health())
         return out

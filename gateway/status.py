@@ -95,6 +95,8 @@ def collect(queue: Snapshot, config: GatewayConfig, now: float | None = None,
         # Background tasks that failed and were restarted since the daemon started (a source, a stream...).
         "tasks": tasks if isinstance(tasks, dict) else {},
         "daemon": {"running": running, **{k: daemon.get(k) for k in ("pid", "version", "started_ms", "heartbeat_ms")}},
+        # The fleet broker (fleet:): connected or not, and why not.
+        "fleet": daemon.get("fleet") if running and isinstance(daemon.get("fleet"), dict) else None,
         "queue": {"path": str(queue.path), "bytes": queue.used_bytes, "max_bytes": config.queue.max_size,
                   # The file was removed (or replaced) under the running daemon: no reading is accepted.
                   "gone": queue.gone or peek_marker(queue.path.parent),
@@ -103,6 +105,16 @@ def collect(queue: Snapshot, config: GatewayConfig, now: float | None = None,
         "sinks": sinks,
         "meters": meter_rows,
     }
+
+
+def _fleet(report: dict[str, Any]) -> list[str]:
+    f = report.get("fleet")
+    if not isinstance(f, dict):
+        return []
+    if f.get("connected"):
+        return [f"fleet:  connected to {f['broker']} as {f['gateway_id']} ({f['published']} messages published)"]
+    return [f"fleet:  NOT connected to {f['broker']}: {f.get('last_error') or 'connecting'} (presence and health are"
+            " not published; readings are not affected)"]
 
 
 def _clock(report: dict[str, Any]) -> str:
@@ -150,6 +162,7 @@ def render(report: dict[str, Any], now: float | None = None) -> str:
         if d["running"] else "daemon: not running (no recent heartbeat)",
         f"queue:  {report['queue']['path']} ({report['queue']['bytes'] / 1e6:.1f} MB used)" + _queue_trouble(report),
         f"clock:  {_clock(report)}",
+        *_fleet(report),
         "",
         f"{'SINK':<20} {'DEPTH':>8} {'OLDEST':>10} {'DELIVERED':>10} {'RETRIED':>8} {'RESENT':>7} {'DEAD':>6}"
         f" {'EVICTED':>8}  LAST DELIVERY",

@@ -23,7 +23,7 @@ import pytest
 from gateway.cloudhttp import CloudError
 from gateway.config import load_config
 from gateway.config.models import MonitoringConfig
-from gateway.monitor import evaluate
+from gateway.health import evaluate
 from gateway.platforms.intellimeter.api import IntellimeterApi
 from gateway.platforms.intellimeter.config import IntellimeterCloud
 from tests.helpers.daemon import Daemon, read_jsonl

@@ -26,6 +26,7 @@ from gateway.config.common import (
     check_zone,
     system_timezone,
 )
+from gateway.fleet.config import FleetConfig
 from gateway.platforms.all import SINKS, SOURCES
 from gateway.platforms.modbus.config import BusBase, BusConfig, ModbusMeterConfig, SerialLine, meter_problems
 from gateway.platforms.mqtt.config import BrokerConfig, MqttMeterConfig, SubscriptionConfig
@@ -124,6 +125,8 @@ class GatewayConfig(Strict):
     clouds: list[CloudConfig] = Field(default_factory=list)
     meters: Annotated[list[MeterConfig], Field(min_length=1)]
     sinks: Annotated[list[SinkConfig], Field(min_length=1)]
+    #: The integrator's central broker, where this gateway's presence and health are published (off by default).
+    fleet: FleetConfig | None = None
 
     #: The files secrets were read from (``password_file``...): set when the file is loaded, for the mode check.
     _secret_files: tuple[Path, ...] = PrivateAttr(default=())
@@ -192,7 +195,14 @@ class GatewayConfig(Strict):
         for i, sink in enumerate(self.sinks):
             problems += [(("sinks", i, *path), msg) for path, msg in sink.cross_check(self.meters)]
             problems += [(("sinks", i, *path), msg) for path, msg in sink.problems_with(self)]
+        if self.fleet is not None:
+            problems += [(("fleet", *path), msg) for path, msg in self.fleet.problems()]
         return problems
+
+    @property
+    def gateway_id(self) -> str:
+        """This gateway's name on the fleet broker."""
+        return (self.fleet.gateway_id if self.fleet else None) or self.site.name
 
     def quantities_of(self, meter: str) -> frozenset[Quantity] | None:
         """Every quantity ``meter`` can give, from its configuration alone (its profile's registers, its
@@ -204,6 +214,8 @@ class GatewayConfig(Strict):
 
     def secrets(self) -> list[str]:
         out: list[str] = [b.password.get_secret_value() for b in self.brokers if b.password]
+        if self.fleet is not None and self.fleet.password is not None:
+            out.append(self.fleet.password.get_secret_value())
         for c in self.clouds:
             out.extend(c.secrets())
         for s in self.sinks:

@@ -1,0 +1,69 @@
+"""The ``fleet:`` section: where this gateway reports its presence and health."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, SecretStr
+
+from gateway.config.common import Name, PositiveDuration, Strict, check_ca_file
+
+
+def check_prefix(value: str) -> str:
+    if not value or any(c in value for c in "+#") or value.startswith("/") or value.endswith("/") or "//" in value:
+        raise ValueError(f"'{value}' cannot be a topic prefix (no '+' or '#', no empty level, no '/' at either end)")
+    return value
+
+
+TopicPrefix = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(check_prefix)]
+
+
+class FleetConfig(Strict):
+    host: Annotated[str, Field(min_length=1)]
+    #: Default 8883 with TLS, 1883 without.
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    #: TLS, verified against the system's CAs or ``ca_file``. Plain MQTT only with ``allow_insecure``.
+    tls: bool = True
+    ca_file: Annotated[Path, AfterValidator(check_ca_file)] | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    #: A broker without TLS or without credentials: a local test broker only (a warning at every start).
+    allow_insecure: bool = False
+    prefix: TopicPrefix = "meter-gateway"
+    #: This gateway's name in the topics; default: the site's name.
+    gateway_id: Name | None = None
+    client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    keepalive: PositiveDuration = 30.0
+    #: The health document is published this often, and on every change ...
+    health_every: PositiveDuration = 60.0
+    #: ... but never more often than this, however often something changes (a flapping meter).
+    min_gap: PositiveDuration = 10.0
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (8883 if self.tls else 1883)
+
+    def effective_client_id(self, gateway_id: str) -> str:
+        return self.client_id or f"meter-gateway-{gateway_id}-{socket.gethostname()}"[:64]
+
+    def problems(self) -> list[tuple[tuple[str, ...], str]]:
+        out: list[tuple[tuple[str, ...], str]] = []
+        if (self.client_cert is None) != (self.client_key is None):
+            out.append((("client_cert",), "give client_cert and client_key together"))
+        if not self.tls and not self.allow_insecure:
+            out.append((("tls",), "the fleet broker is reached over TLS; plain MQTT only with allow_insecure: true"
+                                  " (a local test broker)"))
+        if self.ca_file is not None and not self.tls:
+            out.append((("ca_file",), "given, but tls is false"))
+        if not self.username and self.client_cert is None and not self.allow_insecure:
+            out.append((("username",), "required (or a client certificate): a fleet broker without credentials"
+                                       " lets anyone speak for this gateway; allow_insecure: true for a test broker"))
+        if self.password is not None and not self.username:
+            out.append((("username",), "required with a password"))
+        if self.min_gap > self.health_every:
+            out.append((("min_gap",), "longer than health_every"))
+        return out

@@ -1,0 +1,218 @@
+"""Presence and health on the fleet broker (``fleet:``), against a real mosquitto with TLS and passwords: online with
+version, the last will when the daemon is killed, a clean offline at a stop, the health document and per-meter
+availability (a meter that goes silent and comes back, a meter that flaps: at most one message per ``min_gap``),
+nothing secret in any message, a broker that is down changing nothing else."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.platforms.modbus.simulator import SimMeter
+from gateway.platforms.simulated.source import three_phase
+from tests.helpers.daemon import Daemon, read_jsonl
+from tests.helpers.modbus import ServerThread, profiles
+from tests.helpers.mosquitto import MOSQUITTO, Mosquitto, Subscriber, free_port
+
+pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (CI installs it)")
+
+FLEET_PASSWORD = "fleet-s3cret-Xq9"
+SINK_PASSWORD = "wattics-s3cret-Zr7"
+
+
+def write_config(tmp_path: Path, broker: Mosquitto | None, modbus_port: int, *, fleet_port: int | None = None,
+                 extra_fleet: str = "") -> Path:
+    host_port = broker.port if broker is not None else fleet_port
+    ca = broker.ca_file if broker is not None else tmp_path / "none.pem"
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""\
+site: {{name: plant-7}}
+state_dir: {tmp_path / 'state'}
+time_sync: ignore
+queue: {{commit_interval: 500ms}}
+monitoring: {{sink_stalled_after: 3s}}
+buses:
+  - {{name: cabinet, type: tcp, host: 127.0.0.1, port: {modbus_port}, timeout: 300ms, retry_cap: 1s}}
+meters:
+  - {{name: incomer, type: modbus, bus: cabinet, unit: 1, profile: eastron_sdm630, interval: 500ms}}
+  - {{name: sim, type: simulated, model: three_phase, interval: 1s}}
+sinks:
+  - {{name: archive, type: file, path: {tmp_path / 'archive.jsonl'}}}
+  - name: wattics
+    type: wattics
+    url: http://127.0.0.1:9/m
+    allow_insecure_http: true
+    username: u
+    password: {SINK_PASSWORD}
+    data_points: [{{id: s1, meter: sim}}]
+fleet:
+  host: 127.0.0.1
+  port: {host_port}
+  ca_file: {ca}
+  username: gateway
+  password: {FLEET_PASSWORD}
+  prefix: acme/fleet
+  min_gap: 1s
+  health_every: 5s
+{extra_fleet}""")
+    return path
+
+
+def wait_for(sub: Subscriber, pred: Callable[[str, Any], bool], timeout: float = 20.0) -> tuple[str, Any]:
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        msgs = sub.received()
+        for topic, payload, _ in msgs[seen:]:
+            try:
+                value: Any = json.loads(payload)
+            except ValueError:
+                value = payload.decode()
+            if pred(topic, value):
+                return topic, value
+        seen = len(msgs)
+        time.sleep(0.05)
+    raise AssertionError(f"not seen in {timeout} s; last: {[(t, p[:200]) for t, p, _ in sub.received()[-8:]]}")
+
+
+def latest(sub: Subscriber, topic: str) -> Any:
+    payloads = [p for t, p, _ in sub.received() if t == topic]
+    assert payloads, f"nothing on {topic}"
+    try:
+        return json.loads(payloads[-1])
+    except ValueError:
+        return payloads[-1].decode()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Any:
+    with Mosquitto(tmp_path / "broker", users={"gateway": FLEET_PASSWORD, "watcher": "watch-pw"}) as b:
+        yield b.start()
+
+
+@pytest.fixture
+def meters() -> Any:
+    with ServerThread([SimMeter(1, profiles()["eastron_sdm630"].points, three_phase)]) as server:
+        yield server
+
+
+def test_presence_health_and_the_last_will_when_killed(tmp_path: Path, broker: Mosquitto,
+                                                      meters: ServerThread) -> None:
+    sub = Subscriber(broker, topic="acme/fleet/#")
+    base = "acme/fleet/plant-7"
+    with Daemon(write_config(tmp_path, broker, meters.port)).start() as d:
+        _, online = wait_for(sub, lambda t, v: t == f"{base}/state" and v.get("state") == "online")
+        assert online["gateway"] == "plant-7" and online["version"] and online["started"] and online["since"]
+        _, health = wait_for(sub, lambda t, v: t == f"{base}/health" and
+                             v["meters"]["incomer"]["availability"] == "online" and
+                             v["meters"]["sim"]["availability"] == "online")
+        assert health["meters"]["incomer"]["last_good_ms"] > 0
+        assert set(health["sinks"]) == {"archive", "wattics"} and health["clock"]["trusted"] is True
+        wait_for(sub, lambda t, v: t == f"{base}/meters/incomer/availability" and v == "online")
+
+        # The platform that is down becomes the worst problem; its backlog is there.
+        _, health = wait_for(sub, lambda t, v: t == f"{base}/health" and v["worst"] == "sink_stalled")
+        assert health["status"] == "attention" and health["sinks"]["wattics"]["depth"] > 0
+        assert health["backlog"] >= health["sinks"]["wattics"]["depth"]
+
+        # A meter goes silent: offline, in the document and on its own topic; then back.
+        meters.call(lambda s: s.silent.add(1))
+        wait_for(sub, lambda t, v: t == f"{base}/meters/incomer/availability" and v == "offline")
+        assert latest(sub, f"{base}/health")["meters"]["incomer"]["availability"] == "offline"
+        meters.call(lambda s: s.silent.discard(1))
+        wait_for(sub, lambda t, v: t == f"{base}/meters/incomer/availability" and v == "online")
+
+        # Killed: the broker publishes the last will.
+        killed = time.monotonic()
+        d.kill()
+        _, gone = wait_for(sub, lambda t, v: t == f"{base}/state" and v.get("state") == "offline", timeout=10)
+        took = time.monotonic() - killed
+        assert gone["reason"] == "lost", gone
+        print(f"\nfrom SIGKILL to offline: {took:.2f} s")
+        assert took < 5
+
+    # What a newcomer to the broker finds: all retained; the meters' last word is stale, which is why a consumer
+    # reads them with the gateway's state (the fleet view does).
+    late = Subscriber(broker, topic="acme/fleet/#", client_id="late-watcher")
+    wait_for(late, lambda t, v: t == f"{base}/state" and v.get("state") == "offline")
+    wait_for(late, lambda t, v: t == f"{base}/health")
+
+    everything = b"".join(p for _, p, _ in sub.received() + late.received())
+    for secret in (FLEET_PASSWORD, SINK_PASSWORD):
+        assert secret.encode() not in everything
+    sub.close()
+    late.close()
+
+
+def test_a_clean_stop_says_offline_and_meters_unknown(tmp_path: Path, broker: Mosquitto,
+                                                     meters: ServerThread) -> None:
+    sub = Subscriber(broker, topic="acme/fleet/#")
+    base = "acme/fleet/plant-7"
+    with Daemon(write_config(tmp_path, broker, meters.port)).start() as d:
+        wait_for(sub, lambda t, v: t == f"{base}/meters/sim/availability" and v == "online")
+        code, took = d.stop()
+        assert code == 0 and took < 10
+    assert latest(sub, f"{base}/state")["state"] == "offline"
+    assert latest(sub, f"{base}/state")["reason"] == "stopped"
+    assert latest(sub, f"{base}/meters/sim/availability") == "unknown"
+    assert latest(sub, f"{base}/meters/incomer/availability") == "unknown"
+    sub.close()
+
+
+def test_a_flapping_meter_costs_at_most_one_health_message_per_min_gap(tmp_path: Path, broker: Mosquitto,
+                                                                      meters: ServerThread) -> None:
+    sub = Subscriber(broker, topic="acme/fleet/#")
+    base = "acme/fleet/plant-7"
+    with Daemon(write_config(tmp_path, broker, meters.port)).start():
+        wait_for(sub, lambda t, v: t == f"{base}/meters/incomer/availability" and v == "online")
+        before = len(sub.received())
+        started = time.monotonic()
+        for _ in range(6):  # silent for 1.2 s, back for 1 s: the meter's availability flaps for 13 s
+            meters.call(lambda s: s.silent.add(1))
+            time.sleep(1.2)
+            meters.call(lambda s: s.silent.discard(1))
+            time.sleep(1.0)
+        window = time.monotonic() - started
+        msgs = sub.received()[before:]
+    health = [m for m in msgs if m[0] == f"{base}/health"]
+    incomer = [m for m in msgs if m[0] == f"{base}/meters/incomer/availability"]
+    print(f"\n{window:.1f} s of flapping: {len(health)} health messages, {len(incomer)} availability messages")
+    # One look per min_gap (1 s): one health message and one availability message at most per look (+1 for the
+    # look in progress at either end).
+    assert len(health) <= window / 1.0 + 2
+    assert len(incomer) <= window / 1.0 + 2
+    assert len(incomer) >= 4, "the meter did not flap: the test proves nothing"
+    sub.close()
+
+
+def test_a_fleet_broker_that_is_down_changes_nothing_else(tmp_path: Path, meters: ServerThread) -> None:
+    port = free_port()  # nothing listens there
+    broker = Mosquitto(tmp_path / "broker", users={"gateway": FLEET_PASSWORD, "watcher": "watch-pw"})
+    path = write_config(tmp_path, broker, meters.port)
+    path.write_text(path.read_text().replace(f"port: {broker.port}\n", f"port: {port}\n"))
+    with Daemon(path).start() as d:
+        d.wait_log(lambda e: e.get("event", "").startswith("fleet broker unreachable"), timeout=20)
+        time.sleep(2)
+        rows = read_jsonl(tmp_path / "archive.jsonl")
+        assert {r["meter"] for r in rows} == {"incomer", "sim"}
+        out = subprocess.run([sys.executable, "-m", "gateway", "status", "-c", str(path), "--json"],
+                             capture_output=True, text=True, timeout=30, check=True)
+        report = json.loads(out.stdout)
+        assert report["fleet"]["connected"] is False and report["fleet"]["last_error"]
+        assert not report["tasks"]  # nothing failing: the fleet task waits for its broker
+        # The broker comes up: presence follows, without a restart.
+        broker.port = port
+        broker._write_config()
+        with broker.start():
+            sub = Subscriber(broker, topic="acme/fleet/#")
+            wait_for(sub, lambda t, v: t == "acme/fleet/plant-7/state" and v.get("state") == "online", timeout=70)
+            sub.close()
+        code, _ = d.stop()
+        assert code == 0
