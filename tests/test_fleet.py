@@ -216,3 +216,65 @@ def test_a_fleet_broker_that_is_down_changes_nothing_else(tmp_path: Path, meters
             sub.close()
         code, _ = d.stop()
         assert code == 0
+
+
+def fleet_cli(broker: Mosquitto, tmp_path: Path, *extra: str) -> list[str]:
+    pw = tmp_path / "watcher.pw"
+    pw.write_text("watch-pw\n")
+    return [sys.executable, "-m", "gateway", "fleet", "status", "--broker", f"127.0.0.1:{broker.port}", "--ca-file",
+            str(broker.ca_file), "--username", "watcher", "--password-file", str(pw), "--prefix", "acme/fleet",
+            *extra]
+
+
+def test_the_fleet_view_agrees_with_what_happened(tmp_path: Path, broker: Mosquitto, meters: ServerThread) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = write_config(tmp_path / "a", broker, meters.port)
+    b = write_config(tmp_path / "b", broker, meters.port)
+    b.write_text(b.read_text().replace("site: {name: plant-7}", "site: {name: plant-8}"))
+    sub = Subscriber(broker, topic="acme/fleet/#")
+    with Daemon(a).start(), Daemon(b).start() as db:
+        for gid in ("plant-7", "plant-8"):
+            wait_for(sub, lambda t, v, gid=gid: t == f"acme/fleet/{gid}/meters/sim/availability" and v == "online")
+        watch = subprocess.Popen(fleet_cli(broker, tmp_path, "--watch"), stdout=subprocess.PIPE, text=True)
+        try:
+            db.kill()
+            wait_for(sub, lambda t, v: t == "acme/fleet/plant-8/state" and v.get("state") == "offline")
+            assert watch.stdout is not None
+            lines: list[str] = []
+            deadline = time.monotonic() + 15
+            while not any("plant-8" in x and "OFFLINE (lost)" in x for x in lines):
+                assert time.monotonic() < deadline, lines
+                lines.append(watch.stdout.readline())
+        finally:
+            watch.terminate()
+            watch.wait(10)
+        assert lines[0].startswith("GATEWAY")
+
+        out = subprocess.run(fleet_cli(broker, tmp_path, "--json", "--sort", "state"), capture_output=True,
+                             text=True, timeout=30, check=True)
+        rows = json.loads(out.stdout)
+        assert [r["gateway"] for r in rows] == ["plant-8", "plant-7"]  # offline first
+        dead, alive = rows
+        assert dead["state"] == "offline" and dead["reason"] == "lost" and dead["worst"] is None
+        assert set(dead["meters"].values()) == {"unknown"}, dead  # never a stale "online"
+        assert alive["state"] == "online" and alive["version"] and alive["since"]
+        assert alive["meters"] == {"incomer": "online", "sim": "online"} and alive["meters_online"] == 2
+        assert alive["clock"] and isinstance(alive["backlog"], int)
+        table = subprocess.run(fleet_cli(broker, tmp_path), capture_output=True, text=True, timeout=30, check=True)
+        assert "plant-7" in table.stdout and "2/2 meters online" in table.stdout
+        assert "OFFLINE (lost)" in table.stdout and "2 meters unknown" in table.stdout
+    sub.close()
+
+
+def test_the_fleet_view_says_plainly_when_it_cannot_look(tmp_path: Path, broker: Mosquitto) -> None:
+    wrong = tmp_path / "wrong.pw"
+    wrong.write_text("not-the-password")
+    cmd = fleet_cli(broker, tmp_path)
+    cmd[cmd.index("--password-file") + 1] = str(wrong)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and out.stderr.startswith("meter-gateway: fleet: the broker refused"), out.stderr
+    assert "Traceback" not in out.stderr and "not-the-password" not in out.stderr
+    out = subprocess.run([*fleet_cli(broker, tmp_path)[:-4], "--broker", f"127.0.0.1:{free_port()}"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "cannot reach" in out.stderr and "Traceback" not in out.stderr

@@ -23,7 +23,7 @@ from gateway.settings import ProcessSettings
 
 #: In the order ``--help`` lists them.
 COMMANDS = ("run", "check", "status", "deadletter", "future", "verify", "read", "scan", "profiles", "demo",
-            "wegowise", "intellimeter")
+            "wegowise", "intellimeter", "fleet")
 
 
 class _Parser(argparse.ArgumentParser):
