@@ -278,3 +278,38 @@ def test_the_fleet_view_says_plainly_when_it_cannot_look(tmp_path: Path, broker:
     out = subprocess.run([*fleet_cli(broker, tmp_path)[:-4], "--broker", f"127.0.0.1:{free_port()}"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "cannot reach" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(("fleet", "expected"), [
+    ("{host: central.example, tls: false, username: u, password: p}",
+     "fleet.tls: the fleet broker is reached over TLS; plain MQTT only with allow_insecure: true"),
+    ("{host: central.example}", "fleet.username: required (or a client certificate)"),
+    ("{host: central.example, username: u, prefix: 'a/#'}", "fleet.prefix: 'a/#' cannot be a topic prefix"),
+    ("{host: central.example, username: u, gateway_id: 'a/b'}", "fleet.gateway_id:"),
+    ("{host: central.example, username: u, min_gap: 2m, health_every: 1m}", "fleet.min_gap: longer than health_every"),
+    ("{host: central.example, username: u, ca_file: /nonexistent.pem}", "fleet.ca_file: '/nonexistent.pem' does not"),
+])
+def test_fleet_mistakes_are_one_line_each(tmp_path: Path, fleet: str, expected: str) -> None:
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+
+    path = tmp_path / "config.yaml"
+    path.write_text(f"meters: [{{name: m, type: simulated}}]\nsinks: [{{name: out, type: stdout}}]\nfleet: {fleet}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert len(e.value.problems) == 1, e.value.problems
+    assert e.value.problems[0].startswith(f"{path}:3: {expected}"), e.value.problems[0]
+
+
+def test_a_secret_in_the_fleet_section_is_known_to_the_redactor(tmp_path: Path) -> None:
+    from gateway.config import load_config
+
+    pw = tmp_path / "fleet.pw"
+    pw.write_text("fleet-file-s3cret\n")
+    pw.chmod(0o600)
+    path = tmp_path / "config.yaml"
+    path.write_text("site: {name: plant-9}\nmeters: [{name: m, type: simulated}]\nsinks: [{name: out, type: stdout}]\n"
+                    f"fleet: {{host: central.example, username: gw, password_file: {pw}}}\n")
+    config = load_config(path)
+    assert "fleet-file-s3cret" in config.secrets() and config.gateway_id == "plant-9"
+    assert config.fleet is not None and config.fleet.effective_port == 8883
