@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from gateway import __version__, status
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig
 from gateway.config.loader import secrets_readable_by_others
 from gateway.errors import ConfigError, GatewayError
 from gateway.forwarder import Forwarder
@@ -40,6 +40,7 @@ from gateway.timekeeper import TimeKeeper
 
 if TYPE_CHECKING:
     from gateway.fleet.presence import Presence
+    from gateway.fleet.remote import Outcome, RemoteConfig
     from gateway.monitor import Monitor
 
 log = structlog.get_logger("gateway.daemon")
@@ -50,9 +51,13 @@ SEND_GRACE = 5.0
 
 class Gateway:
     def __init__(self, config: GatewayConfig, config_path: Path | None, notify: SdNotify | None = None,
-                 keeper: TimeKeeper | None = None, store: QueueStore | None = None) -> None:
+                 keeper: TimeKeeper | None = None, store: QueueStore | None = None,
+                 local_path: Path | None = None) -> None:
         self.config = config
+        #: The file that runs: the local one, or a configuration applied remotely (gateway/fleet/remote.py).
         self.config_path = config_path
+        #: The technician's file (run -c).
+        self.local_path = local_path or config_path
         self.notify = notify or SdNotify()
         self.keeper = keeper or TimeKeeper(config.time_sync)
         self._keeper_stop = asyncio.Event()
@@ -78,6 +83,11 @@ class Gateway:
         self.presence: Presence | None = None
         self._fleet_stop = asyncio.Event()
         self._fleet_sup = Supervisor(self._fleet_stop)
+        self.remote: RemoteConfig | None = None
+        #: A reload (SIGHUP) and a remote configuration swap one at a time.
+        self._swapping = asyncio.Lock()
+        #: The last remote configuration's outcome, for config/state (published again by a new fleet connection).
+        self._config_state: bytes | None = None
         #: Per sink, what each stream delivered last: from the previous run at start, kept across a reload.
         self._last_sent: dict[str, Any] | None = None
         self.heartbeat = Heartbeat(self.queue, self._info, self._sent_by_sink)
@@ -106,6 +116,7 @@ class Gateway:
         await self._start_forwarders()
         await self._start_clock()
         self._start_sources()
+        self._start_remote()
         self._start_fleet()
         self._helpers.spawn("heartbeat", lambda: self.heartbeat.run(self._helpers_stop))
         self._helpers.spawn("clock", lambda: self.keeper.run(self._keeper_stop))
@@ -168,7 +179,37 @@ class Gateway:
         self._fleet_sup.on_change = self._beat_now.set
         presence = self.presence = Presence(self.config, self.snapshot)
         presence.on_change = self._beat_now.set
+        if self.remote is not None and self.config.fleet.remote_config:
+            presence.on_config = self.remote.submit
+        if self._config_state is not None:
+            presence.publish_config_state(self._config_state)
         self._fleet_sup.spawn("fleet", functools.partial(presence.run, self._fleet_stop))
+
+    def _start_remote(self) -> None:
+        fleet = self.config.fleet
+        if fleet is None or not fleet.remote_config or self.local_path is None:
+            return
+        from gateway.fleet.remote import RemoteConfig
+
+        remote = self.remote = RemoteConfig(self.local_path, self.config.state_dir)
+        remote.swap = self._swap
+        remote.healthy = self._healthy
+        remote.publish = self._publish_config_state
+        remote.running = lambda: self.config
+        announced = remote.take_announcement()
+        if announced is not None:
+            self._publish_config_state(announced)
+
+    def _publish_config_state(self, outcome: Outcome) -> None:
+        self._config_state = outcome.payload(self.config.gateway_id)
+        if self.presence is not None:
+            self.presence.publish_config_state(self._config_state)
+
+    def _healthy(self) -> bool:
+        """Running without trouble: no background task failing, the fleet broker reached."""
+        if any(t.get("failing") for t in self._task_health().values()):
+            return False
+        return self.presence is None or self.presence.connected
 
     async def _stop_fleet(self) -> None:
         from gateway.fleet.presence import GOODBYE_TIMEOUT
@@ -313,20 +354,36 @@ class Gateway:
     # ------------------------------------------------------------ reload
 
     async def reload(self) -> None:
-        if self.config_path is None:
+        if self.config_path is None or self.local_path is None:
             log.warning("reload asked, but the gateway was not started from a file")
             return
+        from gateway.fleet.remote import load_file
+
+        path = self.remote.choose() if self.remote is not None else self.config_path
+        if self.remote is not None:
+            announced = self.remote.take_announcement()
+            if announced is not None:
+                self._publish_config_state(announced)
         try:
-            new = await asyncio.to_thread(load_config, self.config_path)
+            new = await asyncio.to_thread(load_file, path, self.local_path)
         except ConfigError as e:
             for line in e.problems:
                 log.error("reload refused: invalid configuration", problem=line)
-            log.error("reload refused: keeping the running configuration", path=str(self.config_path))
+            log.error("reload refused: keeping the running configuration", path=str(path))
             return
         except Exception as e:  # whatever the file holds, a reload never takes the daemon down
             log.error("reload refused: the file could not be read; keeping the running configuration",
-                      path=str(self.config_path), error=REDACTOR.scrub(f"{type(e).__name__}: {e}")[:300])
+                      path=str(path), error=REDACTOR.scrub(f"{type(e).__name__}: {e}")[:300])
             return
+        await self._swap(new, path)
+
+    async def _swap(self, new: GatewayConfig, path: Path) -> None:
+        """Run with ``new`` (checked): forwarders replaced while the sources read on, then the sources if the meters
+        changed, the fleet connection and the monitor if theirs did. The queue is never reset or moved."""
+        async with self._swapping:
+            await self._swap_now(new, path)
+
+    async def _swap_now(self, new: GatewayConfig, path: Path) -> None:
         if (new.state_dir, new.queue, new.time_sync) != (self.config.state_dir, self.config.queue,
                                                           self.config.time_sync):
             log.warning("state_dir, queue and time_sync change only at a restart; keeping the running ones")
@@ -336,13 +393,15 @@ class Gateway:
         # Sources keep reading into the queue while the forwarders are replaced, then are swapped between two
         # ticks: a reload leaves no hole in the data.
         await self._stop_forwarders()
-        old, self.config = self.config, new
+        old, self.config, self.config_path = self.config, new, path
         await self._start_forwarders()
         # Meters compare with their resolved registers, so an edited profile file counts as a change too.
         if (new.meters, new.site, new.buses, new.brokers, new.subscriptions) != (
                 old.meters, old.site, old.buses, old.brokers, old.subscriptions):
             await self._stop_sources()
             self._start_sources()
+        if self.remote is None:
+            self._start_remote()
         if self.presence is not None and self.presence.same_connection(new):
             self.presence.update(new)
         elif self.presence is not None or new.fleet is not None:
@@ -403,6 +462,7 @@ class Gateway:
 
 
 async def run_daemon(config: GatewayConfig, config_path: Path | None, notify: SdNotify | None = None,
-                     keeper: TimeKeeper | None = None, store: QueueStore | None = None) -> int:
+                     keeper: TimeKeeper | None = None, store: QueueStore | None = None,
+                     local_path: Path | None = None) -> int:
     with StateLock(config.state_dir):  # one daemon per queue (see gateway/statelock.py)
-        return await Gateway(config, config_path, notify, keeper, store).run()
+        return await Gateway(config, config_path, notify, keeper, store, local_path).run()

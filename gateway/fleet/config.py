@@ -42,6 +42,10 @@ class FleetConfig(Strict):
     health_every: PositiveDuration = 60.0
     #: ... but never more often than this, however often something changes (a flapping meter).
     min_gap: PositiveDuration = 10.0
+    #: Take configurations published on <prefix>/<gateway id>/config/set (see gateway/fleet/remote.py).
+    remote_config: bool = False
+    #: A configuration applied remotely that does not run healthy within this is rolled back.
+    apply_deadline: PositiveDuration = 60.0
 
     @property
     def effective_port(self) -> int:
@@ -64,6 +68,9 @@ class FleetConfig(Strict):
                                        " lets anyone speak for this gateway; allow_insecure: true for a test broker"))
         if self.password is not None and not self.username:
             out.append((("username",), "required with a password"))
+        if self.remote_config and self.allow_insecure:
+            out.append((("remote_config",), "needs TLS and credentials: not with allow_insecure (anyone reaching the"
+                                            " broker could configure this gateway)"))
         if self.min_gap > self.health_every:
             out.append((("min_gap",), "longer than health_every"))
         return out

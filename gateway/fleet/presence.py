@@ -96,6 +96,10 @@ class Presence:
         self._availability: dict[str, str] = {}
         #: Called when the connection comes or goes (the daemon writes its heartbeat, so status shows it).
         self.on_change: Callable[[], None] = lambda: None
+        #: With fleet.remote_config: called with each message on config/set.
+        self.on_config: Callable[[bytes], None] | None = None
+        #: The outcome of the last remote configuration, published on config/state (now, or at the next connect).
+        self._config_state: bytes | None = None
 
     # ------------------------------------------------------------ what the daemon asks
 
@@ -130,6 +134,16 @@ class Presence:
     def health_topic(self) -> str:
         return f"{self.base}/health"
 
+    @property
+    def config_topics(self) -> tuple[str, str]:
+        return f"{self.base}/config/set", f"{self.base}/config/state"
+
+    def publish_config_state(self, payload: bytes) -> None:
+        self._config_state = payload
+        client = self._client
+        if client is not None and self.connected:
+            client.publish(self.config_topics[1], payload, qos=1, retain=True)
+
     def _meter_topic(self, meter: str) -> str:
         return f"{self.base}/meters/{meter}/availability"
 
@@ -149,6 +163,7 @@ class Presence:
         client.on_connect = lambda c, u, flags, rc, props: self._caller(self._on_connect, rc)
         client.on_connect_fail = lambda c, u: self._caller(self._on_trouble, "cannot connect")
         client.on_disconnect = lambda c, u, flags, rc, props: self._caller(self._on_disconnect, rc)
+        client.on_message = lambda c, u, msg: self._caller(self._on_message, msg.topic, bytes(msg.payload))
         self._client = client
         if f.allow_insecure and (not f.tls or not f.username):
             log.warning("fleet broker without TLS or credentials (allow_insecure): for a test broker only",
@@ -229,8 +244,16 @@ class Presence:
         client.publish(self.state_topic, self._state("online", since=iso_utc(int(time.time() * 1000))), qos=1,
                        retain=True)
         self.published += 1
+        if self._config_state is not None:
+            client.publish(self.config_topics[1], self._config_state, qos=1, retain=True)
+        if self.on_config is not None:
+            client.subscribe(self.config_topics[0], qos=1)
         self._force = True  # the broker may hold a stale health document and meters set unknown at a stop
         self._wake.set()
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.config_topics[0] and self.on_config is not None:
+            self.on_config(payload)
 
     def _on_disconnect(self, rc: Any) -> None:
         was = self.connected
