@@ -43,7 +43,7 @@ def _run_daemon(c: Chroot, seconds: float) -> None:
     proc = subprocess.Popen(["chroot", str(c.root), "setpriv", "--reuid=meter-gateway", "--regid=meter-gateway",
                              "--init-groups", "--", "meter-gateway", "run"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
     time.sleep(seconds)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
