@@ -183,6 +183,12 @@ class Gateway:
             presence.on_config = self.remote.submit
         if self._config_state is not None:
             presence.publish_config_state(self._config_state)
+        source = self.config.fleet.config_source
+        if self.remote is not None and source is not None:
+            from gateway.fleet.remote import poll_source
+
+            self._fleet_sup.spawn("fleet-config-source", functools.partial(poll_source, source, self.remote,
+                                                                            self._fleet_stop))
         self._fleet_sup.spawn("fleet", functools.partial(presence.run, self._fleet_stop))
 
     def _start_remote(self) -> None:

@@ -288,6 +288,11 @@ def test_the_fleet_view_says_plainly_when_it_cannot_look(tmp_path: Path, broker:
     ("{host: central.example, username: u, gateway_id: 'a/b'}", "fleet.gateway_id:"),
     ("{host: central.example, username: u, min_gap: 2m, health_every: 1m}", "fleet.min_gap: longer than health_every"),
     ("{host: central.example, username: u, ca_file: /nonexistent.pem}", "fleet.ca_file: '/nonexistent.pem' does not"),
+    ("{host: central.example, username: u, remote_config: true, config_source: {url: 'http://cfg.example/a.yaml'}}",
+     "fleet.config_source.url: must be https://"),
+    ("{host: central.example, username: u, config_source: {url: 'https://cfg.example/a.yaml'}}",
+     "fleet.config_source: needs remote_config: true"),
+    ("{host: central.example, allow_insecure: true, remote_config: true}", "fleet.remote_config: needs TLS"),
 ])
 def test_fleet_mistakes_are_one_line_each(tmp_path: Path, fleet: str, expected: str) -> None:
     from gateway.config import load_config

@@ -184,3 +184,58 @@ def test_an_apply_a_crash_interrupted_is_rolled_back_at_the_next_start(tmp_path:
     remote.state_file.write_text(json.dumps({"hash": "def", "result": "applying", "local": local_digest,
                                              "was_local": True}))
     assert remote.choose() == local and not remote.active.exists()
+
+
+def test_a_configuration_fetched_over_https_with_its_etag(tmp_path: Path, broker: Mosquitto) -> None:
+    from http.server import BaseHTTPRequestHandler
+
+    from tests.helpers.https import HttpsServer, reply
+
+    token = "cfg-token-Vb81"
+    served = {"body": config_text(tmp_path, broker, meters="sim fetched"), "asked": [], "not_modified": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = served["body"]
+            assert isinstance(body, str)
+            etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:16] + '"'
+            served["asked"].append((self.headers.get("Authorization"), self.headers.get("If-None-Match")))  # type: ignore[attr-defined]
+            if self.headers.get("Authorization") != f"Bearer {token}":
+                reply(self, 401, "no")
+            elif self.headers.get("If-None-Match") == etag:
+                served["not_modified"] += 1  # type: ignore[operator]
+                self.send_response(304)
+                self.send_header("ETag", etag)
+                self.end_headers()
+            else:
+                reply(self, 200, body, {"ETag": etag})
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HttpsServer(tmp_path / "https", "config-ca.pem")
+    server.serve(Handler)
+    token_file = tmp_path / "cfg.token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    source = (f"  config_source: {{url: 'https://127.0.0.1:{server.port}/plant-7.yaml', every: 1s,"
+              f" ca_file: {server.ca_file}, token_file: {token_file}}}\n")
+    local = tmp_path / "config.yaml"
+    local.write_text(config_text(tmp_path, broker) + source)
+    # What the server serves names the same source (it must stay reachable to stay in charge).
+    served["body"] = str(served["body"]) + source
+    sub = Subscriber(broker, topic=f"{BASE}/#")
+    try:
+        with Daemon(local).start() as d:
+            digest = hashlib.sha256(str(served["body"]).encode()).hexdigest()
+            assert outcome(sub, digest)["result"] == "applied"
+            time.sleep(3)
+            assert "fetched" in {r["meter"] for r in read_jsonl(tmp_path / "archive.jsonl")[-6:]}
+            assert served["not_modified"] >= 1  # asked again with its ETag: nothing new, nothing applied
+            assert sum(1 for e in d.events() if e.get("event") == "remote configuration applied") == 1
+            assert token not in "".join(d.raw)
+            d.stop()
+    finally:
+        server.shutdown()
+        sub.close()
+    assert {auth for auth, _ in served["asked"]} == {f"Bearer {token}"}  # type: ignore[attr-defined]

@@ -216,6 +216,8 @@ class GatewayConfig(Strict):
         out: list[str] = [b.password.get_secret_value() for b in self.brokers if b.password]
         if self.fleet is not None and self.fleet.password is not None:
             out.append(self.fleet.password.get_secret_value())
+        if self.fleet is not None and self.fleet.config_source is not None and self.fleet.config_source.token:
+            out.append(self.fleet.config_source.token.get_secret_value())
         for c in self.clouds:
             out.extend(c.secrets())
         for s in self.sinks:

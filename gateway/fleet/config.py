@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, SecretStr
 
-from gateway.config.common import Name, PositiveDuration, Strict, check_ca_file
+from gateway.config.common import Name, PositiveDuration, Strict, check_ca_file, check_url
 
 
 def check_prefix(value: str) -> str:
@@ -18,6 +18,18 @@ def check_prefix(value: str) -> str:
 
 
 TopicPrefix = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(check_prefix)]
+
+
+class ConfigSource(Strict):
+    """A configuration fetched over HTTPS on an interval, instead of (or beside) the broker's config/set."""
+
+    url: Annotated[str, AfterValidator(check_url)]
+    #: Asked this often; an unchanged file (ETag) costs a 304.
+    every: PositiveDuration = 300.0
+    #: CA certificates for the server's certificate (default: the system's).
+    ca_file: Annotated[Path, AfterValidator(check_ca_file)] | None = None
+    #: Sent as "Authorization: Bearer <token>" (token_file: or the environment keeps it out of the file).
+    token: SecretStr | None = None
 
 
 class FleetConfig(Strict):
@@ -46,6 +58,8 @@ class FleetConfig(Strict):
     remote_config: bool = False
     #: A configuration applied remotely that does not run healthy within this is rolled back.
     apply_deadline: PositiveDuration = 60.0
+    #: Also fetch the configuration from an HTTPS address (with remote_config).
+    config_source: ConfigSource | None = None
 
     @property
     def effective_port(self) -> int:
@@ -71,6 +85,12 @@ class FleetConfig(Strict):
         if self.remote_config and self.allow_insecure:
             out.append((("remote_config",), "needs TLS and credentials: not with allow_insecure (anyone reaching the"
                                             " broker could configure this gateway)"))
+        if self.config_source is not None:
+            if not self.remote_config:
+                out.append((("config_source",), "needs remote_config: true"))
+            if not self.config_source.url.startswith("https://"):
+                out.append((("config_source", "url"), "must be https:// (a configuration read over plain HTTP could"
+                                                      " be changed on the way)"))
         if self.min_gap > self.health_every:
             out.append((("min_gap",), "longer than health_every"))
         return out

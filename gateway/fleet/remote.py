@@ -38,6 +38,7 @@ from gateway.config.loader import load_config_text
 from gateway.config.problems import SECRET_FIELDS
 from gateway.config.yamlfile import format_path, parse_yaml
 from gateway.errors import ConfigError
+from gateway.fleet.config import ConfigSource
 from gateway.reading import iso_utc
 
 log = structlog.get_logger("gateway.fleet.remote")
@@ -288,3 +289,49 @@ class RemoteConfig:
             if time.monotonic() - start >= deadline:
                 return False
             await asyncio.sleep(0.5)
+
+
+async def poll_source(source: ConfigSource, remote: RemoteConfig, stop: asyncio.Event) -> None:
+    """Fetch ``source.url`` every ``source.every`` (``If-None-Match`` with the last ETag: an unchanged file is a
+    304) and hand a new body to ``remote``, like a message on ``config/set``. A failure is logged once per kind of
+    failure (and when it ends); the next fetch is at the next interval."""
+    import httpx
+
+    from gateway.cloudhttp import client
+    from gateway.logs import REDACTOR
+
+    etag: str | None = None
+    trouble: str | None = None
+    headers = {"Accept": "application/yaml, text/yaml, text/plain"}
+    if source.token is not None:
+        headers["Authorization"] = f"Bearer {source.token.get_secret_value()}"
+    async with client(source.ca_file, timeout=30.0) as http:
+        while not stop.is_set():
+            problem = None
+            try:
+                asked = {**headers, **({"If-None-Match": etag} if etag else {})}
+                async with http.stream("GET", source.url, headers=asked) as answer:
+                    if answer.status_code == 200:
+                        body = b""
+                        async for chunk in answer.aiter_bytes():
+                            body += chunk
+                            if len(body) > MAX_SIZE:
+                                break
+                        if len(body) > MAX_SIZE:
+                            problem = f"the answer is larger than {MAX_SIZE} bytes"
+                        else:
+                            etag = answer.headers.get("etag")
+                            remote.submit(body)
+                    elif answer.status_code != 304:
+                        problem = f"HTTP {answer.status_code}"
+            except (httpx.HTTPError, OSError) as e:
+                problem = REDACTOR.scrub(f"{type(e).__name__}: {e}")[:200]
+            if problem != trouble:
+                if problem is None:
+                    log.info("configuration address answers again", url=source.url)
+                else:
+                    log.warning("configuration address not readable; tried again at the next interval",
+                                url=source.url, error=problem)
+                trouble = problem
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), source.every)
