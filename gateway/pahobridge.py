@@ -36,7 +36,9 @@ def new_client(
 ) -> mqtt.Client:
     """A client with paho's version-2 callbacks, TLS verified against ``ca_file`` (or the system's CAs),
     reconnecting with a delay from 1 s to 60 s."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
+    # MQTT 5 has no clean session flag (a clean start is asked for at connect, paho's default).
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         clean_session=None if protocol == MQTTProtocolVersion.MQTTv5 else clean,
                          manual_ack=manual_ack, protocol=protocol)
     if tls:
         ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)

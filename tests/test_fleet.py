@@ -138,17 +138,23 @@ def test_presence_health_and_the_last_will_when_killed(tmp_path: Path, broker: M
         print(f"\nfrom SIGKILL to offline: {took:.2f} s")
         assert took < 5
 
-    # What a newcomer to the broker finds: all retained; the meters' last word is stale, which is why a consumer
-    # reads them with the gateway's state (the fleet view does).
+    # What a newcomer to the broker finds: the state (offline) and the last health document, retained; the meters'
+    # availability only until it expires (MQTT 5: 2.5 x health_every, 12.5 s here), never a stale "online" after.
     late = Subscriber(broker, topic="acme/fleet/#", client_id="late-watcher")
     wait_for(late, lambda t, v: t == f"{base}/state" and v.get("state") == "offline")
     wait_for(late, lambda t, v: t == f"{base}/health")
+    late.close()
+    time.sleep(13.5)
+    later = Subscriber(broker, topic="acme/fleet/#", client_id="later-watcher")
+    wait_for(later, lambda t, v: t == f"{base}/state" and v.get("state") == "offline")
+    time.sleep(1)
+    assert not [t for t, _, _ in later.received() if t.endswith("/availability")], later.received()
+    later.close()
 
     everything = b"".join(p for _, p, _ in sub.received() + late.received())
     for secret in (FLEET_PASSWORD, SINK_PASSWORD):
         assert secret.encode() not in everything
     sub.close()
-    late.close()
 
 
 def test_a_clean_stop_says_offline_and_meters_unknown(tmp_path: Path, broker: Mosquitto,

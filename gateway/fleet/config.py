@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, SecretStr
 
@@ -50,6 +50,9 @@ class FleetConfig(Strict):
     gateway_id: Name | None = None
     client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     keepalive: PositiveDuration = 30.0
+    #: MQTT 5 lets a meter's retained availability expire when its gateway stops refreshing it (a dead gateway
+    #: leaves no stale "online" behind); 3.1.1 for a broker that does not speak 5.
+    mqtt_version: Literal["5", "3.1.1"] = "5"
     #: The health document is published this often, and on every change ...
     health_every: PositiveDuration = 60.0
     #: ... but never more often than this, however often something changes (a flapping meter).

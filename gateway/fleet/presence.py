@@ -19,6 +19,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
+from paho.mqtt.enums import MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway import __version__
 from gateway.config import GatewayConfig
@@ -33,6 +36,8 @@ Snapshot = Callable[[], Awaitable[dict[str, Any]]]
 
 #: How long a clean stop waits for the broker to take the ``offline`` state.
 GOODBYE_TIMEOUT = 3.0
+#: With MQTT 5, a meter's retained availability lives this many ``health_every`` at the broker unless refreshed.
+AVAILABILITY_LIFE = 2.5
 
 
 def meter_availability(row: dict[str, Any]) -> str:
@@ -94,6 +99,7 @@ class Presence:
         self._last_key: object = None
         self._last_sent = 0.0
         self._availability: dict[str, str] = {}
+        self._expiring: Properties | None = None
         #: Called when the connection comes or goes (the daemon writes its heartbeat, so status shows it).
         self.on_change: Callable[[], None] = lambda: None
         #: With fleet.remote_config: called with each message on config/set.
@@ -156,9 +162,16 @@ class Presence:
     async def run(self, stop: asyncio.Event) -> None:
         self._caller.bind()
         f = self.fleet
+        v5 = f.mqtt_version == "5"
         client = new_client(f.effective_client_id(self.gateway_id), clean=True, tls=f.tls, ca_file=f.ca_file,
                             client_cert=f.client_cert, client_key=f.client_key, username=f.username,
-                            password=f.password.get_secret_value() if f.password else None)
+                            password=f.password.get_secret_value() if f.password else None,
+                            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311)
+        if v5:
+            # A meter's availability is refreshed with every health document and expires at the broker if the
+            # gateway stops refreshing it: a gateway that died leaves no "online" behind for long.
+            self._expiring = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            self._expiring.MessageExpiryInterval = int(AVAILABILITY_LIFE * f.health_every)
         client.will_set(self.state_topic, self._state("offline", reason="lost"), qos=1, retain=True)
         client.on_connect = lambda c, u, flags, rc, props: self._caller(self._on_connect, rc)
         client.on_connect_fail = lambda c, u: self._caller(self._on_trouble, "cannot connect")
@@ -193,14 +206,17 @@ class Presence:
         doc = health_document(report, evaluate(report, self.monitoring, now), self.gateway_id, now)
         key = _significant(doc)
         force, self._force = self._force, False
-        if force or key != self._last_key or time.monotonic() - self._last_sent >= self.fleet.health_every:
+        refresh = time.monotonic() - self._last_sent >= self.fleet.health_every
+        if force or key != self._last_key or refresh:
             client.publish(self.health_topic, json.dumps(doc, separators=(",", ":")).encode(), qos=1, retain=True)
             self._last_key, self._last_sent = key, time.monotonic()
             self.published += 1
         for meter, row in doc["meters"].items():
             value = row["availability"]
-            if force or self._availability.get(meter) != value:
-                client.publish(self._meter_topic(meter), value.encode(), qos=1, retain=True)
+            # Expiring messages (MQTT 5) are refreshed with the periodic health document.
+            if force or self._availability.get(meter) != value or (refresh and self._expiring is not None):
+                client.publish(self._meter_topic(meter), value.encode(), qos=1, retain=True,
+                               properties=self._expiring)
                 self._availability[meter] = value
                 self.published += 1
 
