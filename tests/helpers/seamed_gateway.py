@@ -34,10 +34,11 @@ def _page_cap(path: Path) -> int | None:
 def install(timesync_flag: Path | None, page_cap_file: Path | None) -> None:
     real = gateway.daemon.run_daemon
 
-    async def run_daemon(config: GatewayConfig, config_path: Path | None, notify: Any = None) -> int:
+    async def run_daemon(config: GatewayConfig, config_path: Path | None, notify: Any = None,
+                         local_path: Path | None = None) -> int:
         keeper = TimeKeeper(config.time_sync, probe=timesync_flag.exists) if timesync_flag else None
         store = open_store(config, page_cap=lambda: _page_cap(page_cap_file)) if page_cap_file else None
-        return await real(config, config_path, notify, keeper=keeper, store=store)
+        return await real(config, config_path, notify, keeper=keeper, store=store, local_path=local_path)
 
     gateway.daemon.run_daemon = run_daemon  # type: ignore[assignment]
 
