@@ -127,6 +127,8 @@ class RemoteConfig:
         self.running: Callable[[], GatewayConfig] | None = None
         self._lock = asyncio.Lock()
         self._pending: bytes | None = None
+        #: Applies under way (a task the loop holds only weakly must be held here).
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def active(self) -> Path:
@@ -206,13 +208,19 @@ class RemoteConfig:
         if not payload:
             return
         self._pending = payload
-        asyncio.get_running_loop().create_task(self._next())
+        task = asyncio.get_running_loop().create_task(self._next())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _next(self) -> None:
         async with self._lock:
             payload, self._pending = self._pending, None
-            if payload is not None:
+            if payload is None:
+                return
+            try:
                 await self.apply(payload)
+            except Exception as e:  # a disk that refuses the state file, say: said, and the daemon goes on
+                log.error("remote configuration not handled", error=f"{type(e).__name__}: {e}"[:300])
 
     async def apply(self, payload: bytes) -> Outcome:
         digest = sha256(payload)
