@@ -25,6 +25,7 @@ from gateway import __version__, status
 from gateway.config import GatewayConfig
 from gateway.config.loader import secrets_readable_by_others
 from gateway.errors import ConfigError, GatewayError
+from gateway.fleet.link import FleetLink
 from gateway.forwarder import Forwarder
 from gateway.heartbeat import Heartbeat
 from gateway.logs import REDACTOR
@@ -39,8 +40,6 @@ from gateway.supervisor import Supervisor
 from gateway.timekeeper import TimeKeeper
 
 if TYPE_CHECKING:
-    from gateway.fleet.presence import Presence
-    from gateway.fleet.remote import Outcome, RemoteConfig
     from gateway.monitor import Monitor
 
 log = structlog.get_logger("gateway.daemon")
@@ -78,20 +77,15 @@ class Gateway:
         #: Readings confirmed into the queue per meter since start (for /metrics and status).
         self._accepted: Counter[str] = Counter()
         self.monitor: Monitor | None = None
-        #: Presence and health on the fleet broker (``fleet:``), under a supervisor of its own: its goodbye at a stop
-        #: is waited for while the pipeline stops.
-        self.presence: Presence | None = None
-        self._fleet_stop = asyncio.Event()
-        self._fleet_sup = Supervisor(self._fleet_stop)
-        self.remote: RemoteConfig | None = None
-        #: A reload (SIGHUP) and a remote configuration swap one at a time.
-        self._swapping = asyncio.Lock()
-        #: The last remote configuration's outcome, for config/state (published again by a new fleet connection).
-        self._config_state: bytes | None = None
         #: Per sink, what each stream delivered last: from the previous run at start, kept across a reload.
         self._last_sent: dict[str, Any] | None = None
         self.heartbeat = Heartbeat(self.queue, self._info, self._sent_by_sink)
         self._beat_now = self.heartbeat.now
+        #: Presence and health on the fleet broker, remote configuration (``fleet:``).
+        self.fleet = FleetLink(lambda: self.config, self.local_path, self.snapshot, self._beat_now.set, self._swap,
+                               lambda: any(t.get("failing") for t in self._task_health().values()))
+        #: A reload (SIGHUP) and a remote configuration swap one at a time.
+        self._swapping = asyncio.Lock()
 
     # ------------------------------------------------------------ entry
 
@@ -116,8 +110,7 @@ class Gateway:
         await self._start_forwarders()
         await self._start_clock()
         self._start_sources()
-        self._start_remote()
-        self._start_fleet()
+        self.fleet.start()
         self._helpers.spawn("heartbeat", lambda: self.heartbeat.run(self._helpers_stop))
         self._helpers.spawn("clock", lambda: self.keeper.run(self._keeper_stop))
         if self.notify.watchdog_interval:
@@ -138,7 +131,7 @@ class Gateway:
         log.info("stopping")
         if self.monitor is not None:
             await self.monitor.stop()
-        goodbye = asyncio.create_task(self._stop_fleet())  # "offline" goes out while the pipeline stops
+        goodbye = asyncio.create_task(self.fleet.stop())  # "offline" goes out while the pipeline stops
         await self._stop_pipeline()
         await goodbye
         # Stopped by their flags, not only by cancelling: in Python 3.11, cancelling asyncio.wait_for at the moment
@@ -168,61 +161,6 @@ class Gateway:
         """The report of ``status``, with this process's live view instead of its last heartbeat."""
         live, config = self._info(running=True), self.config
         return status.collect(await self.queue.snapshot(status.backlog_streams(config)), config, live=live)
-
-    def _start_fleet(self) -> None:
-        if self.config.fleet is None:
-            return
-        from gateway.fleet.presence import Presence  # paho's client for the fleet only when a fleet is configured
-
-        self._fleet_stop = asyncio.Event()
-        self._fleet_sup = Supervisor(self._fleet_stop)
-        self._fleet_sup.on_change = self._beat_now.set
-        presence = self.presence = Presence(self.config, self.snapshot)
-        presence.on_change = self._beat_now.set
-        if self.remote is not None and self.config.fleet.remote_config:
-            presence.on_config = self.remote.submit
-        if self._config_state is not None:
-            presence.publish_config_state(self._config_state)
-        source = self.config.fleet.config_source
-        if self.remote is not None and source is not None:
-            from gateway.fleet.remote import poll_source
-
-            self._fleet_sup.spawn("fleet-config-source", functools.partial(poll_source, source, self.remote,
-                                                                            self._fleet_stop))
-        self._fleet_sup.spawn("fleet", functools.partial(presence.run, self._fleet_stop))
-
-    def _start_remote(self) -> None:
-        fleet = self.config.fleet
-        if fleet is None or not fleet.remote_config or self.local_path is None:
-            return
-        from gateway.fleet.remote import RemoteConfig
-
-        remote = self.remote = RemoteConfig(self.local_path, self.config.state_dir)
-        remote.swap = self._swap
-        remote.healthy = self._healthy
-        remote.publish = self._publish_config_state
-        remote.running = lambda: self.config
-        announced = remote.take_announcement()
-        if announced is not None:
-            self._publish_config_state(announced)
-
-    def _publish_config_state(self, outcome: Outcome) -> None:
-        self._config_state = outcome.payload(self.config.gateway_id)
-        if self.presence is not None:
-            self.presence.publish_config_state(self._config_state)
-
-    def _healthy(self) -> bool:
-        """Running without trouble: no background task failing, the fleet broker reached."""
-        if any(t.get("failing") for t in self._task_health().values()):
-            return False
-        return self.presence is None or self.presence.connected
-
-    async def _stop_fleet(self) -> None:
-        from gateway.fleet.presence import GOODBYE_TIMEOUT
-
-        self._fleet_stop.set()
-        await self._fleet_sup.wait(GOODBYE_TIMEOUT + 2.0)
-        self.presence = None
 
     async def _start_clock(self) -> None:
         """Report held readings an earlier boot left (their time is lost), then decide whether the clock is trusted
@@ -365,11 +303,7 @@ class Gateway:
             return
         from gateway.fleet.remote import load_file
 
-        path = self.remote.choose() if self.remote is not None else self.config_path
-        if self.remote is not None:
-            announced = self.remote.take_announcement()
-            if announced is not None:
-                self._publish_config_state(announced)
+        path = self.fleet.choose(self.config_path)
         try:
             new = await asyncio.to_thread(load_file, path, self.local_path)
         except ConfigError as e:
@@ -406,13 +340,7 @@ class Gateway:
                 old.meters, old.site, old.buses, old.brokers, old.subscriptions):
             await self._stop_sources()
             self._start_sources()
-        if self.remote is None:
-            self._start_remote()
-        if self.presence is not None and self.presence.same_connection(new):
-            self.presence.update(new)
-        elif self.presence is not None or new.fleet is not None:
-            await self._stop_fleet()
-            self._start_fleet()
+        await self.fleet.reconfigure(new)
         if new.monitoring != old.monitoring:
             if self.monitor is not None:
                 await self.monitor.stop()
@@ -456,12 +384,12 @@ class Gateway:
             "accepted": dict(self._accepted),
             "tasks": self._task_health(),
             "future_at": dict(self._future_at),
-            "fleet": self.presence.health() if self.presence is not None else None,
+            "fleet": self.fleet.health(),
         }
 
     def _task_health(self) -> dict[str, dict[str, object]]:
         """Background tasks that failed since the start (restarted by their supervisor), by task name."""
-        out = {**self._helpers.health(), **self._sources_sup.health(), **self._fleet_sup.health()}
+        out = {**self._helpers.health(), **self._sources_sup.health(), **self.fleet.supervisor.health()}
         for f in self.forwarders:
             out.update(f.supervisor.health())
         return out
