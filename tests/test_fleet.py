@@ -324,3 +324,43 @@ def test_a_secret_in_the_fleet_section_is_known_to_the_redactor(tmp_path: Path) 
     config = load_config(path)
     assert "fleet-file-s3cret" in config.secrets() and config.gateway_id == "plant-9"
     assert config.fleet is not None and config.fleet.effective_port == 8883
+
+
+def test_the_fleet_view_takes_what_anyone_published_only_as_it_should_be(tmp_path: Path, broker: Mosquitto) -> None:
+    """A shared broker: under the prefix, messages that no gateway sent. The view prints, and each field is of
+    its type and length or empty."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="prankster")
+    c.username_pw_set("watcher", "watch-pw")
+    c.tls_set(ca_certs=str(broker.ca_file))
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    junk = {
+        "acme/fleet/list/state": b"[1, 2, 3]",
+        "acme/fleet/list/health": b'{"backlog": "lots", "meters": [1], "problems": {"a": 1}, "clock": 7,'
+                                  b' "worst": "' + b"\\u0007" * 5000 + b'"}',
+        "acme/fleet/typed/state": b'{"state": "online", "version": 5, "since": {"x": 1}}',
+        "acme/fleet/typed/health": b'{"backlog": 1e400, "meters": {"m": {"availability": "maybe"}, "n": 5},'
+                                   b' "worst": "sink_stalled", "problems": [{"detail": 12}, "x"]}',
+        "acme/fleet/typed/meters/q/availability": b"\xff\xfe",
+        "acme/fleet/binary/state": b"\x00\x01\x02",
+        "acme/fleet/deep/a/b/c/d": b"{}",
+    }
+    for topic, payload in junk.items():
+        c.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    c.disconnect()
+    c.loop_stop()
+    out = subprocess.run(fleet_cli(broker, tmp_path, "--json"), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    rows = {r["gateway"]: r for r in json.loads(out.stdout)}
+    typed = rows["typed"]
+    assert typed["state"] == "online" and typed["version"] is None and typed["since"] is None
+    assert typed["backlog"] is None and typed["problems"] == [None]
+    assert typed["meters"] == {"m": "unknown", "q": "unknown"}
+    assert rows["list"]["state"] == "unknown" and rows["list"]["backlog"] is None
+    for sort in ("name", "state", "backlog", "problem"):
+        table = subprocess.run(fleet_cli(broker, tmp_path, "--sort", sort), capture_output=True, text=True, timeout=30)
+        assert table.returncode == 0 and "Traceback" not in table.stderr, table.stderr
+        assert "\x07" not in table.stdout

@@ -40,6 +40,29 @@ def arguments(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- what the broker holds -> rows
 
 
+MAX_METERS = 1000
+MAX_GATEWAYS = 100_000
+
+
+def _text(value: object, limit: int) -> str | None:
+    """A short printable string, or None."""
+    if not isinstance(value, str):
+        return None
+    return "".join(c if c.isprintable() else "?" for c in value[:limit]) or None
+
+
+def _availability(value: object) -> str:
+    return value if isinstance(value, str) and value in ("online", "offline", "unknown") else "unknown"
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 class Fleet:
     """The retained states, by gateway id."""
 
@@ -52,7 +75,7 @@ class Fleet:
         if not topic.startswith(self.prefix + "/"):
             return None
         parts = topic[len(self.prefix) + 1:].split("/")
-        if len(parts) < 2 or not parts[0]:
+        if len(parts) < 2 or not parts[0] or (parts[0] not in self.gateways and len(self.gateways) >= MAX_GATEWAYS):
             return None
         gid, kind = parts[0], parts[1:]
         g = self.gateways.setdefault(gid, {"state": None, "health": None, "meters": {}})
@@ -63,7 +86,7 @@ class Fleet:
                 value = None
             g[kind[0]] = value if isinstance(value, dict) else None
         elif len(kind) == 3 and kind[0] == "meters" and kind[2] == "availability":
-            if payload:
+            if payload and (kind[1] in g["meters"] or len(g["meters"]) < MAX_METERS):
                 g["meters"][kind[1]] = payload.decode(errors="replace")[:16]
             else:
                 g["meters"].pop(kind[1], None)
@@ -72,27 +95,32 @@ class Fleet:
         return gid
 
     def row(self, gid: str) -> dict[str, Any]:
+        """One gateway's line. Whatever anyone published under the prefix is taken only as the type and length
+        each field should have (a broker is shared; a message may not come from a gateway)."""
         g = self.gateways[gid]
         state, health = g["state"] or {}, g["health"] or {}
         online = state.get("state") == "online"
-        meters = {**{m: v.get("availability") for m, v in (health.get("meters") or {}).items()
-                     if isinstance(v, dict)}, **g["meters"]}
+        listed = _dict(health.get("meters"))
+        meters = {**{_text(m, 64): _availability(v.get("availability")) for m, v in list(listed.items())[:MAX_METERS]
+                     if isinstance(v, dict)},
+                  **{_text(m, 64): _availability(v) for m, v in list(g["meters"].items())[:MAX_METERS]}}
         if not online:
             meters = dict.fromkeys(meters, "unknown")
-        clock = health.get("clock") or {}
+        clock = _dict(health.get("clock"))
+        problems = _list(health.get("problems"))
+        backlog = health.get("backlog")
         return {
-            "gateway": gid,
-            "state": state.get("state") or "unknown",
-            "reason": state.get("reason"),
+            "gateway": _text(gid, 64),
+            "state": state.get("state") if state.get("state") in ("online", "offline") else "unknown",
+            "reason": _text(state.get("reason"), 16),
             # When it came online; when it went offline after a clean stop. After a crash only the broker knew.
-            "since": state.get("since") if online or state.get("reason") == "stopped" else None,
-            "last_health": health.get("ts"),
-            "version": state.get("version") or health.get("version"),
-            "worst": health.get("worst") if online else None,
-            "problems": [p.get("detail") for p in health.get("problems") or [] if isinstance(p, dict)]
-            if online else [],
-            "backlog": health.get("backlog"),
-            "clock": clock.get("state") if online else None,
+            "since": _text(state.get("since"), 32) if online or state.get("reason") == "stopped" else None,
+            "last_health": _text(health.get("ts"), 32),
+            "version": _text(state.get("version"), 24) or _text(health.get("version"), 24),
+            "worst": _text(health.get("worst"), 40) if online else None,
+            "problems": [_text(p.get("detail"), 300) for p in problems[:20] if isinstance(p, dict)] if online else [],
+            "backlog": backlog if isinstance(backlog, int) and not isinstance(backlog, bool) and backlog >= 0 else None,
+            "clock": _text(clock.get("state"), 24) if online else None,
             "meters_online": sum(1 for v in meters.values() if v == "online"),
             "meters": meters,
         }
@@ -100,10 +128,10 @@ class Fleet:
     def rows(self, sort: str = "name") -> list[dict[str, Any]]:
         rows = [self.row(gid) for gid in self.gateways if self.gateways[gid]["state"] or self.gateways[gid]["health"]]
         keys = {
-            "name": lambda r: r["gateway"],
-            "state": lambda r: (r["state"] == "online", r["gateway"]),
-            "backlog": lambda r: (-(r["backlog"] or 0), r["gateway"]),
-            "problem": lambda r: (r["state"] == "online" and r["worst"] is None, r["worst"] or "", r["gateway"]),
+            "name": lambda r: r["gateway"] or "",
+            "state": lambda r: (r["state"] == "online", r["gateway"] or ""),
+            "backlog": lambda r: (-(r["backlog"] or 0), r["gateway"] or ""),
+            "problem": lambda r: (r["state"] == "online" and r["worst"] is None, r["worst"] or "", r["gateway"] or ""),
         }
         return sorted(rows, key=keys[sort])
 
