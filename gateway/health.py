@@ -22,6 +22,15 @@ def _held_on_purpose(interval: float) -> float:
     return 2 * interval + AGGREGATE_GRACE if interval else 0.0
 
 
+def _all_failing(report: dict[str, Any], shared: str) -> list[tuple[str, list[str]]]:
+    """Each bus (or cloud: ``shared``) none of whose meters answers, with its meters."""
+    groups: dict[str, list[str]] = {}
+    for name, m in report["meters"].items():
+        if m.get(shared):
+            groups.setdefault(m[shared], []).append(name)
+    return [(key, meters) for key, meters in groups.items() if all(report["meters"][m]["failing"] for m in meters)]
+
+
 def evaluate(report: dict[str, Any], config: MonitoringConfig, now: float | None = None) -> list[dict[str, Any]]:
     """What needs a person, one entry per problem (empty: healthy)."""
     now = time.time() if now is None else now
@@ -45,23 +54,13 @@ def evaluate(report: dict[str, Any], config: MonitoringConfig, now: float | None
                           " delivers, but more slowly than readings come (or is catching up a backlog)"
                           + (f"; last error: {s['last_error']}" if s["last_error"] else ""),
             })
-    buses: dict[str, list[str]] = {}
-    for name, m in report["meters"].items():
-        if m.get("bus"):
-            buses.setdefault(m["bus"], []).append(name)
-    for bus, meters in buses.items():
-        if all(report["meters"][m]["failing"] for m in meters):
-            problems.append({"check": "bus_down", "bus": bus, "meters": meters,
-                             "detail": f"none of the {len(meters)} meters on bus {bus} answers"})
-    clouds: dict[str, list[str]] = {}
-    for name, m in report["meters"].items():
-        if m.get("cloud"):
-            clouds.setdefault(m["cloud"], []).append(name)
-    for cloud, meters in clouds.items():
-        if all(report["meters"][m]["failing"] for m in meters):
-            why = report["meters"][meters[0]].get("last_problem")
-            problems.append({"check": "cloud_down", "cloud": cloud, "meters": meters,
-                             "detail": f"no meter of cloud {cloud} gets new reads" + (f": {why}" if why else "")})
+    for bus, meters in _all_failing(report, "bus"):
+        problems.append({"check": "bus_down", "bus": bus, "meters": meters,
+                         "detail": f"none of the {len(meters)} meters on bus {bus} answers"})
+    for cloud, meters in _all_failing(report, "cloud"):
+        why = report["meters"][meters[0]].get("last_problem")
+        problems.append({"check": "cloud_down", "cloud": cloud, "meters": meters,
+                         "detail": f"no meter of cloud {cloud} gets new reads" + (f": {why}" if why else "")})
     for name, m in report["meters"].items():
         last = m.get("future_last_ms")
         if isinstance(last, int) and now - last / 1000 < FUTURE_RECENT_S:

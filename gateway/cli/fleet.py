@@ -157,10 +157,24 @@ HEADER = f"{'GATEWAY':<24} {'STATE':<44} {'VERSION':<9} {'WORST PROBLEM':<22} {'
 # ---------------------------------------------------------------- the command
 
 
+def _host_port(text: str) -> tuple[str, str]:
+    """``host``, ``host:port``, ``[v6 address]:port``."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise ValueError(f"--broker {text}: expected HOST or HOST:PORT")
+    return host, port
+
+
 def _connection(args: argparse.Namespace) -> dict[str, Any]:
     """host, port, tls, ca_file, username, password, prefix: from the flags, else the configuration."""
     if args.broker:
-        host, _, port = args.broker.rpartition(":") if ":" in args.broker else (args.broker, "", "")
+        host, port = _host_port(args.broker)
         password = None
         if args.password_file is not None:
             password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 
 from gateway.cli.common import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, load
 from gateway.errors import GatewayError
+from gateway.files import write_atomic
 
 HELP = "Wegowise: authorize the gateway (gives the access token the sink uses)"
 
@@ -30,15 +30,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def write_token(path: Path, token: str, secret: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"token": token, "secret": secret}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"token": token, "secret": secret}).encode(), 0o600)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ from gateway.config.loader import load_config_text
 from gateway.config.problems import SECRET_FIELDS
 from gateway.config.yamlfile import format_path, parse_yaml
 from gateway.errors import ConfigError
+from gateway.files import write_atomic
 from gateway.fleet.config import ConfigSource
 from gateway.reading import iso_utc
 
@@ -59,19 +60,7 @@ def remote_dir(state_dir: Path) -> Path:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, data, 0o640)
 
 
 def secret_values(text: str) -> list[str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import httpx
 import structlog
 
 from gateway.cloudhttp import CloudError, check_status, client, error_text, request_json
+from gateway.files import write_atomic
 from gateway.logs import REDACTOR
 from gateway.platforms.intellimeter.config import IntellimeterCloud
 
@@ -80,15 +80,7 @@ def tokens_from_grant(answer: Any, now: float) -> Tokens:
 
 def write_tokens(path: Path, tokens: Tokens) -> None:
     """Atomically, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(tokens.to_json(), f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(tokens.to_json()).encode(), 0o600)
 
 
 def read_tokens(path: Path) -> Tokens:

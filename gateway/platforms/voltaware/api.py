@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import random
 import ssl
 import time
@@ -28,6 +27,7 @@ import structlog
 
 from gateway import __version__
 from gateway.errors import ApiError
+from gateway.files import write_atomic
 from gateway.platforms.voltaware.config import DeviceMetadata, VoltawareApi, VoltawareConfig
 from gateway.stream import stream_name
 
@@ -156,13 +156,7 @@ class ProvisionedState:
             self.hashes = {}
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(self.hashes, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.hashes, sort_keys=True).encode())
 
 
 class Provisioner:

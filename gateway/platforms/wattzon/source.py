@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 import structlog
 
 from gateway.cloudhttp import CloudError
+from gateway.files import write_atomic
 from gateway.platforms.source import BaseSource, Emit
 from gateway.platforms.wattzon.api import NEEDS_PERSON, WattzonApi
 from gateway.platforms.wattzon.config import WattzonCloud, WattzonMeter
@@ -101,13 +101,7 @@ class WattzonSource(BaseSource):
             self.months = months if isinstance(months, dict) else {}
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w") as f:
-            json.dump({"jobs": self.jobs, "bills": self.bills, "months": self.months}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps({"jobs": self.jobs, "bills": self.bills, "months": self.months}).encode())
 
     # ------------------------------------------------------------ the loop
 

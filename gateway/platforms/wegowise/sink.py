@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import structlog
 
 from gateway.config.models import GatewayConfig
 from gateway.errors import SinkError
+from gateway.files import write_atomic
 from gateway.logs import REDACTOR
 from gateway.outcome import DELIVERED, Delivered, Outcome, Reject, Retry, Skip
 from gateway.platforms.sink import BaseSink, Preview
@@ -71,12 +71,7 @@ class MeterState:
     def save(self) -> None:
         data = {"meter_id": self.meter_id, "builder": self.builder.state(),
                 "record": dict(list(self.record.items())[-RECORD_KEEP:]), "posting": self.posting}
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(data).encode())
 
 
 def bill_period(r: Reading) -> Period | None:
