@@ -86,6 +86,11 @@ class Gateway:
                                lambda: any(t.get("failing") for t in self._task_health().values()))
         #: A reload (SIGHUP) and a remote configuration swap one at a time.
         self._swapping = asyncio.Lock()
+        #: Each meter's last reading confirmed into the queue (the technician's page shows its values).
+        self.latest: dict[str, Reading] = {}
+        #: Configurations being applied from the page: each in a task of its own, which the request only waits for
+        #: (an apply that restarts the listener must not be cancelled with the request that asked for it).
+        self._page_applies: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------ entry
 
@@ -154,7 +159,7 @@ class Gateway:
         if self.config.monitoring.enabled:
             from gateway.monitor import Monitor  # prometheus-client only when monitoring is on
 
-            self.monitor = Monitor(self.config.monitoring, self.snapshot)
+            self.monitor = Monitor(self.config.monitoring, self)
             await self.monitor.start()
 
     async def snapshot(self) -> dict[str, Any]:
@@ -255,6 +260,10 @@ class Gateway:
         if not result.dropped:
             self._accepted.update(r.meter for r in readings)
             self._accepted.subtract(r.meter for r, _ in result.refused)
+            refused_now = {id(r) for r, _ in result.refused} if result.refused else ()
+            for r in readings:
+                if id(r) not in refused_now:
+                    self.latest[r.meter] = r
         refused_meters = set()
         for reading, why in result.refused:
             refused_meters.add(reading.meter)
@@ -351,6 +360,45 @@ class Gateway:
                 log.error("monitoring listener not restarted", error=str(e))
         self.notify.send("READY=1", f"STATUS=running: {len(new.meters)} meters, {len(self.forwarders)} sinks")
         log.info("configuration reloaded", meters=len(new.meters), sinks=[f.name for f in self.forwarders])
+
+    # ------------------------------------------------------------ the technician's page (gateway/web)
+
+    def pollers(self) -> dict[str, Any]:
+        """The running Modbus meters' pollers, by meter name."""
+        return {p.meter.name: p for s in self.sources for p in getattr(s, "pollers", ())}
+
+    def sent_by_sink(self) -> dict[str, Any]:
+        return self._sent_by_sink() or {}
+
+    async def apply_from_page(self, text: str) -> tuple[str, list[str]]:
+        remote = self.fleet.remote
+        if remote is None:
+            return "refused", ["the gateway was not started from a file: nothing to apply to"]
+        task = asyncio.get_running_loop().create_task(remote.apply(text.encode(), page=True))
+        self._page_applies.add(task)
+        task.add_done_callback(self._page_applies.discard)
+        outcome = await asyncio.shield(task)
+        return outcome.result, outcome.problems
+
+    async def verify_sink(self, name: str) -> tuple[bool, list[str]]:
+        from gateway.platforms.all import SINKS
+
+        sink = next(s for s in self.config.sinks if s.name == name)
+        verify = SINKS[sink.type].verify
+        if verify is None:
+            return True, [f"{name}: this platform has no verification"]
+        return await verify(sink, self.sent_by_sink().get(name) or {}, self.config)
+
+    async def dead_letters(self, sink: str | None) -> list[dict[str, Any]]:
+        letters = await self.queue.dead_letters(sink, limit=500)
+        return [{"id": d.id, "sink": d.sink, "meter": d.reading.meter, "ts": iso_utc(d.reading.ts_ms),
+                 "reason": REDACTOR.scrub(d.reason), "at": iso_utc(d.at_ms), "state": d.state,
+                 "attempts": d.attempts} for d in letters]
+
+    async def dead_letter_action(self, action: str, ids: list[int] | None, sink: str | None) -> int:
+        if action == "retry":
+            return await self.queue.retry_dead_letters(ids, sink)
+        return await self.queue.purge_dead_letters(ids, sink)
 
     # ------------------------------------------------------------ liveness
 

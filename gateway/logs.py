@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import sys
+from collections import deque
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -81,14 +82,59 @@ class Redactor:
 REDACTOR = Redactor()
 
 
+class LogRing:
+    """The daemon's recent log lines, in memory, for the technician's page and its diagnostics bundle: bounded
+    (``monitoring.page.log_lines``), each line scrubbed (it comes after :data:`REDACTOR`) and cut to 2,000
+    characters. Every line gets a sequence number, so a page following the log asks for what came after the last one
+    it has."""
+
+    def __init__(self, size: int = 2000) -> None:
+        self.lines: deque[dict[str, Any]] = deque(maxlen=size)
+        self.seq = 0
+
+    def resize(self, size: int) -> None:
+        if size != self.lines.maxlen:
+            self.lines = deque(self.lines, maxlen=size)
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        self.seq += 1
+        fields = " ".join(f"{k}={_short(v)}" for k, v in event.items()
+                          if k not in ("event", "level", "timestamp", "exception"))
+        exc = event.get("exception")
+        if exc:
+            fields += f" exception={_short(exc)}"
+        self.lines.append({"seq": self.seq, "ts": str(event.get("timestamp", "")), "level": str(event.get("level",
+                           method)), "component": getattr(logger, "name", "") or "", "event": _short(event.get(
+                           "event", "")), "fields": fields[:2000]})
+        return event
+
+    def since(self, after: int = 0, level: str | None = None, component: str | None = None,
+              limit: int = 500) -> list[dict[str, Any]]:
+        floor = logging.getLevelNamesMapping().get((level or "debug").upper(), 0)
+        out = [ln for ln in self.lines if ln["seq"] > after
+               and logging.getLevelNamesMapping().get(ln["level"].upper(), 0) >= floor
+               and (not component or ln["component"].startswith(component))]
+        return out[-limit:]
+
+
+def _short(value: object) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= 1000 else text[:1000] + "..."
+
+
+RING = LogRing()
+
+
 class _Writer:
     """Writes each rendered line to the stream (``sys.stderr`` as it is at the time of writing, by default).
 
     A log line that cannot be written (stream closed, pipe gone) is dropped: logging must never stop the work.
     """
 
-    def __init__(self, stream: TextIO | None) -> None:
+    def __init__(self, stream: TextIO | None, name: str = "") -> None:
         self._stream = stream
+        #: The component (the name given to ``structlog.get_logger``), for the page's log filter.
+        self.name = name
 
     def msg(self, message: str) -> None:
         stream = self._stream or sys.stderr
@@ -114,13 +160,13 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "json":
-        processors += [structlog.processors.dict_tracebacks, REDACTOR, structlog.processors.JSONRenderer()]
+        processors += [structlog.processors.dict_tracebacks, REDACTOR, RING, structlog.processors.JSONRenderer()]
     else:
-        processors += [structlog.processors.format_exc_info, REDACTOR, structlog.dev.ConsoleRenderer(colors=True)]
+        processors += [structlog.processors.format_exc_info, REDACTOR, RING, structlog.dev.ConsoleRenderer(colors=True)]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=lambda *args: _Writer(stream),
+        logger_factory=lambda *args: _Writer(stream, str(args[0]) if args else ""),
         cache_logger_on_first_use=False,
     )
     # Libraries log through the standard library: show their warnings, in the same stream.

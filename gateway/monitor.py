@@ -1,9 +1,9 @@
 """The metrics and health listener (``monitoring:``): ``/metrics`` in Prometheus' text format, ``/health`` as JSON.
 
 Both are computed from one report, the one ``meter-gateway status`` prints (:func:`gateway.status.collect`), taken
-with the running daemon's live view: a figure means the same thing everywhere. The listener is served by the event
-loop itself, so any answer also proves the loop is responsive; it speaks just enough HTTP/1.1 for Prometheus, curl
-and a load balancer's health check (GET and HEAD, one request per connection).
+with the running daemon's live view: a figure means the same thing everywhere. The listener is served in the event
+loop itself, so any answer also proves the loop is responsive; the same listener serves the technician's page
+(:mod:`gateway.web`).
 
 ``/health`` answers 503 when something needs a person (see :func:`gateway.health.evaluate`), 200 otherwise; its
 body says which.
@@ -11,12 +11,8 @@ body says which.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-from collections.abc import Awaitable, Callable, Iterable
-from http import HTTPStatus
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -25,19 +21,19 @@ from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.config.models import MonitoringConfig
-from gateway.errors import GatewayError
 from gateway.health import evaluate, health_document
 
-log = structlog.get_logger("gateway.monitor")
+if TYPE_CHECKING:
+    from gateway.web.app import Backend, Page
+    from gateway.web.server import Listener
 
-Snapshot = Callable[[], Awaitable[dict[str, Any]]]
-_READ_TIMEOUT = 5.0
-_MAX_REQUEST = 8192
+log = structlog.get_logger("gateway.monitor")
 
 
 def base_url(config: MonitoringConfig) -> str:
     host = f"[{config.host}]" if ":" in config.host else config.host
-    return f"http://{host}:{config.port}"
+    scheme = "https" if config.page.cert_file is not None else "http"
+    return f"{scheme}://{host}:{config.port}"
 
 
 # ---------------------------------------------------------------- metrics
@@ -122,65 +118,41 @@ class _ReportCollector(Collector):
 
 
 class Monitor:
-    def __init__(self, config: MonitoringConfig, snapshot: Snapshot) -> None:
+    """The listener: ``/metrics``, ``/health`` and the technician's page (gateway/web), in the daemon's loop."""
+
+    def __init__(self, config: MonitoringConfig, backend: Backend) -> None:
         self.config = config
-        self.snapshot = snapshot
+        self.backend = backend
         self.registry = CollectorRegistry(auto_describe=False)
         self._collector = _ReportCollector()
         self.registry.register(self._collector)
         self.registry.register(ProcessCollector(registry=None))
-        self._server: asyncio.Server | None = None
+        self.page: Page | None = None
+        self._listener: Listener | None = None
 
-    async def start(self) -> None:
-        try:
-            self._server = await asyncio.start_server(self._handle, self.config.host, self.config.port)
-        except OSError as e:
-            raise GatewayError(f"cannot listen for monitoring on {self.config.host}:{self.config.port}:"
-                               f" {e.strerror}") from None
-        log.info("monitoring listening", url=f"{base_url(self.config)}/metrics")
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
-            self._server = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _READ_TIMEOUT)
-            status, ctype, body = await self._answer(head)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
-            writer.close()
-            return
-        except Exception:  # a bug answering must not take the listener down
-            log.exception("monitoring request failed")
-            status, ctype, body = 500, "text/plain", b"internal error\n"
-        method = head.split(b" ", 1)[0]
-        reason = HTTPStatus(status).phrase
-        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                     "Cache-Control: no-store\r\nConnection: close\r\n\r\n".encode())
-        if method != b"HEAD":
-            writer.write(body)
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
-        writer.close()
-
-    async def _answer(self, head: bytes) -> tuple[int, str, bytes]:
-        if len(head) > _MAX_REQUEST:
-            return 400, "text/plain", b"request too large\n"
-        parts = head.split(b"\r\n", 1)[0].split(b" ")
-        if len(parts) != 3:
-            return 400, "text/plain", b"bad request\n"
-        method, target = parts[0], parts[1].split(b"?", 1)[0]
-        if target not in (b"/metrics", b"/health"):
-            return 404, "text/plain", b"not found: try /metrics or /health\n"
-        if method not in (b"GET", b"HEAD"):
-            return 405, "text/plain", b"only GET and HEAD\n"
-        report = await self.snapshot()
-        if target == b"/health":
-            code, doc = health_document(report, self.config)
-            return code, "application/json", (json.dumps(doc, indent=2) + "\n").encode()
+    def metrics(self, report: dict[str, Any]) -> bytes:
         self._collector.report = report
         self._collector.problems = evaluate(report, self.config)
-        return 200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
+        return generate_latest(self.registry)
+
+    def health(self, report: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return health_document(report, self.config)
+
+    async def start(self) -> None:
+        from gateway.web.app import Page
+        from gateway.web.server import Listener
+
+        self.page = Page(self.backend, self.metrics, self.health)
+        page = self.config.page
+        self._listener = Listener(self.page.app(), self.config.host, self.config.port, page.cert_file,
+                                  page.key_file)
+        await self._listener.start()
+        log.info("monitoring listening", url=f"{base_url(self.config)}/metrics",
+                 page=f"{base_url(self.config)}/" if page.enabled else None)
+
+    async def stop(self) -> None:
+        if self.page is not None:
+            self.page.stopping.set()  # the pages following live values end their streams
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None

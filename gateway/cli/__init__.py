@@ -23,7 +23,7 @@ from gateway.settings import ProcessSettings
 
 #: In the order ``--help`` lists them.
 COMMANDS = ("run", "check", "status", "deadletter", "future", "verify", "read", "scan", "profiles", "demo",
-            "wegowise", "intellimeter", "fleet")
+            "wegowise", "intellimeter", "fleet", "hash-password")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _command(name: str) -> ModuleType:
-    return importlib.import_module(f"gateway.cli.{name}")
+    return importlib.import_module(f"gateway.cli.{name.replace('-', '_')}")
 
 
 def build_parser(settings: ProcessSettings) -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Union
 
-from pydantic import AfterValidator, Field, PrivateAttr, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, SecretStr, model_validator
 
 from gateway.config.common import (
     CloudBase,
@@ -49,8 +49,38 @@ class QueueConfig(Strict):
     commit_interval: Annotated[Duration, Field(ge=0.0, le=60.0)] = 5.0
 
 
+class PageConfig(Strict):
+    """The technician's page, served with ``/metrics`` and ``/health`` (see docs/page.md)."""
+
+    enabled: bool = True
+    #: Needed for every action that changes something (apply a configuration, retry or purge dead letters, read a
+    #: meter now), and for any page at all when the page faces the network (``allow_remote``). Either the hash
+    #: ``meter-gateway hash-password`` prints (``scrypt$...``) or, better in a file (``password_file``), the same.
+    password: SecretStr | None = None
+    #: A signed-in browser is signed out after this long without a request.
+    session_timeout: Annotated[PositiveDuration, Field(le=7 * 86400.0)] = 1800.0
+    #: HTTPS with the user's own certificate (PEM files); plain HTTP otherwise.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: Log lines kept in memory for the page's log view and the diagnostics bundle.
+    log_lines: Annotated[int, Field(ge=100, le=20000)] = 2000
+
+    @model_validator(mode="after")
+    def _pairs(self) -> PageConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (HTTPS needs both)")
+        if self.password is not None:
+            from gateway.web.auth import password_problem
+
+            problem = password_problem(self.password.get_secret_value())
+            if problem:
+                raise ValueError(f"password: {problem}")
+        return self
+
+
 class MonitoringConfig(Strict):
-    """The metrics and health listener (``/metrics``, ``/health``); off unless ``enabled``."""
+    """The metrics and health listener (``/metrics``, ``/health``) and the technician's page; off unless
+    ``enabled``."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -69,6 +99,7 @@ class MonitoringConfig(Strict):
     #: ... when a meter that answers skipped a tick this recently (its poll ran past the next tick: a reading not
     #: taken, because its bus or the machine is too busy for its interval).
     ticks_skipped_within: PositiveDuration = 900.0
+    page: PageConfig = Field(default_factory=PageConfig)
 
     @model_validator(mode="after")
     def _loopback_unless_asked(self) -> MonitoringConfig:
@@ -214,6 +245,8 @@ class GatewayConfig(Strict):
 
     def secrets(self) -> list[str]:
         out: list[str] = [b.password.get_secret_value() for b in self.brokers if b.password]
+        if self.monitoring.page.password is not None:
+            out.append(self.monitoring.page.password.get_secret_value())
         if self.fleet is not None and self.fleet.password is not None:
             out.append(self.fleet.password.get_secret_value())
         if self.fleet is not None and self.fleet.config_source is not None and self.fleet.config_source.token:

@@ -52,7 +52,7 @@ class FleetLink:
             presence.on_config = self.remote.submit
         if self._config_state is not None:
             presence.publish_config_state(self._config_state)
-        if self.remote is not None and config.fleet.config_source is not None:
+        if self.remote is not None and config.fleet.remote_config and config.fleet.config_source is not None:
             from gateway.fleet.remote import poll_source
 
             self.supervisor.spawn("fleet-config-source", functools.partial(
@@ -100,7 +100,8 @@ class FleetLink:
             self.presence.publish_config_state(self._config_state)
 
     def _start_remote(self, config: GatewayConfig) -> None:
-        if config.fleet is None or not config.fleet.remote_config or self.local_path is None:
+        # Always: a configuration applied from the technician's page takes the same way as one from the broker.
+        if self.local_path is None:
             return
         from gateway.fleet.remote import RemoteConfig
 

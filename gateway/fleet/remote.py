@@ -115,6 +115,8 @@ class RemoteConfig:
         self.publish: Callable[[Outcome], None] = lambda outcome: None
         self.running: Callable[[], GatewayConfig] | None = None
         self._lock = asyncio.Lock()
+        #: One apply at a time, from the broker or the page.
+        self._applying = asyncio.Lock()
         self._pending: bytes | None = None
         #: Applies under way (a task the loop holds only weakly must be held here).
         self._tasks: set[asyncio.Task[None]] = set()
@@ -211,36 +213,42 @@ class RemoteConfig:
             except Exception as e:  # a disk that refuses the state file, say: said, and the daemon goes on
                 log.error("remote configuration not handled", error=f"{type(e).__name__}: {e}"[:300])
 
-    async def apply(self, payload: bytes) -> Outcome:
+    async def apply(self, payload: bytes, page: bool = False) -> Outcome:
+        """Check, apply and keep or roll back ``payload``. From the fleet broker by default; ``page``: from the
+        technician's page, whose user signed in on the gateway itself, so a secret may be in the text and the
+        fleet settings may change (the file name in problems is the local file's, marked as coming from the page)."""
         digest = sha256(payload)
-        if self._state().get("hash") == digest:
+        if not page and self._state().get("hash") == digest:
             return Outcome("unchanged", digest)  # the same message again (retained, redelivered at a connect)
-        outcome = await self._apply(payload, digest)
+        async with self._applying:
+            outcome = await self._apply(payload, digest, page)
         self._save_state(hash=digest, result=outcome.result)
         (log.info if outcome.result == "applied" else log.warning)(
-            "remote configuration " + outcome.result.replace("_", " "), hash=digest[:12], problems=outcome.problems)
+            ("configuration from the page " if page else "remote configuration ") + outcome.result.replace("_", " "),
+            hash=digest[:12], problems=outcome.problems)
         self.publish(outcome)
         return outcome
 
-    async def _apply(self, payload: bytes, digest: str) -> Outcome:
+    async def _apply(self, payload: bytes, digest: str, page: bool = False) -> Outcome:
         assert self.swap is not None and self.running is not None
         running = self.running()
         deadline = running.fleet.apply_deadline if running.fleet else 60.0
+        source = f"{self.local_path.name} (page)" if page else SOURCE_NAME
         if len(payload) > MAX_SIZE:
-            return Outcome("refused", digest, [f"{SOURCE_NAME}: {len(payload)} bytes, more than {MAX_SIZE}"])
+            return Outcome("refused", digest, [f"{source}: {len(payload)} bytes, more than {MAX_SIZE}"])
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
-            return Outcome("refused", digest, [f"{SOURCE_NAME}: not UTF-8 text"])
+            return Outcome("refused", digest, [f"{source}: not UTF-8 text"])
         try:
-            problems = secret_values(text)
+            problems = [] if page else secret_values(text)
         except ConfigError as e:
             return Outcome("refused", digest, list(e.problems))
         try:
-            new = await asyncio.to_thread(load_config_text, text, SOURCE_NAME, self.local_path.parent)
+            new = await asyncio.to_thread(load_config_text, text, source, self.local_path.parent)
         except ConfigError as e:
             return Outcome("refused", digest, [*problems, *e.problems])
-        problems += self._guard(new, running)
+        problems += self._guard(new, running, source, fleet=not page)
         if problems:
             return Outcome("refused", digest, problems)
         # The file that runs now is kept to go back to; the new one is in place, and the apply recorded as under
@@ -264,16 +272,19 @@ class RemoteConfig:
         await self.swap(await asyncio.to_thread(load_file, path, self.local_path), path)
         return Outcome("rolled_back", digest, [why])
 
-    def _guard(self, new: GatewayConfig, running: GatewayConfig) -> list[str]:
+    def _guard(self, new: GatewayConfig, running: GatewayConfig, source: str = SOURCE_NAME,
+               fleet: bool = True) -> list[str]:
         out = []
         if new.state_dir != self.state_dir:
-            out.append(f"{SOURCE_NAME}: state_dir: {new.state_dir} is not {self.state_dir}: the queue stays where"
-                       " it is (change state_dir on the gateway itself)")
+            out.append(f"{source}: state_dir: {new.state_dir} is not {self.state_dir}: the queue stays where"
+                       " it is (change state_dir in the local file, and restart)")
+        if not fleet:
+            return out
         if new.fleet is None or not new.fleet.remote_config:
-            out.append(f"{SOURCE_NAME}: fleet.remote_config: must stay true: this configuration would cut the"
+            out.append(f"{source}: fleet.remote_config: must stay true: this configuration would cut the"
                        " gateway off from remote configuration (change that on the gateway itself)")
         if new.gateway_id != running.gateway_id:
-            out.append(f"{SOURCE_NAME}: the gateway id would become '{new.gateway_id}' (it is"
+            out.append(f"{source}: the gateway id would become '{new.gateway_id}' (it is"
                        f" '{running.gateway_id}'): its topics would move (change that on the gateway itself)")
         return out
 

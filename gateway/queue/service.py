@@ -249,6 +249,14 @@ class DiskQueue:
                            lazy: bool = False) -> list[DeadLetter]:
         return await self._do(lambda st: st.dead_letters(sink, state, limit), lazy)
 
+    async def retry_dead_letters(self, ids: Sequence[int] | None, sink: str | None = None) -> int:
+        """Marked to be sent again (the forwarders pick them up within seconds); how many."""
+        return await self._do(lambda st: st.mark_dead_letters(ids, "retry", sink))
+
+    async def purge_dead_letters(self, ids: Sequence[int] | None, sink: str | None = None) -> int:
+        """Deleted for good; how many."""
+        return await self._do(lambda st: st.purge_dead_letters(ids, sink))
+
     async def resolve_dead_letter(self, letter: DeadLetter, delivered: bool, reason: str = "") -> None:
         """A dead letter retried: delivered (deleted and counted), or refused again with ``reason``."""
 

@@ -65,6 +65,9 @@ class MeterPoller:
         #: when (wall clock, ms) a tick was last skipped while the meter answered
         self.skipped_at_ms: int | None = None
         self._last_kind = ""
+        #: The words each block answered last, by (function, address): the technician's page shows the registers
+        #: behind each value. One list per block, replaced at every poll.
+        self.last_words: dict[tuple[str, int], list[int]] = {}
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
         committer = Committer(emit, self.log)
@@ -165,6 +168,7 @@ class MeterPoller:
                 if stamp is None:
                     stamp = self.keeper.stamp()
                 values |= block.decode(words)
+                self.last_words[(block.function, block.address)] = words
         if stamp is None:
             problems += refused[-1:]  # refusals of a meter that answered nothing else: the meter refuses
         if stamp is not None and not silent and not any(isinstance(p, ModbusBusError) for p in problems):
