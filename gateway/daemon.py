@@ -370,6 +370,10 @@ class Gateway:
     def sent_by_sink(self) -> dict[str, Any]:
         return self._sent_by_sink() or {}
 
+    def meter_states(self) -> dict[str, dict[str, Any]]:
+        """Each meter's read health as its source sees it now (in memory: no query of the queue)."""
+        return {name: h for s in self.sources for name, h in s.health().items()}
+
     async def apply_from_page(self, text: str) -> tuple[str, list[str]]:
         remote = self.fleet.remote
         if remote is None:

@@ -170,32 +170,32 @@ fleet: {host: x, password: "********"}
 async def test_who_may_do_what(tmp_path: Path, site) -> None:  # type: ignore[no-untyped-def]
     emu, server = site
     port = free_port()
-    async with running(tmp_path, config_text(tmp_path, port, server.port, emu)) as gw:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
-            # loopback: reading needs no session; /metrics and /health as before
-            assert (await c.get("/api/overview")).status_code == 200
-            assert (await c.get("/metrics")).status_code == 200
-            assert (await c.get("/health")).json()["status"] in ("ok", "problem")
-            r = await c.get("/")
-            assert r.status_code == 200 and "script-src 'self'" in r.headers["content-security-policy"]
-            # every change needs the session, and the page's header
-            assert (await c.post("/api/config/check", json={"text": "x"}, headers=H)).status_code == 401
-            await signed_in(c)
-            assert (await c.post("/api/config/check", json={"text": "x"})).status_code == 403, "no page header"
-            # the brake: a wrong password, then the next try refused before it is looked at
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as other:
-                r = await other.post("/api/login", json={"password": "guess-one"}, headers=H)
-                assert r.status_code == 403 and "mg_session" not in r.headers.get("set-cookie", "")
-                r = await other.post("/api/login", json={"password": PAGE_PASSWORD}, headers=H)
-                assert r.status_code == 429 and r.headers["retry-after"] == "1"
-                await asyncio.sleep(1.05)
-                r = await other.post("/api/login", json={"password": PAGE_PASSWORD}, headers=H)
-                assert r.status_code == 200
-            # too big a body
-            r = await c.post("/api/config/check", content=b"{" + b" " * 600_000 + b"}", headers=H)
-            assert r.status_code == 413
-            # the page's own actions are logged with who did them
-            assert any(x["event"] == "page: signed in" for x in gw_log(gw))
+    async with running(tmp_path, config_text(tmp_path, port, server.port, emu)) as gw, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+        # loopback: reading needs no session; /metrics and /health as before
+        assert (await c.get("/api/overview")).status_code == 200
+        assert (await c.get("/metrics")).status_code == 200
+        assert (await c.get("/health")).json()["status"] in ("ok", "problem")
+        r = await c.get("/")
+        assert r.status_code == 200 and "script-src 'self'" in r.headers["content-security-policy"]
+        # every change needs the session, and the page's header
+        assert (await c.post("/api/config/check", json={"text": "x"}, headers=H)).status_code == 401
+        await signed_in(c)
+        assert (await c.post("/api/config/check", json={"text": "x"})).status_code == 403, "no page header"
+        # the brake: a wrong password, then the next try refused before it is looked at
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as other:
+            r = await other.post("/api/login", json={"password": "guess-one"}, headers=H)
+            assert r.status_code == 403 and "mg_session" not in r.headers.get("set-cookie", "")
+            r = await other.post("/api/login", json={"password": PAGE_PASSWORD}, headers=H)
+            assert r.status_code == 429 and r.headers["retry-after"] == "1"
+            await asyncio.sleep(1.05)
+            r = await other.post("/api/login", json={"password": PAGE_PASSWORD}, headers=H)
+            assert r.status_code == 200
+        # too big a body
+        r = await c.post("/api/config/check", content=b"{" + b" " * 600_000 + b"}", headers=H)
+        assert r.status_code == 413
+        # the page's own actions are logged with who did them
+        assert any(x["event"] == "page: signed in" for x in gw_log(gw))
 
 
 def gw_log(gw: object) -> list[dict[str, object]]:
@@ -210,18 +210,16 @@ async def test_a_remote_page_needs_a_password(tmp_path: Path, site) -> None:  # 
     text = config_text(tmp_path, port, server.port, emu).replace(
         f"monitoring: {{enabled: true, port: {port}, page: {{password_file: {tmp_path}/page-password}}}}",
         f"monitoring: {{enabled: true, port: {port}, host: 127.0.0.1, allow_remote: true}}")
-    async with running(tmp_path, text):
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
-            r = await c.get("/api/meters")
-            assert r.status_code == 403 and "no password" in r.json()["error"]
-            assert (await c.get("/metrics")).status_code == 200, "Prometheus scrapes as before"
+    async with running(tmp_path, text), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+        r = await c.get("/api/meters")
+        assert r.status_code == 403 and "no password" in r.json()["error"]
+        assert (await c.get("/metrics")).status_code == 200, "Prometheus scrapes as before"
     text = config_text(tmp_path, port, server.port, emu).replace("enabled: true, port:",
                                                                   "enabled: true, allow_remote: true, port:")
-    async with running(tmp_path, text):
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
-            assert (await c.get("/api/meters")).status_code == 401, "remote: reading needs a session too"
-            await signed_in(c)
-            assert (await c.get("/api/meters")).status_code == 200
+    async with running(tmp_path, text), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+        assert (await c.get("/api/meters")).status_code == 401, "remote: reading needs a session too"
+        await signed_in(c)
+        assert (await c.get("/api/meters")).status_code == 200
 
 
 async def test_configuration_check_apply_and_rollback(tmp_path: Path, site) -> None:  # type: ignore[no-untyped-def]
@@ -302,7 +300,7 @@ async def test_read_now_registers_dead_letters_and_downloads(tmp_path: Path, sit
             assert r["ts"] and r["queued"] is False and not r["problems"]
             server.silent = {2}
             r = (await c.post("/api/meters/sub/read", headers=H)).json()
-            assert r["ts"] is None and "timeout" in r["problems"][0].lower() or "answer" in r["problems"][0]
+            assert r["ts"] is None and "no answer" in r["problems"][0]
             server.silent = set()
 
             await until(lambda: len(gw_dead(gw)) >= 2, 15)

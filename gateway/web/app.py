@@ -69,6 +69,8 @@ ADVICE = {
                     " wait safely in the queue and are sent when it takes them again",
     "sink_behind": "nothing, if it is catching up after an outage; otherwise the platform takes readings more"
                    " slowly than they come: a longer interval, or fewer values",
+    "meter_failing": "check the meter: powered, its unit id (address) and baud rate as configured, the RS-485 pair"
+                     " (A and B swapped?), or its IP address; then Meters: Read now",
     "bus_down": "check the bus: cable, power of the converter or the Modbus TCP gateway, the serial port, the"
                 " baud rate (Meters: Read now, after each change)",
     "cloud_down": "check the credentials of the vendor's cloud and the gateway's internet connection",
@@ -94,6 +96,8 @@ class Backend(Protocol):
     async def snapshot(self) -> dict[str, Any]: ...
 
     def pollers(self) -> dict[str, Any]: ...
+
+    def meter_states(self) -> dict[str, dict[str, Any]]: ...
 
     def sent_by_sink(self) -> dict[str, Any]: ...
 
@@ -263,8 +267,12 @@ class Page:
     async def _overview(self, request: Request, session: Session | None) -> Response:
         report = await self.backend.snapshot()
         config = self.backend.config
-        problems = [{**p, "todo": ADVICE.get(str(p.get("check")), "")}
-                    for p in _scrub(evaluate(report, config.monitoring))]
+        problems = _scrub(evaluate(report, config.monitoring))
+        covered = {m for p in problems for m in p.get("meters") or () if p.get("check") in ("bus_down", "cloud_down")}
+        problems += [{"check": "meter_failing", "meter": name, "detail": _scrub(str(row.get("last_problem") or
+                      "no answer"))} for name, row in report["meters"].items() if row.get("failing")
+                     and name not in covered]
+        problems = [{**p, "todo": ADVICE.get(str(p.get("check")), "")} for p in problems]
         return JSONResponse({
             "site": config.site.name, "timezone": config.site.timezone, "version": __version__,
             "started_ms": int(self.started * 1000), "now_ms": int(time.time() * 1000),
@@ -286,7 +294,7 @@ class Page:
         if r is None:
             return {"last": None}
         meter = next((m for m in self.backend.config.meters if m.name == name), None)
-        value_unit = getattr(meter, "value_unit", None) or getattr(meter, "unit_of_value", None)
+        value_unit = getattr(meter, "value_unit", None)
         return {"last": {"ts_ms": r.ts_ms, "ts": iso_utc(r.ts_ms), "values": [
             {"quantity": q.value, "value": v, "unit": _unit(q, value_unit)} for q, v in r.values.items()]}}
 
@@ -302,16 +310,27 @@ class Page:
                              "requests_per_poll": len(poller.planner.blocks) if poller else None})
 
     async def _events(self, request: Request, session: Session | None) -> Response:
-        """Server-sent events: every second, each meter's last values and state."""
+        """Server-sent events: every second, the meters whose last reading or state changed since the event before
+        (all of them in the first), from the daemon's memory alone (no query of the queue). ``?meter=NAME``
+        follows one meter."""
+        wanted = request.query_params.get("meter")
+        names = [m.name for m in self.backend.config.meters if wanted in (None, m.name)]
 
         async def stream() -> AsyncIterator[str]:
             yield "retry: 2000\n\n"
+            sent: dict[str, tuple[object, ...]] = {}
             while not self.stopping.is_set():
-                report = await self.backend.snapshot()
-                meters = {m.name: {"failing": report["meters"].get(m.name, {}).get("failing"),
-                                   "last_problem": REDACTOR.scrub(str(report["meters"].get(m.name, {}).get(
-                                       "last_problem") or "")) or None, **self._latest(m.name)}
-                          for m in self.backend.config.meters}
+                states = self.backend.meter_states()
+                meters = {}
+                for name in names:
+                    state = states.get(name) or {}
+                    last = self.backend.latest.get(name)
+                    key = (last.ts_ms if last else None, state.get("failing"), state.get("last_problem"))
+                    if sent.get(name) != key:
+                        sent[name] = key
+                        meters[name] = {"failing": bool(state.get("failing")),
+                                        "last_problem": REDACTOR.scrub(str(state.get("last_problem") or "")) or None,
+                                        **self._latest(name)}
                 yield f"data: {json.dumps({'now_ms': int(time.time() * 1000), 'meters': meters})}\n\n"
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), 1.0)

@@ -48,7 +48,11 @@ function ago(ms, now) {
 
 function fmt(v) {
   if (v === null || v === undefined) return "-";
-  if (typeof v === "number") return Math.abs(v) >= 1e6 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(4) : String(v);
+  if (typeof v === "number") {
+    if (!Number.isFinite(v)) return String(v);
+    if (Math.abs(v) >= 1e6) return v.toLocaleString("en-US", { maximumFractionDigits: 3 }).replace(/,/g, "\u2009");
+    return String(v);
+  }
   return String(v);
 }
 
@@ -143,6 +147,7 @@ async function overview() {
   setMain(el("h2", {}, "Needs attention"),
     o.problems.length ? el("div", { id: "problems" }, o.problems.map(problemBox)) : el("p", { id: "problems" }, "Nothing: every meter answers and every platform takes its readings."),
     cards, el("h2", {}, "Platforms"), sinks);
+  if (!following) following = setInterval(() => overview().catch(() => {}), 5000);
 }
 
 // ------------------------------------------------------------------ meters
@@ -172,9 +177,9 @@ function updateMeterCard(name, m, now) {
   card.querySelector(".vals").replaceChildren(valuesTable(m.last));
 }
 
-function follow() {
+function follow(meter) {
   stopStreams();
-  events = new EventSource("/api/events");
+  events = new EventSource("/api/events" + (meter ? "?meter=" + encodeURIComponent(meter) : ""));
   events.onmessage = (ev) => {
     const d = JSON.parse(ev.data);
     for (const [name, m] of Object.entries(d.meters)) updateMeterCard(name, m, d.now_ms);
@@ -212,12 +217,17 @@ async function meter(name) {
     } catch (e) { out.replaceChildren(el("div", { class: "problem" }, e.message)); }
     readNow.disabled = false;
   } }, "Read now");
+  // The same parts as a card on the meters page, so that the live updates find them.
   setMain(el("p", {}, el("a", { href: "#/meters" }, "< all meters")),
-    el("h2", {}, m.name, " ", stateBadge(!m.failing, "answering", "failing")), el("p", { class: "muted" }, m.describe),
-    m.failing && m.last_problem ? el("div", { class: "problem" }, m.last_problem) : null,
-    el("p", {}, "last reading: ", m.last ? m.last.ts : "none", m.requests_per_poll ? " · " + m.requests_per_poll + " request(s) per poll" : ""),
-    el("p", {}, "read errors since start: ", errors.length ? errors.map(([k, n]) => k + " " + n).join(", ") : "none"),
-    el("div", { class: "row" }, readNow), out, valuesTable(m.last), el("h2", {}, "Registers (last answer)"), registersTable(m.registers));
+    el("div", { "data-meter": m.name },
+      el("h2", {}, m.name, " ", stateBadge(!m.failing, "answering", "failing")), el("p", { class: "muted" }, m.describe),
+      el("div", { class: "error" }, m.failing && m.last_problem ? el("div", { class: "problem" }, m.last_problem) : null),
+      el("p", { class: "stamp" }, m.last ? "read " + m.last.ts : "no reading yet"),
+      el("p", {}, m.requests_per_poll ? m.requests_per_poll + " request(s) per poll · " : "", "read errors since start: ",
+        errors.length ? errors.map(([k, n]) => k + " " + n).join(", ") : "none"),
+      el("div", { class: "row" }, readNow), out, el("div", { class: "vals" }, valuesTable(m.last))),
+    el("h2", {}, "Registers (last answer)"), registersTable(m.registers));
+  follow(m.name);
 }
 
 // ------------------------------------------------------------------ configuration
