@@ -86,11 +86,13 @@ class Gateway:
                                lambda: any(t.get("failing") for t in self._task_health().values()))
         #: A reload (SIGHUP) and a remote configuration swap one at a time.
         self._swapping = asyncio.Lock()
-        #: Each meter's last reading confirmed into the queue (the technician's page shows its values).
+        #: Each meter's last reading as taken (the technician's page shows its values), stamped in the future excepted.
         self.latest: dict[str, Reading] = {}
         #: Configurations being applied from the page: each in a task of its own, which the request only waits for
         #: (an apply that restarts the listener must not be cancelled with the request that asked for it).
         self._page_applies: set[asyncio.Task[Any]] = set()
+        #: One scan from the page at a time.
+        self._scanning = asyncio.Lock()
 
     # ------------------------------------------------------------ entry
 
@@ -256,14 +258,12 @@ class Gateway:
         if ahead:
             refused = {id(r) for r, _ in ahead}
             readings = [r for r in readings if id(r) not in refused]
+        for r in readings:  # the live view: as read (the queue's commit, up to commit_interval later, is not awaited)
+            self.latest[r.meter] = r
         result = await self.queue.append(readings, prompt=prompt) if readings else AppendResult()
         if not result.dropped:
             self._accepted.update(r.meter for r in readings)
             self._accepted.subtract(r.meter for r, _ in result.refused)
-            refused_now = {id(r) for r, _ in result.refused} if result.refused else ()
-            for r in readings:
-                if id(r) not in refused_now:
-                    self.latest[r.meter] = r
         refused_meters = set()
         for reading, why in result.refused:
             refused_meters.add(reading.meter)
@@ -383,6 +383,41 @@ class Gateway:
         task.add_done_callback(self._page_applies.discard)
         outcome = await asyncio.shield(task)
         return outcome.result, outcome.problems
+
+    def mqtt_messages(self) -> dict[str, list[dict[str, Any]]]:
+        """Per MQTT subscription, its last messages and what became of each."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for s in self.sources:
+            recent = getattr(s, "recent_messages", None)
+            if recent is not None:
+                out.update(recent())
+        return out
+
+    async def scan_bus(self, name: str, units: list[int]) -> dict[str, Any]:
+        """The ``scan`` command's search on a configured bus, while the daemon runs. A serial line (RS-485, or RTU
+        over a TCP converter) has one conversation at a time: its meters' polling is paused for the scan's duration
+        and resumed after (the ticks missed are counted as skipped); a Modbus TCP bus is scanned over a connection
+        of its own, beside the polling."""
+        from gateway.config import profiles
+        from gateway.platforms.modbus import tools
+        from gateway.platforms.modbus.config import SerialLine
+        from gateway.platforms.modbus.source import ModbusSource
+
+        bus_cfg = next(b for b in self.config.buses if b.name == name)
+        running = next((s.bus for s in self.sources if isinstance(s, ModbusSource) and s.bus.name == name), None)
+        found, problems = profiles.load_all(self.config.profiles_dir)
+        pause = running is not None and isinstance(bus_cfg, SerialLine)
+        started = time.monotonic()
+        async with self._scanning:
+            if pause and running is not None:
+                async with running.paused():
+                    hits = await tools.scan(bus_cfg, units, found)
+            else:
+                hits = await tools.scan(bus_cfg, units, found)
+        return {"bus": name, "paused_polling": pause, "took_s": round(time.monotonic() - started, 1),
+                "units": len(units), "profile_problems": problems,
+                "hits": [{"unit": h.unit, "fits": [f[0] for f in h.fits]} for h in hits],
+                "text": tools.render_scan(hits, bus_cfg, len(units))}
 
     async def verify_sink(self, name: str) -> tuple[bool, list[str]]:
         from gateway.platforms.all import SINKS

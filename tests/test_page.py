@@ -344,3 +344,94 @@ def gw_dead(gw: object) -> list[object]:
         return db.execute("SELECT id FROM deadletters").fetchall()
     finally:
         db.close()
+
+
+async def test_scan_from_the_page_tcp_beside_polling_serial_paused(tmp_path: Path) -> None:
+    """A Modbus TCP bus is scanned over a connection of its own while its meters are read; a serial line (a real
+    RTU link on a pseudo-terminal pair) has its polling paused for the scan and resumed after."""
+    from tests.helpers.modbus import pty_pair
+
+    port = free_port()
+    tcp_server = await MeterServer([sim(1), sim(2)]).start_tcp()
+    pw = tmp_path / "page-password"
+    pw.write_text(hash_password(PAGE_PASSWORD))
+    try:
+        with pty_pair(tmp_path) as (meter_end, gateway_end):
+            rtu_server = await MeterServer([sim(3)]).start_serial(meter_end, baudrate=38400)
+            try:
+                text = f"""\
+state_dir: {tmp_path}/state
+monitoring: {{enabled: true, port: {port}, page: {{password_file: {pw}}}}}
+buses:
+  - {{name: tcp, type: tcp, host: 127.0.0.1, port: {tcp_server.port}, timeout: 300ms}}
+  - {{name: rs485, type: serial, port: {gateway_end}, baudrate: 38400, timeout: 300ms}}
+meters:
+  - {{name: a, type: modbus, bus: tcp, unit: 1, profile: eastron_sdm630, interval: 500ms}}
+  - {{name: c, type: modbus, bus: rs485, unit: 3, profile: eastron_sdm630, interval: 1s}}
+sinks: [{{name: out, type: file, path: {tmp_path}/out.jsonl}}]
+"""
+                async with running(tmp_path, text) as gw, \
+                        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
+                    await signed_in(c)
+                    buses = {b["name"]: b for b in (await c.get("/api/buses")).json()["buses"]}
+                    assert buses["rs485"]["pauses_polling"] and not buses["tcp"]["pauses_polling"]
+                    await until(lambda: "a" in gw.latest and "c" in gw.latest, 10)
+                    before = gw.latest["a"].ts_ms
+                    r = (await c.post("/api/buses/tcp/scan", json={"units": "1-4"}, headers=H)).json()
+                    assert [h["unit"] for h in r["hits"]] == [1, 2] and r["hits"][0]["fits"][0] == "eastron_sdm630"
+                    assert not r["paused_polling"] and "profile: eastron_sdm630" in r["text"]
+                    assert gw.latest["a"].ts_ms > before, ("the TCP meters were read during the scan", r, before)
+
+                    r = (await c.post("/api/buses/rs485/scan", json={"units": "2-4"}, headers=H)).json()
+                    assert r["paused_polling"] and [h["unit"] for h in r["hits"]] == [3]
+                    after_scan = gw.latest["c"].ts_ms
+                    await until(lambda: gw.latest["c"].ts_ms > after_scan, 5)  # polling resumed
+                    bad = await c.post("/api/buses/tcp/scan", json={"units": "1-x"}, headers=H)
+                    assert bad.status_code == 400 and "1-247" in bad.json()["error"]
+                    events = [x["event"] for x in gw_log(gw)]
+                    assert "polling paused: the line is lent (a scan)" in events and "polling resumed" in events
+            finally:
+                await rtu_server.stop()
+    finally:
+        await tcp_server.stop()
+
+
+async def test_mqtt_meter_messages_and_modbus_errors_over_the_last_hour(
+        tmp_path: Path, site) -> None:  # type: ignore[no-untyped-def]
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (CI installs it)")
+    import paho.mqtt.client as mqtt
+
+    emu, server = site
+    port = free_port()
+    with Mosquitto(tmp_path / "broker").start() as broker:
+        extra = f"""\
+brokers:
+  - {{name: site, host: 127.0.0.1, port: {broker.port}, ca_file: {broker.ca_file}, username: gateway,
+     password: {broker.users['gateway']}}}
+subscriptions:
+  - {{name: plc, broker: site, topic: plc/+/data, meter_level: 2, values: {{power_active_total: n}},
+     timestamp: {{path: ts}}}}
+"""
+        text = config_text(tmp_path, port, server.port, emu, extra=extra).replace(
+            "  - {name: sub, type: modbus", "  - {name: plc1, type: mqtt}\n  - {name: sub, type: modbus", 1)
+        async with running(tmp_path, text) as gw, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+            pub.tls_set(ca_certs=str(broker.ca_file))
+            pub.username_pw_set("gateway", broker.users["gateway"])
+            pub.connect("127.0.0.1", broker.port)
+            pub.loop_start()
+            await asyncio.sleep(1.0)
+            pub.publish("plc/plc1/data", json.dumps({"n": 1234.5, "ts": "2026-01-01T00:00:00Z"}), qos=1)
+            pub.publish("plc/plc1/data", b'{"n": "lots"}', qos=1)
+            await until(lambda: sum(len(v) for v in gw.mqtt_messages().values()) >= 2, 10)
+            pub.loop_stop()
+            m = (await c.get("/api/meters/plc1")).json()
+            outcomes = [x["outcome"] for x in m["mqtt_messages"]]
+            assert outcomes[0] == "1 reading" and outcomes[1].startswith("refused:"), outcomes
+            assert m["registers"] is None and '"lots"' in m["mqtt_messages"][1]["payload"]
+
+            server.silent = {2}
+            await until(lambda: gw.pollers()["sub"].errors_last_hour().get("timeout", 0) >= 2, 10)
+            m = (await c.get("/api/meters/sub")).json()
+            assert m["errors_last_hour"]["timeout"] >= 2 and m["failing"]

@@ -30,25 +30,13 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profiles-dir", help="your own profiles too")
 
 
-def _units(spec: str) -> list[int]:
-    out: list[int] = []
-    for part in spec.split(","):
-        lo, _, hi = part.strip().partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
-            raise GatewayError(f"--units {spec!r}: expected numbers and ranges such as 1-247 or 1,2,5")
-        out += list(range(int(lo), int(hi or lo) + 1))
-    if not out or not all(0 <= u <= 255 for u in out):
-        raise GatewayError(f"--units {spec!r}: unit ids are 0 to 255 (1 to 247 on a serial line)")
-    return out
-
-
 def main(args: argparse.Namespace) -> int:
     from gateway.config import profiles
     from gateway.platforms.modbus import tools
     from gateway.platforms.modbus.config import RtuOverTcpBus, SerialBus, TcpBus
 
     timeout = args.timeout
-    units = _units(args.units)
+    units = tools.parse_units(args.units, '--units')
     bus: SerialBus | TcpBus | RtuOverTcpBus
     try:
         if args.serial:

@@ -99,6 +99,10 @@ class Backend(Protocol):
 
     def meter_states(self) -> dict[str, dict[str, Any]]: ...
 
+    def mqtt_messages(self) -> dict[str, list[dict[str, Any]]]: ...
+
+    async def scan_bus(self, name: str, units: list[int]) -> dict[str, Any]: ...
+
     def sent_by_sink(self) -> dict[str, Any]: ...
 
     async def apply_from_page(self, text: str) -> tuple[str, list[str]]: ...
@@ -153,6 +157,8 @@ class Page:
             r("/api/meters/{name}", self._guard(self._meter), methods=["GET"]),
             r("/api/meters/{name}/read", self._guard(self._read_now, True), methods=["POST"]),
             r("/api/events", self._guard(self._events), methods=["GET"]),
+            r("/api/buses", self._guard(self._buses), methods=["GET"]),
+            r("/api/buses/{name}/scan", self._guard(self._scan, True), methods=["POST"]),
             r("/api/config", self._guard(self._config), methods=["GET"]),
             r("/api/config/check", self._guard(self._check, True), methods=["POST"]),
             r("/api/config/apply", self._guard(self._apply, True), methods=["POST"]),
@@ -305,9 +311,15 @@ class Page:
             raise _Refused(404, f"no meter named {name!r}")
         report = await self.backend.snapshot()
         poller = self.backend.pollers().get(name)
+        messages = [{**m, "subscription": sub, "payload": REDACTOR.scrub(str(m["payload"]))}
+                    for sub, ms in self.backend.mqtt_messages().items() for m in ms
+                    if name in m["meters"] or (not m["meters"] and _feeds(self.backend.mqtt_messages()[sub], name))]
         return JSONResponse({"name": name, "describe": _describe(meter), **_scrub(report["meters"].get(name, {})),
                              **self._latest(name), "registers": _registers(poller) if poller else None,
-                             "requests_per_poll": len(poller.planner.blocks) if poller else None})
+                             "requests_per_poll": len(poller.planner.blocks) if poller else None,
+                             "errors_last_hour": poller.errors_last_hour() if poller else None,
+                             "mqtt_messages": sorted(messages, key=lambda m: m["at_ms"])[-20:] if messages
+                             else None})
 
     async def _events(self, request: Request, session: Session | None) -> Response:
         """Server-sent events: every second, the meters whose last reading or state changed since the event before
@@ -339,6 +351,36 @@ class Page:
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"X-Accel-Buffering": "no"})
+
+    async def _buses(self, request: Request, session: Session | None) -> Response:
+        from gateway.platforms.modbus.config import SerialLine
+        from gateway.platforms.modbus.tools import describe_bus
+
+        config = self.backend.config
+        return JSONResponse({"buses": [{"name": b.name, "type": b.type, "where": describe_bus(b),
+                                        "pauses_polling": isinstance(b, SerialLine),
+                                        "meters": [m.name for m in config.meters if getattr(m, "bus", None) == b.name]}
+                                       for b in config.buses]})
+
+    async def _scan(self, request: Request, session: Session | None) -> Response:
+        from gateway.errors import GatewayError
+        from gateway.platforms.modbus.tools import parse_units
+
+        name = request.path_params["name"]
+        if name not in {b.name for b in self.backend.config.buses}:
+            raise _Refused(404, f"no bus named {name!r}")
+        body = await _json_body(request, 4096)
+        spec = body.get("units", "1-16") if isinstance(body, dict) else "1-16"
+        try:
+            units = parse_units(str(spec))
+        except GatewayError as e:
+            raise _Refused(400, str(e)) from None
+        self._action(request, session, "bus scan", bus=name, units=str(spec))
+        try:
+            result = await self.backend.scan_bus(name, units)
+        except GatewayError as e:
+            raise _Refused(409, str(e)) from None
+        return JSONResponse(_scrub(result))
 
     async def _config(self, request: Request, session: Session | None) -> Response:
         path = self.backend.config_path
@@ -536,6 +578,11 @@ def _scrub(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_scrub(v) for v in value]
     return value
+
+
+def _feeds(messages: list[dict[str, Any]], meter: str) -> bool:
+    """Whether a subscription's recent messages gave readings of ``meter`` (its refused ones then concern it)."""
+    return any(meter in m["meters"] for m in messages)
 
 
 def _unit(q: Quantity, value_unit: str | None) -> str:

@@ -190,6 +190,21 @@ class Bus:
         async with self.session() as conn:
             return await conn.read(unit, block)
 
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """The line for someone else (a scan from the technician's page): every connection taken once the polls
+        using them are done, and closed (a serial port is released); the meters' polls wait, and reconnect after."""
+        taken = [await self._free.get() for _ in self._all]
+        try:
+            for conn in taken:
+                conn.close()
+            self.log.info("polling paused: the line is lent (a scan)")
+            yield
+        finally:
+            for conn in taken:
+                self._free.put_nowait(conn)
+            self.log.info("polling resumed")
+
     # ------------------------------------------------------------ connection state, logged on change
 
     def connect_failed(self, reason: str) -> ModbusBusError:

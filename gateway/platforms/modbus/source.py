@@ -68,6 +68,8 @@ class MeterPoller:
         #: The words each block answered last, by (function, address): the technician's page shows the registers
         #: behind each value. One list per block, replaced at every poll.
         self.last_words: dict[tuple[str, int], list[int]] = {}
+        #: Failed reads per kind, per minute of the last hour (minute number, counts): "over the last hour".
+        self._errors_by_minute: deque[tuple[int, Counter[str]]] = deque(maxlen=60)
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
         committer = Committer(emit, self.log)
@@ -175,6 +177,11 @@ class MeterPoller:
             self._learn(evidence)
         for p in problems:
             self.counts[p.kind] += 1
+        if problems:
+            minute = int(time.monotonic() // 60)
+            if not self._errors_by_minute or self._errors_by_minute[-1][0] != minute:
+                self._errors_by_minute.append((minute, Counter()))
+            self._errors_by_minute[-1][1].update(p.kind for p in problems)
         self.last_problems = problems
         if self.report_health:
             self._update_health(problems, silent, bool(values))
@@ -182,6 +189,15 @@ class MeterPoller:
             return None
         self.counts["readings"] += 1
         return Reading(self.meter.name, stamp.ts_ms, values, stamp.synced, stamp.mono_ms)
+
+    def errors_last_hour(self) -> dict[str, int]:
+        """Failed reads per kind (timeout, exception, bad_answer, bus...) in the last 60 minutes."""
+        now = int(time.monotonic() // 60)
+        total: Counter[str] = Counter()
+        for minute, counts in self._errors_by_minute:
+            if now - minute < 60:
+                total.update(counts)
+        return dict(total)
 
     def _learn(self, evidence: list[Key]) -> None:
         before = len(self.planner.unsupported)  # every poll: kept cheap

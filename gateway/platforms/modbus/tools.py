@@ -176,6 +176,19 @@ def render_profile(p: Profile) -> str:
 # ---------------------------------------------------------------- scan
 
 
+def parse_units(spec: str, what: str = "units") -> list[int]:
+    """Unit ids from ``1-247``, ``1-10`` or ``1,2,5``."""
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise GatewayError(f"{what} {spec!r}: expected numbers and ranges such as 1-247 or 1,2,5")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    if not out or not all(0 <= u <= 255 for u in out):
+        raise GatewayError(f"{what} {spec!r}: unit ids are 0 to 255 (1 to 247 on a serial line)")
+    return out
+
+
 @dataclass
 class ScanHit:
     unit: int

@@ -57,6 +57,13 @@ class SubscriptionState:
         self._since_summary: Counter[str] = Counter()
         self._summary_at = 0.0
         self.log = log.bind(subscription=sub.name)
+        #: The last messages and what became of them, for the technician's page (bounded, payloads cut).
+        self.recent: deque[dict[str, object]] = deque(maxlen=10)
+
+    def remember(self, topic: str, payload: bytes, outcome: str, meters: list[str] | None = None) -> None:
+        self.recent.append({"at_ms": int(time.time() * 1000), "topic": topic[:200],
+                            "payload": payload[:300].decode("utf-8", "replace"), "outcome": outcome,
+                            "meters": meters or []})
 
     def bad(self, topic: str, e: BadMessage) -> None:
         self.counts[e.reason] += 1
@@ -183,21 +190,28 @@ class MqttSource(BaseSource):
         state = self._state_for(topic)
         if state is not None:
             state.counts["messages"] += 1
-            if len(msg.payload) > self.broker.max_payload:
-                state.bad(topic, BadMessage("too_large", f"{len(msg.payload)} bytes, more than max_payload"))
+            payload = bytes(msg.payload)
+            if len(payload) > self.broker.max_payload:
+                state.bad(topic, BadMessage("too_large", f"{len(payload)} bytes, more than max_payload"))
+                state.remember(topic, payload, f"refused: too_large ({len(payload)} bytes)")
                 return []
             try:
-                out = state.decoder.decode(topic, bytes(msg.payload))
+                out = state.decoder.decode(topic, payload)
             except Ignored:
                 state.counts["ignored"] += 1
+                state.remember(topic, payload, "ignored")
                 return []
             except BadMessage as e:
                 state.bad(topic, e)
+                state.remember(topic, payload, f"refused: {e.reason} ({e.detail})")
                 return []
             except Exception as e:  # a case the decoder did not foresee: that message is refused, never the source
                 state.bad(topic, BadMessage("undecodable", type(e).__name__))
+                state.remember(topic, payload, f"refused: undecodable ({type(e).__name__})")
                 return []
             state.counts["readings"] += len(out)
+            state.remember(topic, payload, f"{len(out)} reading{'s' if len(out) != 1 else ''}",
+                           sorted({meter for meter, _, _ in out}))
             return out
         return []
 
@@ -284,3 +298,7 @@ class MqttSource(BaseSource):
 
     def subscriptions(self) -> dict[str, dict[str, int]]:
         return {s.sub.name: dict(s.counts) for s in self.subs}
+
+    def recent_messages(self) -> dict[str, list[dict[str, object]]]:
+        """Per subscription, its last messages and what became of each (the technician's page)."""
+        return {s.sub.name: list(s.recent) for s in self.subs}

@@ -205,6 +205,11 @@ function registersTable(rows) {
 async function meter(name) {
   const m = await api("/api/meters/" + encodeURIComponent(name));
   const errors = Object.entries(m.read_errors || {});
+  const hour = Object.entries(m.errors_last_hour || {});
+  const messages = m.mqtt_messages ? el("div", { id: "mqtt-messages" }, el("h2", {}, "Last MQTT messages"),
+    el("div", { class: "table-wrap" }, el("table", {}, el("tbody", {}, m.mqtt_messages.slice().reverse().map((x) =>
+      el("tr", {}, el("td", {}, new Date(x.at_ms).toISOString()), el("td", {}, x.topic),
+        el("td", { class: x.outcome.startsWith("refused") ? "lv-error" : "" }, x.outcome), el("td", {}, el("code", {}, x.payload)))))))) : null;
   const out = el("div", { id: "read-result" });
   const readNow = el("button", { class: "primary", id: "read-now", onclick: async () => {
     if (needsPassword()) return;
@@ -223,11 +228,39 @@ async function meter(name) {
       el("h2", {}, m.name, " ", stateBadge(!m.failing, "answering", "failing")), el("p", { class: "muted" }, m.describe),
       el("div", { class: "error" }, m.failing && m.last_problem ? el("div", { class: "problem" }, m.last_problem) : null),
       el("p", { class: "stamp" }, m.last ? "read " + m.last.ts : "no reading yet"),
-      el("p", {}, m.requests_per_poll ? m.requests_per_poll + " request(s) per poll · " : "", "read errors since start: ",
-        errors.length ? errors.map(([k, n]) => k + " " + n).join(", ") : "none"),
+      el("p", { id: "read-errors" }, m.requests_per_poll ? m.requests_per_poll + " request(s) per poll · " : "",
+        "read errors in the last hour: ", hour.length ? hour.map(([k, n]) => k + " " + n).join(", ") : "none",
+        " (since start: ", errors.length ? errors.map(([k, n]) => k + " " + n).join(", ") : "none", ")"),
       el("div", { class: "row" }, readNow), out, el("div", { class: "vals" }, valuesTable(m.last))),
-    el("h2", {}, "Registers (last answer)"), registersTable(m.registers));
+    messages, m.registers || !m.mqtt_messages ? el("h2", {}, "Registers (last answer)") : null,
+    m.registers || !m.mqtt_messages ? registersTable(m.registers) : null);
   follow(m.name);
+}
+
+// ------------------------------------------------------------------ buses
+
+async function buses() {
+  const d = await api("/api/buses");
+  setMain(el("h2", {}, "Buses"), el("p", { class: "muted" }, "A scan asks each unit id whether a meter answers, and which profile fits it, as 'meter-gateway scan' does."),
+    d.buses.length ? d.buses.map((b) => {
+      const units = el("input", { value: "1-16", size: 10, "aria-label": "unit ids" });
+      const out = el("div", { class: "scan-result" });
+      const go = el("button", { class: "primary", onclick: async () => {
+        if (needsPassword()) return;
+        go.disabled = true;
+        out.replaceChildren(el("p", {}, "Scanning " + units.value + (b.pauses_polling ? ": the meters on this line are not read meanwhile..." : "...")));
+        try {
+          const r = await api("/api/buses/" + encodeURIComponent(b.name) + "/scan", { body: { units: units.value } });
+          out.replaceChildren(el("p", {}, r.hits.length + " unit(s) answered of " + r.units + " in " + r.took_s + " s" +
+            (r.paused_polling ? "; polling of this line was paused and is resumed" : "")), el("pre", {}, r.text));
+        } catch (e) { out.replaceChildren(el("div", { class: "problem" }, e.message)); }
+        go.disabled = false;
+      } }, "Scan");
+      return el("div", { class: "card", "data-bus": b.name }, el("h3", {}, b.name + " (" + b.type + ")"),
+        el("div", { class: "muted" }, b.where), el("div", {}, "meters: " + (b.meters.join(", ") || "none")),
+        b.pauses_polling ? el("div", { class: "muted" }, "One conversation at a time on this line: a scan pauses its meters' polling.") : null,
+        el("div", { class: "row" }, "unit ids ", units, go), out);
+    }) : el("p", { class: "muted" }, "no Modbus bus in the configuration"));
 }
 
 // ------------------------------------------------------------------ configuration
@@ -341,6 +374,7 @@ async function route() {
     if (!tab) await overview();
     else if (tab === "meters") await meters();
     else if (tab === "meter") await meter(decodeURIComponent(arg));
+    else if (tab === "buses") await buses();
     else if (tab === "config") await config();
     else if (tab === "platforms") await platforms();
     else if (tab === "logs") await logs();
