@@ -63,6 +63,7 @@ def daemon_logging():  # type: ignore[no-untyped-def]
     from gateway import logs
 
     logs.configure("debug", "json", stream=io.StringIO())
+    logs.RING.lines.clear()
     yield
     structlog.reset_defaults()
 
@@ -435,3 +436,34 @@ subscriptions:
             await until(lambda: gw.pollers()["sub"].errors_last_hour().get("timeout", 0) >= 2, 10)
             m = (await c.get("/api/meters/sub")).json()
             assert m["errors_last_hour"]["timeout"] >= 2 and m["failing"]
+
+
+async def test_https_with_the_users_certificate_and_a_warning_for_plain_http(
+        tmp_path: Path, site) -> None:  # type: ignore[no-untyped-def]
+    import ssl
+
+    import trustme
+
+    emu, server = site
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "page.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "page.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    port = free_port()
+    text = config_text(tmp_path, port, server.port, emu, page=f", cert_file: {tmp_path}/page.pem,"
+                                                           f" key_file: {tmp_path}/page.key")
+    async with running(tmp_path, text) as gw:
+        trust = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}", verify=trust) as c:
+            assert (await c.get("/health")).status_code == 200
+            r = await c.post("/api/login", json={"password": PAGE_PASSWORD}, headers=H)
+            assert r.status_code == 200 and "Secure" in r.headers["set-cookie"]
+        with pytest.raises(httpx.HTTPError):  # plain HTTP on the HTTPS port gets nothing
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as plain:
+                await plain.get("/health")
+        assert not any("plain HTTP" in str(x["event"]) for x in gw_log(gw))
+    text = config_text(tmp_path, port, server.port, emu).replace("enabled: true, port:",
+                                                                  "enabled: true, allow_remote: true, port:")
+    async with running(tmp_path, text) as gw:
+        assert any("faces the network over plain HTTP" in str(x["event"]) for x in gw_log(gw))
