@@ -387,6 +387,10 @@ sinks: [{{name: out, type: file, path: {tmp_path}/out.jsonl}}]
                     assert r["paused_polling"] and [h["unit"] for h in r["hits"]] == [3]
                     after_scan = gw.latest["c"].ts_ms
                     await until(lambda: gw.latest["c"].ts_ms > after_scan, 5)  # polling resumed
+                    await asyncio.sleep(1.2)
+                    assert gw.pollers()["c"].counts["skipped_ticks"] >= 1, "the ticks the scan took are counted"
+                    problems = (await c.get("/health")).json()["problems"]
+                    assert not [p for p in problems if p["check"] == "ticks_skipped"], "not blamed on the meter"
                     bad = await c.post("/api/buses/tcp/scan", json={"units": "1-x"}, headers=H)
                     assert bad.status_code == 400 and "1-247" in bad.json()["error"]
                     events = [x["event"] for x in gw_log(gw)]

@@ -201,6 +201,9 @@ class Bus:
             self.log.info("polling paused: the line is lent (a scan)")
             yield
         finally:
+            # The polls that waited were slowed by the scan, not by their meters: their skipped ticks are counted,
+            # but /health does not call those meters too slow for their interval.
+            self.troubled_at = time.monotonic()
             for conn in taken:
                 self._free.put_nowait(conn)
             self.log.info("polling resumed")
