@@ -455,7 +455,8 @@ class Gateway:
         return {f.name: dict(f.last_sent) for f in self.forwarders}
 
     def _sink_health(self) -> dict[str, object]:
-        return {f.name: {"failing": f.last_error is not None, "last_error": f.last_error} for f in self.forwarders}
+        return {f.name: {"failing": f.last_error is not None, "last_error": f.last_error,
+                         "failing_since_ms": f.failing_since_ms} for f in self.forwarders}
 
     def _info(self, running: bool) -> dict[str, Any]:
         return {

@@ -49,6 +49,7 @@ def collect(queue: Snapshot, config: GatewayConfig, now: float | None = None,
             **{what.value: c.sink(name, what) for what in _SINK_COUNTS},
             "failing": bool(health.get("failing")) if isinstance(health, dict) else False,
             "last_error": health.get("last_error") if isinstance(health, dict) else None,
+            "failing_since_ms": health.get("failing_since_ms") if isinstance(health, dict) else None,
             # Readings a stream holds on purpose (one aggregated reading per interval): this long at most.
             "holds_s": max((st.interval or 0.0 for st in streams.get(name, [])), default=0.0),
         }

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import io
 import json
+import time
 import zipfile
 from pathlib import Path
 
@@ -124,8 +125,6 @@ def test_sessions_expire_without_requests() -> None:
     s = Sessions(timeout=0.05)
     token = s.new("127.0.0.1").token
     assert s.get(token) is not None
-    import time
-
     time.sleep(0.1)
     assert s.get(token) is None and s.get("made-up") is None
 
@@ -173,8 +172,13 @@ async def test_who_may_do_what(tmp_path: Path, site) -> None:  # type: ignore[no
     port = free_port()
     async with running(tmp_path, config_text(tmp_path, port, server.port, emu)) as gw, \
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
-        # loopback: reading needs no session; /metrics and /health as before
-        assert (await c.get("/api/overview")).status_code == 200
+        # loopback: reading needs no session; /metrics and /health as before; a platform failing says since when
+        emu.answer(503, times=10**6)
+        await until(lambda: any(f.last_error for f in gw.forwarders), 10)
+        wattics = (await c.get("/api/overview")).json()["report"]["sinks"]["wattics"]
+        assert wattics["failing"] and "503" in wattics["last_error"]
+        assert 0 <= time.time() * 1000 - wattics["failing_since_ms"] < 10_000
+        emu.clear_faults()
         assert (await c.get("/metrics")).status_code == 200
         assert (await c.get("/health")).json()["status"] in ("ok", "problem")
         r = await c.get("/")

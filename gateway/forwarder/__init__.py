@@ -86,6 +86,13 @@ class Forwarder:
     def name(self) -> str:
         return self.sink.name
 
+    @property
+    def failing_since_ms(self) -> int | None:
+        """When (wall clock, ms) delivery started failing; None while it delivers."""
+        if self._failing_since is None or self.last_error is None:
+            return None
+        return int((time.time() - (time.monotonic() - self._failing_since)) * 1000)
+
     async def start(self) -> None:
         """Start in the background: a sink that cannot start yet (a directory missing...) is retried with backoff."""
         self._tasks.append(asyncio.create_task(self._start_sink(), name=f"fwd:{self.name}:start"))

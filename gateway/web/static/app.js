@@ -140,6 +140,7 @@ async function overview() {
       el("div", {}, ((q.bytes || 0) / 1e6).toFixed(1) + " MB of " + ((q.max_bytes || 0) / 1e6).toFixed(0) + " MB")));
   const sinks = el("div", { class: "cards" }, Object.entries(r.sinks || {}).map(([name, s]) =>
     el("div", { class: "card sink" }, el("h3", {}, name, stateBadge(!s.failing, "delivering", "failing")),
+      s.failing && s.failing_since_ms ? el("div", {}, "failing since " + new Date(s.failing_since_ms).toISOString().slice(0, 19).replace("T", " ") + " UTC (" + ago(s.failing_since_ms, o.now_ms) + ")") : null,
       el("div", {}, "last delivery: " + ago(s.last_delivery_ms, o.now_ms)),
       el("div", {}, "waiting: " + s.depth + (s.oldest_age_s ? " (oldest " + Math.round(s.oldest_age_s) + " s)" : "")),
       el("div", {}, "dead letters: " + s.dead_letters),
