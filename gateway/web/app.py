@@ -213,7 +213,8 @@ class Page:
         s = self._current(request)
         return JSONResponse({"signed_in": s is not None, "password_set": self.password is not None,
                              "remote": self.remote, "enabled": self.enabled, "tls": self.tls,
-                             "read_only": self.password is None, "needs_sign_in": self.remote})
+                             "read_only": self.password is None, "needs_sign_in": self.remote,
+                             "site": self.backend.config.site.name, "version": __version__})
 
     async def _login(self, request: Request) -> Response:
         client = self._client(request)

@@ -81,6 +81,9 @@ function stopStreams() {
 
 async function loadSession() {
   session = await api("/api/session");
+  $("#site").textContent = session.site;
+  $("#version").textContent = "v" + session.version;
+  document.title = session.site + " - meter-gateway";
   const who = $("#who");
   who.replaceChildren();
   if (session.signed_in) {
