@@ -431,14 +431,17 @@ subscriptions:
             pub.connect("127.0.0.1", broker.port)
             pub.loop_start()
             await asyncio.sleep(1.0)
+            pub.publish("plc/plc1/data", b'{"n": [1]}', qos=1)  # refused before any reading came for plc1
             pub.publish("plc/plc1/data", json.dumps({"n": 1234.5, "ts": "2026-01-01T00:00:00Z"}), qos=1)
             pub.publish("plc/plc1/data", b'{"n": "lots"}', qos=1)
-            await until(lambda: sum(len(v) for v in gw.mqtt_messages().values()) >= 2, 10)
+            pub.publish("plc/other/data", b'{"n": "x"}', qos=1)  # another meter's: not on plc1's page
+            await until(lambda: sum(len(v) for v in gw.mqtt_messages().values()) >= 4, 10)
             pub.loop_stop()
             m = (await c.get("/api/meters/plc1")).json()
             outcomes = [x["outcome"] for x in m["mqtt_messages"]]
-            assert outcomes[0] == "1 reading" and outcomes[1].startswith("refused:"), outcomes
-            assert m["registers"] is None and '"lots"' in m["mqtt_messages"][1]["payload"]
+            assert len(outcomes) == 3 and outcomes[1] == "1 reading", outcomes
+            assert outcomes[0].startswith("refused:") and outcomes[2].startswith("refused:"), outcomes
+            assert m["registers"] is None and '"lots"' in m["mqtt_messages"][2]["payload"]
 
             server.silent = {2}
             await until(lambda: gw.pollers()["sub"].errors_last_hour().get("timeout", 0) >= 2, 10)

@@ -312,9 +312,11 @@ class Page:
             raise _Refused(404, f"no meter named {name!r}")
         report = await self.backend.snapshot()
         poller = self.backend.pollers().get(name)
+        # An MQTT meter's messages: those that gave its readings, and the others its subscriptions got for it.
+        subs = {s.name: s for s in self.backend.config.subscriptions}
         messages = [{**m, "subscription": sub, "payload": REDACTOR.scrub(str(m["payload"]))}
                     for sub, ms in self.backend.mqtt_messages().items() for m in ms
-                    if name in m["meters"] or (not m["meters"] and _feeds(self.backend.mqtt_messages()[sub], name))]
+                    if name in m["meters"] or (not m["meters"] and sub in subs and _for_meter(subs[sub], m, name))]
         return JSONResponse({"name": name, "describe": _describe(meter), **_scrub(report["meters"].get(name, {})),
                              **self._latest(name), "registers": _registers(poller) if poller else None,
                              "requests_per_poll": len(poller.planner.blocks) if poller else None,
@@ -581,9 +583,13 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def _feeds(messages: list[dict[str, Any]], meter: str) -> bool:
-    """Whether a subscription's recent messages gave readings of ``meter`` (its refused ones then concern it)."""
-    return any(meter in m["meters"] for m in messages)
+def _for_meter(sub: Any, message: dict[str, Any], meter: str) -> bool:
+    """Whether a message that gave no reading was meant for ``meter``: the subscription's one meter, or the meter
+    its topic names at the subscription's ``meter_level``."""
+    if sub.meter is not None:
+        return bool(sub.meter == meter)
+    levels = str(message["topic"]).split("/")
+    return sub.meter_level is not None and len(levels) >= sub.meter_level and levels[sub.meter_level - 1] == meter
 
 
 def _unit(q: Quantity, value_unit: str | None) -> str:
