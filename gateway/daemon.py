@@ -79,7 +79,7 @@ class Gateway:
         self.monitor: Monitor | None = None
         #: Per sink, what each stream delivered last: from the previous run at start, kept across a reload.
         self._last_sent: dict[str, Any] | None = None
-        self.heartbeat = Heartbeat(self.queue, self._info, self._sent_by_sink)
+        self.heartbeat = Heartbeat(self.queue, self._info, self.last_sent_by_sink)
         self._beat_now = self.heartbeat.now
         #: Presence and health on the fleet broker, remote configuration (``fleet:``).
         self.fleet = FleetLink(lambda: self.config, self.local_path, self.snapshot, self._beat_now.set, self._swap,
@@ -88,11 +88,6 @@ class Gateway:
         self._swapping = asyncio.Lock()
         #: Each meter's last reading as taken (the technician's page shows its values), stamped in the future excepted.
         self.latest: dict[str, Reading] = {}
-        #: Configurations being applied from the page: each in a task of its own, which the request only waits for
-        #: (an apply that restarts the listener must not be cancelled with the request that asked for it).
-        self._page_applies: set[asyncio.Task[Any]] = set()
-        #: One scan from the page at a time.
-        self._scanning = asyncio.Lock()
 
     # ------------------------------------------------------------ entry
 
@@ -160,8 +155,9 @@ class Gateway:
     async def _start_monitor(self) -> None:
         if self.config.monitoring.enabled:
             from gateway.monitor import Monitor  # prometheus-client only when monitoring is on
+            from gateway.web.backend import GatewayBackend
 
-            self.monitor = Monitor(self.config.monitoring, self)
+            self.monitor = Monitor(self.config.monitoring, GatewayBackend(self))
             await self.monitor.start()
 
     async def snapshot(self) -> dict[str, Any]:
@@ -361,84 +357,6 @@ class Gateway:
         self.notify.send("READY=1", f"STATUS=running: {len(new.meters)} meters, {len(self.forwarders)} sinks")
         log.info("configuration reloaded", meters=len(new.meters), sinks=[f.name for f in self.forwarders])
 
-    # ------------------------------------------------------------ the technician's page (gateway/web)
-
-    def pollers(self) -> dict[str, Any]:
-        """The running Modbus meters' pollers, by meter name."""
-        return {p.meter.name: p for s in self.sources for p in getattr(s, "pollers", ())}
-
-    def sent_by_sink(self) -> dict[str, Any]:
-        return self._sent_by_sink() or {}
-
-    def meter_states(self) -> dict[str, dict[str, Any]]:
-        """Each meter's read health as its source sees it now (in memory: no query of the queue)."""
-        return {name: h for s in self.sources for name, h in s.health().items()}
-
-    async def apply_from_page(self, text: str) -> tuple[str, list[str]]:
-        remote = self.fleet.remote
-        if remote is None:
-            return "refused", ["the gateway was not started from a file: nothing to apply to"]
-        task = asyncio.get_running_loop().create_task(remote.apply(text.encode(), page=True))
-        self._page_applies.add(task)
-        task.add_done_callback(self._page_applies.discard)
-        outcome = await asyncio.shield(task)
-        return outcome.result, outcome.problems
-
-    def mqtt_messages(self) -> dict[str, list[dict[str, Any]]]:
-        """Per MQTT subscription, its last messages and what became of each."""
-        out: dict[str, list[dict[str, Any]]] = {}
-        for s in self.sources:
-            recent = getattr(s, "recent_messages", None)
-            if recent is not None:
-                out.update(recent())
-        return out
-
-    async def scan_bus(self, name: str, units: list[int]) -> dict[str, Any]:
-        """The ``scan`` command's search on a configured bus, while the daemon runs. A serial line (RS-485, or RTU
-        over a TCP converter) has one conversation at a time: its meters' polling is paused for the scan's duration
-        and resumed after (the ticks missed are counted as skipped); a Modbus TCP bus is scanned over a connection
-        of its own, beside the polling."""
-        from gateway.config import profiles
-        from gateway.platforms.modbus import tools
-        from gateway.platforms.modbus.config import SerialLine
-        from gateway.platforms.modbus.source import ModbusSource
-
-        bus_cfg = next(b for b in self.config.buses if b.name == name)
-        running = next((s.bus for s in self.sources if isinstance(s, ModbusSource) and s.bus.name == name), None)
-        found, problems = profiles.load_all(self.config.profiles_dir)
-        pause = running is not None and isinstance(bus_cfg, SerialLine)
-        started = time.monotonic()
-        async with self._scanning:
-            if pause and running is not None:
-                async with running.paused():
-                    hits = await tools.scan(bus_cfg, units, found)
-            else:
-                hits = await tools.scan(bus_cfg, units, found)
-        return {"bus": name, "paused_polling": pause, "took_s": round(time.monotonic() - started, 1),
-                "units": len(units), "profile_problems": problems,
-                "hits": [{"unit": h.unit, "fits": [f[0] for f in h.fits]} for h in hits],
-                "text": tools.render_scan(hits, bus_cfg, len(units))}
-
-    async def verify_sink(self, name: str) -> tuple[bool, list[str]]:
-        from gateway.platforms.all import SINKS
-
-        sink = next(s for s in self.config.sinks if s.name == name)
-        verify = SINKS[sink.type].verify
-        if verify is None:
-            return True, [f"{name}: this platform has no verification"]
-        return await verify(sink, self.sent_by_sink().get(name) or {}, self.config)
-
-    async def dead_letters(self, sink: str | None) -> list[dict[str, Any]]:
-        letters = await self.queue.dead_letters(sink, limit=500)
-        return [{"id": d.id, "sink": d.sink, "meter": d.reading.meter, "ts": iso_utc(d.reading.ts_ms),
-                 "reason": REDACTOR.scrub(d.reason), "at": iso_utc(d.at_ms), "state": d.state,
-                 "attempts": d.attempts} for d in letters]
-
-    async def dead_letter_action(self, action: str, ids: list[int] | None, sink: str | None) -> int:
-        if action == "retry":
-            return await self.queue.retry_dead_letters(ids, sink)
-        return await self.queue.purge_dead_letters(ids, sink)
-
     # ------------------------------------------------------------ liveness
 
     async def _watchdog(self, interval: float) -> None:
@@ -447,7 +365,7 @@ class Gateway:
             self.notify.send("WATCHDOG=1")
             await asyncio.sleep(interval)
 
-    def _sent_by_sink(self) -> dict[str, Any] | None:
+    def last_sent_by_sink(self) -> dict[str, Any] | None:
         """What each stream delivered last, per sink; between a stop of the forwarders and the next start (a stop,
         a reload), what they had when they stopped."""
         if not self.forwarders:

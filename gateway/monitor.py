@@ -24,7 +24,8 @@ from gateway.config.models import MonitoringConfig
 from gateway.health import evaluate, health_document
 
 if TYPE_CHECKING:
-    from gateway.web.app import Backend, Page
+    from gateway.web.app import Page
+    from gateway.web.backend import Backend
     from gateway.web.server import Listener
 
 log = structlog.get_logger("gateway.monitor")

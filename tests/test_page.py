@@ -392,7 +392,8 @@ sinks: [{{name: out, type: file, path: {tmp_path}/out.jsonl}}]
                     after_scan = gw.latest["c"].ts_ms
                     await until(lambda: gw.latest["c"].ts_ms > after_scan, 5)  # polling resumed
                     await asyncio.sleep(1.2)
-                    assert gw.pollers()["c"].counts["skipped_ticks"] >= 1, "the ticks the scan took are counted"
+                    polled = gw.monitor.backend.pollers()["c"]
+                    assert polled.counts["skipped_ticks"] >= 1, "the ticks the scan took are counted"
                     problems = (await c.get("/health")).json()["problems"]
                     assert not [p for p in problems if p["check"] == "ticks_skipped"], "not blamed on the meter"
                     bad = await c.post("/api/buses/tcp/scan", json={"units": "1-x"}, headers=H)
@@ -435,7 +436,7 @@ subscriptions:
             pub.publish("plc/plc1/data", json.dumps({"n": 1234.5, "ts": "2026-01-01T00:00:00Z"}), qos=1)
             pub.publish("plc/plc1/data", b'{"n": "lots"}', qos=1)
             pub.publish("plc/other/data", b'{"n": "x"}', qos=1)  # another meter's: not on plc1's page
-            await until(lambda: sum(len(v) for v in gw.mqtt_messages().values()) >= 4, 10)
+            await until(lambda: sum(len(v) for v in gw.monitor.backend.mqtt_messages().values()) >= 4, 10)
             pub.loop_stop()
             m = (await c.get("/api/meters/plc1")).json()
             outcomes = [x["outcome"] for x in m["mqtt_messages"]]
@@ -444,7 +445,7 @@ subscriptions:
             assert m["registers"] is None and '"lots"' in m["mqtt_messages"][2]["payload"]
 
             server.silent = {2}
-            await until(lambda: gw.pollers()["sub"].errors_last_hour().get("timeout", 0) >= 2, 10)
+            await until(lambda: gw.monitor.backend.pollers()["sub"].errors_last_hour().get("timeout", 0) >= 2, 10)
             m = (await c.get("/api/meters/sub")).json()
             assert m["errors_last_hour"]["timeout"] >= 2 and m["failing"]
 
