@@ -67,9 +67,13 @@ function banner(text, bad) {
   b.textContent = text || "";
 }
 
+// While the sign-in form is shown, a view that was still loading (the page opened, a click on "Sign in" before it
+// finished) must not replace it: route() clears this when it starts a view.
+let signInShown = false;
+
 function setMain(...children) {
-  const m = $("#main");
-  m.replaceChildren(...children);
+  if (signInShown) return;
+  $("#main").replaceChildren(...children);
 }
 
 function stopStreams() {
@@ -108,7 +112,9 @@ function showSignIn(message) {
     } catch (e) { msg.textContent = e.message; msg.className = "problem"; }
   } }, el("h2", {}, "Sign in"), el("p", { class: "muted" }, "The password set in monitoring.page on this gateway."),
   input, el("button", { class: "primary", type: "submit", id: "signin" }, "Sign in"), msg);
+  signInShown = false;
   setMain(form);
+  signInShown = true;
   input.focus();
 }
 
@@ -151,7 +157,7 @@ async function overview() {
   setMain(el("h2", {}, "Needs attention"),
     o.problems.length ? el("div", { id: "problems" }, o.problems.map(problemBox)) : el("p", { id: "problems" }, "Nothing: every meter answers and every platform takes its readings."),
     cards, el("h2", {}, "Platforms"), sinks);
-  if (!following) following = setInterval(() => overview().catch(() => {}), 5000);
+  if (!following && !signInShown) following = setInterval(() => overview().catch(() => {}), 5000);
 }
 
 // ------------------------------------------------------------------ meters
@@ -183,6 +189,7 @@ function updateMeterCard(name, m, now) {
 
 function follow(meter) {
   stopStreams();
+  if (signInShown) return;
   events = new EventSource("/api/events" + (meter ? "?meter=" + encodeURIComponent(meter) : ""));
   events.onmessage = (ev) => {
     const d = JSON.parse(ev.data);
@@ -362,13 +369,14 @@ async function logs() {
   setMain(el("h2", {}, "Logs"), el("div", { class: "row" }, "level ", level, component,
     el("a", { href: "/api/logs/download" }, "download"), el("span", { class: "muted" }, "following")), box);
   await pull();
-  following = setInterval(() => pull().catch(() => {}), 2000);
+  if (!signInShown) following = setInterval(() => pull().catch(() => {}), 2000);
 }
 
 // ------------------------------------------------------------------ routing
 
 async function route() {
   stopStreams();
+  signInShown = false;
   banner("");
   const hash = location.hash || "#/";
   const [, tab, arg] = hash.match(/^#\/([a-z]*)\/?(.*)$/) || [];
