@@ -38,12 +38,13 @@ from gateway.config.loader import load_config_text
 from gateway.errors import ConfigError
 from gateway.health import evaluate
 from gateway.logs import REDACTOR, RING
+from gateway.platforms.modbus.tools import unit_label
 from gateway.reading import iso_utc
 from gateway.web import masking
 from gateway.web.auth import Brake, Password, Session, Sessions
 from gateway.web.backend import Backend
 from gateway.web.http import Refused, SecurityHeaders, json_body, problem, text_body
-from gateway.web.views import ADVICE, describe, for_meter, log_text, read_text, registers, scrub, unit, versions
+from gateway.web.views import ADVICE, describe, for_meter, log_text, read_text, registers, scrub, versions
 
 log = structlog.get_logger("gateway.web")
 
@@ -243,7 +244,7 @@ class Page:
         meter = next((m for m in self.backend.config.meters if m.name == name), None)
         value_unit = getattr(meter, "value_unit", None)
         return {"last": {"ts_ms": r.ts_ms, "ts": iso_utc(r.ts_ms), "values": [
-            {"quantity": q.value, "value": v, "unit": unit(q, value_unit)} for q, v in r.values.items()]}}
+            {"quantity": q.value, "value": v, "unit": unit_label(q, value_unit)} for q, v in r.values.items()]}}
 
     async def _meter(self, request: Request, session: Session | None) -> Response:
         name = request.path_params["name"]
@@ -386,7 +387,7 @@ class Page:
         self._action(request, session, "read now", meter=name)
         reading = await poller.poll()
         return JSONResponse({
-            "values": [{"quantity": q.value, "value": v, "unit": unit(q, getattr(poller.meter, "value_unit", None))}
+            "values": [{"quantity": q.value, "value": v, "unit": unit_label(q, poller.meter.value_unit)}
                        for q, v in (reading.values.items() if reading else ())],
             "ts": iso_utc(reading.ts_ms) if reading else None,
             "problems": [REDACTOR.scrub(str(p)) for p in poller.last_problems],

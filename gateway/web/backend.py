@@ -99,7 +99,12 @@ class GatewayBackend:
         task = asyncio.get_running_loop().create_task(remote.apply(text.encode(), page=True))
         self._page_applies.add(task)
         task.add_done_callback(self._page_applies.discard)
-        outcome = await asyncio.shield(task)
+        try:
+            outcome = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a disk that refuses the state file, say: said on the page, the daemon goes on
+            return "failed", [REDACTOR.scrub(f"the configuration could not be handled: {type(e).__name__}: {e}")[:300]]
         return outcome.result, outcome.problems
 
     def mqtt_messages(self) -> dict[str, list[dict[str, Any]]]:

@@ -12,7 +12,6 @@ from typing import Any
 
 from gateway import __version__
 from gateway.logs import REDACTOR, RING
-from gateway.quantities import Quantity, unit_of
 from gateway.web.http import Refused
 
 #: What a technician can do about each problem /health reports (the problem's own detail says what is wrong).
@@ -64,15 +63,6 @@ def for_meter(sub: Any, message: dict[str, Any], meter: str) -> bool:
         return bool(sub.meter == meter)
     levels = str(message["topic"]).split("/")
     return sub.meter_level is not None and len(levels) >= sub.meter_level and levels[sub.meter_level - 1] == meter
-
-
-def unit(q: Quantity, value_unit: str | None) -> str:
-    if q in (Quantity.VALUE,):
-        return value_unit or ""
-    try:
-        return unit_of(q)
-    except AssertionError:
-        return ""
 
 
 def describe(meter: Any) -> str:
