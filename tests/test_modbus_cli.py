@@ -67,6 +67,32 @@ async def test_read_prints_each_meters_values_with_units(tmp_path: Path) -> None
         await server.stop()
 
 
+async def test_read_raw_shows_the_words_read_every_way(tmp_path: Path) -> None:
+    # A technician writing registers for a new device guesses float32 high word first; the device holds its float
+    # low word first. 'read --raw' shows the words, the absurd value as configured, and 230.4 under the right order.
+    from gateway.platforms.modbus.registers import Point
+
+    held = Point(Q.VOLTAGE_L1, 0x10, "input", "float32", "little", 1.0, 0.0, frozenset())
+    server = await MeterServer([SimMeter(9, [held], {Q.VOLTAGE_L1: 230.4})]).start_tcp()
+    try:
+        path = config(tmp_path, server.port, extra_meters="  - {name: new, type: modbus, bus: cabinet, unit: 9,"
+                      " registers: [{quantity: voltage_l1, address: 0x10, function: input, type: float32}]}\n")
+        rc, out, err = await cli("read", "-c", str(path), "--meter", "new", "--raw")
+        assert rc == 0, err
+        row = next(line for line in out.splitlines() if line.startswith("  voltage_l1") and "0x6666 0x4366" in line)
+        assert "FC4 0x0010 (16)" in row
+        assert "float32 big * 2.71" in row  # the configured order: an absurd voltage
+        assert "float32 little 230.4" in row
+        assert "uint32 big 1717977958" in row and "int32 little 1130784358" in row
+        rc, out, err = await cli("read", "-c", str(path), "--meter", "new", "--raw", "--json")
+        (result,) = json.loads(out)
+        (reg,) = result["registers"]
+        assert reg["words"] == ["0x6666", "0x4366"] and reg["every_way"]["float32 little"] == 230.4
+        assert reg["other_order"] == 230.4
+    finally:
+        await server.stop()
+
+
 async def test_read_says_which_meter_does_not_answer_and_exits_1(tmp_path: Path) -> None:
     server = await MeterServer([fixed("eastron_sdm630", {Q.VOLTAGE_L1: 230.0}, 1)]).start_tcp()
     try:
@@ -153,8 +179,13 @@ async def test_profiles_lists_the_built_in_ones_and_shows_one() -> None:
     assert rc == 0
     assert "manual:  ABB B-series EQ meters user manual" in out
     assert "energy_import_total    holding   0x5000 (20480) uint64   big          10 Wh n/a=0xFFFFFFFFFFFFFFFF" in out
-    rc, _, err = await cli("profiles", "abb_b24")
-    assert rc == 1 and "no profile named 'abb_b24'" in err
+    # A model name (a rebadge too) finds the profile that reads it, written any which way.
+    rc, out, _ = await cli("profiles", "Kostal KEM-P")
+    assert rc == 0 and out.startswith("eastron_sdm630: Eastron SDM630") and "Kostal KEM-P" in out
+    rc, out, _ = await cli("profiles", "abb b24")
+    assert rc == 0 and out.startswith("abb_b23: ABB B23")
+    rc, _, err = await cli("profiles", "abb_b99")
+    assert rc == 1 and "no profile or model named 'abb_b99'" in err
 
 
 async def test_check_shows_the_planned_requests_of_each_meter(tmp_path: Path) -> None:

@@ -136,6 +136,72 @@ SPOT_CHECKS = [
      {Q.VOLTAGE_L1: 230.4, Q.ENERGY_IMPORT_TOTAL: 1_234_567.0}),
     # XY-MD02: signed 16-bit tenths of a degree at input register 1. -5.3 degC = -53 = 0xFFCB.
     ("xy_md02", RawMeter(1, inputs={0x0001: [0xFFCB]}), {Q.VALUE: -5.3}),
+    # Humidity: unsigned tenths of a percent at input register 2. 49.7 % = 497 = 0x01F1.
+    ("xy_md02_humidity", RawMeter(1, inputs={0x0002: [0x01F1]}), {Q.VALUE: 49.7}),
+    # The other Eastron models: the same float32 words at the same addresses (230.4 V, 1234.5 kWh).
+    *[(name, RawMeter(1, inputs={0x0000: [0x4366, 0x6666], 0x0048: [0x449A, 0x5000]}),
+       {Q.VOLTAGE_L1: 230.4, Q.ENERGY_IMPORT_TOTAL: 1_234_500.0})
+      for name in ("eastron_sdm54", "eastron_sdm72dm_v2", "eastron_sdm220", "eastron_sdm230", "eastron_x96_1a")],
+    ("eastron_sdm72d", RawMeter(1, inputs={0x0048: [0x449A, 0x5000]}), {Q.ENERGY_IMPORT_TOTAL: 1_234_500.0}),
+    # Schneider iEM3000: float32 at register 3028 - 1; power in kW (1.25 = 0x3FA00000); energy INT64 Wh 1234567.
+    ("schneider_iem3000", RawMeter(1, holding={0x0BD3: [0x4366, 0x6666], 0x0BF3: [0x3FA0, 0x0000],
+                                               0x0C83: [0, 0, 0x0012, 0xD687]}),
+     {Q.VOLTAGE_L1: 230.4, Q.POWER_ACTIVE_TOTAL: 1250.0, Q.ENERGY_IMPORT_TOTAL: 1_234_567.0}),
+    ("schneider_pm5100", RawMeter(1, holding={2699: [0x449A, 0x5000], 3027: [0x4366, 0x6666],
+                                              3059: [0x3FA0, 0x0000]}),
+     {Q.VOLTAGE_L1: 230.4, Q.POWER_ACTIVE_TOTAL: 1250.0, Q.ENERGY_IMPORT_TOTAL: 1_234_500.0}),
+    # Inepro and WAGO: float32 from 0x5000, power in kW, energy in kWh from 0x6000.
+    ("inepro_pro380", RawMeter(1, holding={0x5002: [0x4366, 0x6666], 0x5012: [0x3FA0, 0x0000],
+                                           0x600C: [0x449A, 0x5000]}),
+     {Q.VOLTAGE_L1: 230.4, Q.POWER_ACTIVE_TOTAL: 1250.0, Q.ENERGY_IMPORT_TOTAL: 1_234_500.0}),
+    ("wago_879_30x0", RawMeter(1, holding={0x5002: [0x4366, 0x6666], 0x600C: [0x449A, 0x5000]}),
+     {Q.VOLTAGE_L1: 230.4, Q.ENERGY_IMPORT_TOTAL: 1_234_500.0}),
+    # ORNO: WE-516 float32 (kW, kWh); WE-514 16-bit 0.01 V (23040 = 0x5A00) and INT32 W (-1500 = 0xFFFFFA24).
+    ("orno_we516", RawMeter(1, holding={0x000E: [0x4366, 0x6666], 0x001C: [0x3FA0, 0x0000],
+                                        0x0108: [0x449A, 0x5000]}),
+     {Q.VOLTAGE_L1: 230.4, Q.POWER_ACTIVE_TOTAL: 1250.0, Q.ENERGY_IMPORT_TOTAL: 1_234_500.0}),
+    ("orno_we514", RawMeter(1, holding={0x0131: [0x5A00], 0x0140: [0xFFFF, 0xFA24]}),
+     {Q.VOLTAGE_L1: 230.4, Q.POWER_ACTIVE_TOTAL: -1500.0}),
+    # Chint: DTSU666 float32 in 0.1 V (2304.0 = 0x45100000); DDSU666 in V and kW.
+    ("chint_dtsu666", RawMeter(1, holding={0x101E: [0x449A, 0x5000], 0x2000: [0x4510, 0x0000]}),
+     {Q.VOLTAGE_L1: 230.4, Q.ENERGY_IMPORT_TOTAL: 1_234_500.0}),
+    ("chint_ddsu666", RawMeter(1, holding={0x2000: [0x4366, 0x6666], 0x2004: [0x3FA0, 0x0000],
+                                           0x4000: [0x449A, 0x5000]}),
+     {Q.VOLTAGE_L1: 230.4, Q.POWER_ACTIVE_TOTAL: 1250.0, Q.ENERGY_IMPORT_TOTAL: 1_234_500.0}),
+    # Finder: float32 voltage at 2500; energy counter UINT32 Wh (1234567 = 0x0012D687) at 2752.
+    *[(name, RawMeter(1, inputs={2500: [0x4366, 0x6666], 2752: [0x0012, 0xD687]}),
+       {Q.VOLTAGE_L1: 230.4, Q.ENERGY_IMPORT_TOTAL: 1_234_567.0}) for name in ("finder_7m24", "finder_7m38")],
+    # SBC ALE3: register 28 (address 27) UINT32 0.01 kWh (123456 = 0x0001E240); register 36 volts.
+    ("sbc_ale3", RawMeter(1, holding={27: [0x0001, 0xE240], 35: [230]}),
+     {Q.VOLTAGE_L1: 230.0, Q.ENERGY_IMPORT_TOTAL: 1_234_560.0}),
+    # Lovato: UINT32 0.01 V at wire address 1; UINT64 0.01 kWh at 0x1B1F.
+    ("lovato_dmg610", RawMeter(1, inputs={0x0001: [0x0000, 0x5A00], 0x1B1F: [0, 0, 0x0012, 0xD687]}),
+     {Q.VOLTAGE_L1: 230.4, Q.ENERGY_IMPORT_TOTAL: 12_345_670.0}),
+    # Socomec: UINT32 0.01 V, INT32 0.01 kW (-150 = 0xFFFFFF6A), UINT32 kWh (1234 = 0x04D2).
+    ("socomec_countis_e", RawMeter(1, holding={0xC558: [0x0000, 0x5A00], 0xC568: [0xFFFF, 0xFF6A],
+                                               0xC652: [0x0000, 0x04D2]}),
+     {Q.VOLTAGE_L1: 230.4, Q.POWER_ACTIVE_TOTAL: -1500.0, Q.ENERGY_IMPORT_TOTAL: 1_234_000.0}),
+    # Bernecker MPM3PM: UINT32 0.01 kWh at 0x02, 0.1 V at 0x08 (2304 = 0x0900).
+    ("bernecker_mpm3pm", RawMeter(1, holding={0x02: [0x0001, 0xE240], 0x08: [0x0000, 0x0900]}),
+     {Q.VOLTAGE_L1: 230.4, Q.ENERGY_IMPORT_TOTAL: 1_234_560.0}),
+    # B+G WS100: UINT32 mV (230400 = 0x00038400), UINT32 0.01 kWh.
+    ("bg_etech_ws100", RawMeter(1, holding={0x0100: [0x0003, 0x8400], 0x010E: [0x0001, 0xE240]}),
+     {Q.VOLTAGE_L1: 230.4, Q.ENERGY_IMPORT_TOTAL: 1_234_560.0}),
+    # Eltako: UINT32 0.01 V, INT32 W, UINT32 0.01 kWh.
+    ("eltako_dsz15dzmod", RawMeter(1, inputs={0x0000: [0x0000, 0x5A00], 0x000C: [0xFFFF, 0xFA24],
+                                              0x0048: [0x0001, 0xE240]}),
+     {Q.VOLTAGE_L1: 230.4, Q.POWER_ACTIVE_L1: -1500.0, Q.ENERGY_IMPORT_TOTAL: 1_234_560.0}),
+    # DZG: UINT32 0.01 V, UINT32 Wh.
+    ("dzg_dvh4013", RawMeter(1, holding={0x0004: [0x0000, 0x5A00], 0x4000: [0x0012, 0xD687]}),
+     {Q.VOLTAGE_L1: 230.4, Q.ENERGY_IMPORT_TOTAL: 1_234_567.0}),
+    # Janitza UMG: float32 at 19000; energy float32 Wh (12345.5 = 0x4640E600) at 19068.
+    ("janitza_umg96rm", RawMeter(1, inputs={19000: [0x4366, 0x6666], 19068: [0x4640, 0xE600]}),
+     {Q.VOLTAGE_L1: 230.4, Q.ENERGY_IMPORT_TOTAL: 12_345.5}),
+    # Carlo Gavazzi EM100 / EM270: INT32 low word first; 2304 -> [0x0900, 0x0000]; 123456 -> [0xE240, 0x0001].
+    ("carlo_gavazzi_em111", RawMeter(1, inputs={0x0000: [0x0900, 0x0000], 0x0010: [0xE240, 0x0001]}),
+     {Q.VOLTAGE_L1: 230.4, Q.ENERGY_IMPORT_TOTAL: 12_345_600.0}),
+    ("carlo_gavazzi_em270", RawMeter(1, inputs={0x0000: [0x0900, 0x0000], 0x0018: [0xE240, 0x0001]}),
+     {Q.VOLTAGE_L1: 230.4, Q.ENERGY_IMPORT_TOTAL: 12_345_600.0}),
 ]
 
 
@@ -206,8 +272,10 @@ registers:
         (GOOD_PROFILE.replace("address: 2}", "address: 2, scale: 0}"),
          "mine.yaml:9: registers[current_l1].scale: must not be 0"),
         (GOOD_PROFILE + "  - {quantity: power_active_l1 address: 4}\n", "mine.yaml:10: YAML syntax error"),
+        (GOOD_PROFILE.replace("model: X1\n", "model: X1\naliases: [X2, x-1]\n"),
+         "mine.yaml:3: aliases[1]: 'x-1' is already a name of this profile"),
     ],
-    ids=["type", "duplicate", "quantity", "manual", "address", "function", "probe", "scale", "syntax"],
+    ids=["type", "duplicate", "quantity", "manual", "address", "function", "probe", "scale", "syntax", "alias"],
 )
 def test_a_bad_profile_file_is_one_line_naming_file_line_and_register(
     tmp_path: Path, profile: str, expected: str
@@ -252,3 +320,95 @@ def test_meter_registers_override_and_filter_the_profile(tmp_path: Path) -> None
     assert set(by_q) == {Q.VOLTAGE_L1, Q.ENERGY_IMPORT_TOTAL}
     # The inline register takes the profile's defaults (input, float32, high word first) and replaces its twin.
     assert by_q[Q.ENERGY_IMPORT_TOTAL] == Point(Q.ENERGY_IMPORT_TOTAL, 0x0156, "input", "float32", "big", 1000.0)
+
+
+def test_every_profile_has_a_hand_worked_spot_check() -> None:
+    # The simulator encodes with the profile's own addresses and types: only words worked out from the manual
+    # catch a typo in an address or a type. Every built-in profile needs one.
+    checked = {name for name, _, _ in SPOT_CHECKS}
+    assert set(profiles()) - checked == set()
+
+
+def _not_available_values(points: tuple[Point, ...]) -> dict[Q, float]:
+    """Every other value that can be "not available" (a float, or an integer with a documented pattern) held as
+    such (NaN: the simulator writes the pattern), the rest as typical values."""
+    values = {pt.quantity: held(pt) for pt in points}
+    can = [pt for pt in points if pt.type.startswith("float") or pt.not_available]
+    for pt in can[::2]:
+        values[pt.quantity] = math.nan
+    return values
+
+
+@pytest.mark.parametrize("name", sorted(n for n, p in profiles().items()
+                                        if any(pt.type.startswith("float") or pt.not_available for pt in p.points)))
+async def test_not_available_values_are_left_out(name: str) -> None:
+    p = profiles()[name]
+    values = _not_available_values(p.points)
+    missing = {q for q, v in values.items() if math.isnan(v)}
+    if len(missing) == len(values):  # a one-value profile: the other half of the test is the typical value above
+        values = {q: held(_point(p.points, q)) for q in values}
+        missing = set()
+    server = await MeterServer([SimMeter(7, p.points, values)]).start_tcp()
+    try:
+        got = await read_once(server, 7, meter(name))
+    finally:
+        await server.stop()
+    assert set(got) == set(values) - missing, f"{name}: 'not available' must leave the value out"
+    assert all(math.isfinite(v) for v in got.values())
+
+
+async def test_scan_ranks_each_model_first_on_a_bus_of_every_model() -> None:
+    # One simulated device per built-in profile on one line, each answering only its own registers (an exception
+    # for the others, as meters do): 'scan' must put the right profile first, or tied first with a profile reading
+    # the very same registers (a family sharing one map).
+    from gateway.platforms.modbus.tools import scan
+
+    every = profiles()
+    names = sorted(every)
+    sims = [SimMeter(unit, every[n].points, {pt.quantity: held(pt) for pt in every[n].points}, holes=True)
+            for unit, n in enumerate(names, start=1)]
+    server = await MeterServer(sims).start_tcp()
+    try:
+        bus = TcpBus(name="b", type="tcp", host="127.0.0.1", port=server.port, timeout="500ms")
+        hits = await scan(bus, range(1, len(names) + 1), every)
+    finally:
+        await server.stop()
+    by_unit = {h.unit: h for h in hits}
+    wrong = {}
+    for unit, name in enumerate(names, start=1):
+        hit = by_unit.get(unit)
+        if hit is None or not hit.fits:
+            wrong[name] = "not recognised"
+            continue
+        top = hit.fits[0][0]
+        same_map = {(pt.function, pt.address, pt.type) for pt in every[top].points} == \
+            {(pt.function, pt.address, pt.type) for pt in every[name].points}
+        if top != name and not same_map:
+            wrong[name] = f"ranked {top} first (fits: {[f[0] for f in hit.fits]})"
+    assert not wrong, wrong
+
+
+def test_a_model_name_in_the_configuration_is_told_its_profile() -> None:
+    text = textwrap.dedent("""\
+        buses: [{name: plc, type: tcp, host: 127.0.0.1}]
+        meters:
+          - {name: m, type: modbus, bus: plc, unit: 1, profile: Kostal KEM-P}
+          - {name: n, type: modbus, bus: plc, unit: 2, profile: eastron_sdm360}
+        sinks: [{name: out, type: stdout}]
+        """)
+    with pytest.raises(ConfigError) as e:
+        load_config_text(text, "c.yaml")
+    assert e.value.problems == [
+        "c.yaml:3: meters[m].profile: 'Kostal KEM-P' is a model name, read by profile 'eastron_sdm630' (Eastron"
+        " SDM630): write that profile's name here",
+        "c.yaml:4: meters[n].profile: no profile named 'eastron_sdm360' (did you mean eastron_sdm630 or"
+        " eastron_sdm230? 'meter-gateway profiles' lists them with the models they read)"]
+
+
+def test_the_supported_models_page_is_generated_from_the_profiles() -> None:
+    from gateway.platforms.modbus.tools import render_markdown
+
+    page = Path(__file__).resolve().parent.parent / "docs" / "meters.md"
+    assert page.read_text() == render_markdown(profiles()), (
+        "docs/meters.md is out of date: meter-gateway profiles --markdown > docs/meters.md")
+    assert len(profiles()) >= 35

@@ -47,6 +47,8 @@ SHOTS = os.environ.get("PAGE_SCREENSHOTS")
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # Required but missing: say so, rather than let Playwright look for a browser of its own it never downloaded.
+    assert CHROMIUM is not None, "METER_GATEWAY_BROWSER_TESTS=required but no chromium on PATH (apt-get install chromium)"
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield b

@@ -14,8 +14,10 @@ CONFIGURED = False  # takes no configuration file
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", nargs="?", help="a profile's name")
+    p.add_argument("name", nargs="?", help="a profile's name, or a model name (rebadges included) to look up")
     p.add_argument("--profiles-dir", help="your own profiles too")
+    p.add_argument("--markdown", action="store_true",
+                   help="the supported-models page (docs/meters.md) generated from the profiles")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -25,10 +27,13 @@ def main(args: argparse.Namespace) -> int:
     found, problems = profiles.load_all(Path(args.profiles_dir) if args.profiles_dir else None)
     for line in problems:
         print(line, file=sys.stderr)
-    if args.name:
-        if args.name not in found:
-            raise GatewayError(f"no profile named '{args.name}' (known: {', '.join(sorted(found))})")
-        print(tools.render_profile(found[args.name]))
+    if args.markdown:
+        print(tools.render_markdown(found), end="")
+    elif args.name:
+        matches = [found[args.name]] if args.name in found else profiles.find(args.name, found)
+        if not matches:
+            raise GatewayError(f"no profile or model named '{args.name}' ('meter-gateway profiles' lists them all)")
+        print("\n\n".join(tools.render_profile(p) for p in matches))
     else:
         print(tools.render_profiles(found))
     return EXIT_RUNTIME if problems else EXIT_OK

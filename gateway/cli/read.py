@@ -21,6 +21,9 @@ HELP = ("read Modbus meters once now and print their values (works beside the da
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--meter", action="append", dest="meters", help="only this meter (may be repeated)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    p.add_argument("--raw", action="store_true",
+                   help="Modbus meters: each value's register words beside the value read every way (types, word"
+                        " orders): to write or check a profile")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an MQTT meter's next message")
 
 
@@ -64,8 +67,8 @@ def main(args: argparse.Namespace) -> int:
     modbus = [m for m in meters if isinstance(m, ModbusMeterConfig)]
     results = asyncio.run(tools.read_meters(config, modbus)) if modbus else []
     ok = all(r.reading is not None and not r.problems for r in results)
-    out: list[dict[str, Any]] = [r.to_json() for r in results]
-    text = [tools.render_read(results, config)] if results else []
+    out: list[dict[str, Any]] = [r.to_json() | ({"registers": r.rows} if args.raw else {}) for r in results]
+    text = [tools.render_read(results, config, raw=args.raw)] if results else []
     for m in meters:
         if isinstance(m, MqttMeterConfig | IntellimeterMeter | WattzonMeter):
             if isinstance(m, IntellimeterMeter):

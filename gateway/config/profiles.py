@@ -18,6 +18,7 @@ from gateway.config.problems import problem_line, validate
 from gateway.config.yamlfile import KeyPath, parse_yaml, read_config_text
 from gateway.errors import ConfigError
 from gateway.platforms.modbus.config import ModbusMeterConfig, ProfileFile, RegisterDefaults
+from gateway.platforms.modbus.config import plain_name as plain
 from gateway.platforms.modbus.registers import Point
 from gateway.quantities import Quantity
 
@@ -34,6 +35,25 @@ class Profile:
     @property
     def title(self) -> str:
         return f"{self.spec.manufacturer} {self.spec.model}"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The model and its aliases (rebadges and siblings read with this very map)."""
+        return (self.spec.model, *self.spec.aliases)
+
+    def known_as(self, name: str) -> bool:
+        """Whether ``name`` is this profile's name, model or one of its aliases, written any which way
+        ("Kostal KEM-P", "kostal kem p", "KEMP"), with or without the manufacturer in front."""
+        wanted = plain(name)
+        if wanted == plain(self.name):
+            return True
+        maker = plain(self.spec.manufacturer)
+        return any(wanted in (plain(n), maker + plain(n)) for n in self.names)
+
+
+def find(name: str, profiles: dict[str, Profile]) -> list[Profile]:
+    """The profiles known under ``name`` (a profile name, a model or an alias)."""
+    return [p for _, p in sorted(profiles.items()) if p.known_as(name)]
 
 
 def available(profiles_dir: Path | None = None) -> dict[str, Path]:
@@ -87,11 +107,8 @@ def resolve_modbus_meters(
         profile: Profile | None = None
         if meter.profile is not None:
             if meter.profile not in files:
-                close = difflib.get_close_matches(meter.profile, list(files), n=2)
-                hint = f"did you mean {' or '.join(close)}? " if close else ""
-                problems.append(problem_line(
-                    origins, ("meters", i, "profile"), filename, data,
-                    f"no profile named '{meter.profile}' ({hint}'meter-gateway profiles' lists them)"))
+                problems.append(problem_line(origins, ("meters", i, "profile"), filename, data,
+                                             _unknown_profile(meter.profile, files, profiles_dir)))
                 continue
             if meter.profile not in loaded:
                 try:
@@ -108,6 +125,18 @@ def resolve_modbus_meters(
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))
     return config.model_copy(update={"meters": meters})
+
+
+def _unknown_profile(name: str, files: dict[str, Path], profiles_dir: Path | None) -> str:
+    """What to say about a profile name that is no file's: the profile it is an alias of, or the closest names."""
+    every, _ = load_all(profiles_dir)
+    owners = find(name, every)
+    if owners:
+        which = " or ".join(f"'{p.name}' ({p.title})" for p in owners)
+        return f"'{name}' is a model name, read by profile {which}: write that profile's name here"
+    close = difflib.get_close_matches(name, list(files), n=2)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"no profile named '{name}' ({hint}'meter-gateway profiles' lists them with the models they read)"
 
 
 def _resolve(meter: ModbusMeterConfig, profile: Profile | None) -> tuple[tuple[Point, ...], list[tuple[KeyPath, str]]]:

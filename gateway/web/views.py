@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import platform
-from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -71,27 +70,10 @@ def describe(meter: Any) -> str:
 
 
 def registers(poller: Any) -> list[dict[str, Any]]:
-    """Each value's registers as last answered: address, function, raw words, word order, the value decoded as
-    configured and with the other word order (a wrong order shows as an absurd number beside a plausible one)."""
-    from gateway.platforms.modbus.registers import decoder, registers_to_bytes
+    """Each value's registers as last answered (the Modbus tools' rows, shared with ``read --raw``)."""
+    from gateway.platforms.modbus.tools import register_rows
 
-    out = []
-    for block in poller.planner.blocks:
-        words = poller.last_words.get((block.function, block.address))
-        for p in block.points:
-            row: dict[str, Any] = {"quantity": p.quantity.value, "address": p.address, "function": p.code,
-                                   "type": p.type, "word_order": p.word_order, "scale": p.scale, "words": None,
-                                   "value": None, "other_order": None}
-            if words is not None and len(words) == block.count:
-                off = p.address - block.address
-                row["words"] = [f"0x{w:04X}" for w in words[off:off + p.width]]
-                data = registers_to_bytes(words)
-                row["value"] = decoder(p)(data, 2 * off)
-                if p.width > 1:
-                    other = replace(p, word_order="little" if p.word_order == "big" else "big")
-                    row["other_order"] = decoder(other)(data, 2 * off)
-            out.append(row)
-    return out
+    return register_rows(poller)
 
 
 def log_text() -> str:

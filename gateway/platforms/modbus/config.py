@@ -107,6 +107,9 @@ class ProfileFile(Strict):
 
     manufacturer: str
     model: str
+    #: Other names of the same device (rebadges, sibling models with this very map): 'profiles' and 'scan' find the
+    #: profile under them; a configuration naming one is told which profile to write.
+    aliases: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     #: The vendor document this map follows (title, version, where to get it): cite it.
     manual: str
     #: What else it was checked against.
@@ -122,6 +125,11 @@ class ProfileFile(Strict):
         if self.kind == "value" and self.value_unit is None:
             problems.append((("value_unit",), "required for kind: value (the unit of the value, e.g. m3, degC)"))
         problems += _duplicate_quantities(self.registers)
+        seen = {plain_name(self.model)}
+        for i, alias in enumerate(self.aliases):
+            if plain_name(alias) in seen:
+                problems.append((("aliases", i), f"'{alias}' is already a name of this profile"))
+            seen.add(plain_name(alias))
         known = {r.quantity for r in self.registers}
         for i, p in enumerate(self.probe):
             if p.quantity not in known:
@@ -131,6 +139,11 @@ class ProfileFile(Strict):
         for i, r in enumerate(self.registers):
             problems += [(("registers", i, *k), m) for k, m in r.resolve(self.defaults)[1]]
         return problems
+
+
+def plain_name(name: str) -> str:
+    """A model name as a technician may type it: case, spaces, dashes, dots and underscores do not matter."""
+    return "".join(c for c in name.lower() if c.isalnum())
 
 
 def _duplicate_quantities(registers: list[RegisterSpec]) -> list[tuple[tuple[str | int, ...], str]]:

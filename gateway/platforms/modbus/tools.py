@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.config.models import GatewayConfig
@@ -25,6 +25,7 @@ from gateway.platforms.modbus.config import (
     bus_where,
 )
 from gateway.platforms.modbus.plan import Block, plan
+from gateway.platforms.modbus.registers import RegisterType, WordOrder, decoder, registers_to_bytes
 from gateway.quantities import CODE, Quantity, unit_of
 from gateway.reading import Reading, iso_utc
 
@@ -49,6 +50,8 @@ class ReadResult:
     problems: list[str]
     requests: int
     seconds: float
+    #: Each value's registers as answered (``register_rows``): for ``read --raw``.
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"meter": self.meter.name, "ok": self.reading is not None and not self.problems,
@@ -90,7 +93,8 @@ async def read_meters(config: GatewayConfig, meters: Sequence[ModbusMeterConfig]
                 t0 = time.monotonic()
                 reading = await poller.poll()
                 problems = [f"{e.kind}: {e}" for e in poller.last_problems]
-                out.append(ReadResult(m, reading, problems, bus.stats.requests - before, time.monotonic() - t0))
+                out.append(ReadResult(m, reading, problems, bus.stats.requests - before, time.monotonic() - t0,
+                                      register_rows(poller)))
         finally:
             bus.close()
         return out
@@ -103,7 +107,67 @@ async def read_meters(config: GatewayConfig, meters: Sequence[ModbusMeterConfig]
     return [by_name[m.name] for m in meters]
 
 
-def render_read(results: Sequence[ReadResult], config: GatewayConfig) -> str:
+#: The readings of a register's words a profile can express, per width in registers: type and word order.
+EVERY_WAY: dict[int, tuple[tuple[RegisterType, WordOrder], ...]] = {
+    1: (("uint16", "big"), ("int16", "big")),
+    2: tuple((t, o) for t in ("float32", "uint32", "int32") for o in ("big", "little")),
+    4: tuple((t, o) for t in ("float64", "uint64", "int64") for o in ("big", "little")),
+}
+
+
+def register_rows(poller: Any) -> list[dict[str, Any]]:
+    """Each value's registers as last answered: address, function, raw words, the value decoded as configured,
+    with the other word order (a wrong order shows as an absurd number beside a plausible one), and unscaled in
+    every type and word order of the same width (``every_way``: what a technician writing a profile compares with
+    the meter's display)."""
+    out = []
+    for block in poller.planner.blocks:
+        words = poller.last_words.get((block.function, block.address))
+        for p in block.points:
+            row: dict[str, Any] = {"quantity": p.quantity.value, "address": p.address, "function": p.code,
+                                   "type": p.type, "word_order": p.word_order, "scale": p.scale, "words": None,
+                                   "value": None, "other_order": None, "every_way": {}}
+            if words is not None and len(words) == block.count:
+                off = p.address - block.address
+                row["words"] = [f"0x{w:04X}" for w in words[off:off + p.width]]
+                data = registers_to_bytes(words)
+                row["value"] = decoder(p)(data, 2 * off)
+                if p.width > 1:
+                    other = replace(p, word_order="little" if p.word_order == "big" else "big")
+                    row["other_order"] = decoder(other)(data, 2 * off)
+                for t, o in EVERY_WAY[p.width]:
+                    raw = replace(p, type=t, word_order=o, scale=1.0, offset=0.0, not_available=frozenset())
+                    row["every_way"][f"{t} {o}" if p.width > 1 else t] = decoder(raw)(data, 2 * off)
+            out.append(row)
+    return out
+
+
+def render_raw(r: ReadResult) -> list[str]:
+    """``read --raw``: per value, its words, the value as configured, and the words read every other way."""
+    lines = [f"  {'QUANTITY':<22} {'REGISTER':<16} {'WORDS':<28} {'AS CONFIGURED':>16}  THE SAME WORDS READ AS"]
+    for row in r.rows:
+        where = f"{'FC3' if row['function'] == 3 else 'FC4'} 0x{row['address']:04X} ({row['address']})"
+        if row["words"] is None:
+            lines.append(f"  {row['quantity']:<22} {where:<16} (no answer)")
+            continue
+        configured = f"{row['value']!r}" if row["value"] is not None else "n/a"
+        mine = f"{row['type']} {row['word_order']}" if len(row["words"]) > 1 else row["type"]
+        ways = "; ".join(f"{k}{' *' if k == mine else ''} {_short(v)}" for k, v in row["every_way"].items())
+        lines.append(f"  {row['quantity']:<22} {where:<16} {' '.join(row['words']):<28} {configured:>16}  {ways}")
+    lines.append("  (* the profile's type and word order, before its scale; n/a: NaN, infinite or 'not available')")
+    return lines
+
+
+def _short(v: float | None) -> str:
+    """Every digit a display could show (integers whole, floats as decoded); absurd magnitudes in short."""
+    if v is None:
+        return "n/a"
+    if abs(v) >= 1e15:
+        return f"{v:.3e}"
+    return str(int(v)) if v.is_integer() else repr(v)
+
+
+def render_read(results: Sequence[ReadResult], config: GatewayConfig, raw: bool = False) -> str:
     buses = {b.name: b for b in config.buses}
     lines: list[str] = []
     for r in results:
@@ -115,6 +179,8 @@ def render_read(results: Sequence[ReadResult], config: GatewayConfig) -> str:
             lines.append(f"{head}: read at {iso_utc(r.reading.ts_ms)} in {r.seconds:.2f}s, {r.requests} request"
                          f"{'s' if r.requests != 1 else ''}")
             lines += format_values(dict(r.reading.values), m.value_unit)
+        if raw and r.rows:
+            lines += ["", *render_raw(r)]
         lines += [f"  ! {p}" for p in r.problems]
         lines.append("")
     return "\n".join(lines).rstrip()
@@ -148,14 +214,61 @@ def render_profiles(profiles: dict[str, Profile]) -> str:
     for name, p in sorted(profiles.items()):
         n = len(plan(p.points, serial.default_max_gap()))
         lines.append(f"{name:<22} {p.title:<34} {p.spec.kind:<13} {len(p.points):>6}  {n}")
+        if p.spec.aliases:
+            lines.append(f"{'':<22}   also: {', '.join(p.spec.aliases)}")
     lines.append("")
-    lines.append("'meter-gateway profiles NAME' shows one profile's registers and the manual it follows.")
+    lines.append("'meter-gateway profiles NAME' shows one profile's registers and the manual it follows; NAME may be a"
+                 " model (a rebadge too).")
+    return "\n".join(lines)
+
+
+MODELS_HEADER = """# Supported meter models
+
+<!-- Generated from gateway/profiles/ by `meter-gateway profiles --markdown > docs/meters.md`; a test fails when
+this file and the profiles differ. Edit the profiles, not this file. -->
+
+Every built-in profile, with the other names of the same device (rebadges and sibling models read with the very
+same registers: `meter-gateway profiles NAME` and `scan` find the profile under any of them), the registers it
+reads, the vendor document it follows and what it was checked against. "Requests" is the number of Modbus requests
+a full poll takes on a 9600-baud line. None has yet been checked against a physical meter: each against the
+manual's table as transcribed by public projects, register words worked out by hand from the documented types,
+and a simulator built from the profile (see [modbus.md](modbus.md#meter-profiles) for how to write and check one).
+"""
+
+
+def render_markdown(profiles: dict[str, Profile]) -> str:
+    """The supported-models page (docs/meters.md), generated from the profiles."""
+    serial = SerialBus(name="x", type="serial", port="x")
+    lines = [MODELS_HEADER, "| profile | manufacturer | model | also sold as | kind | values | requests |",
+             "|---|---|---|---|---|---|---|"]
+    for name, p in sorted(profiles.items(), key=lambda kv: (kv[1].spec.manufacturer.lower(), kv[0])):
+        s = p.spec
+        n = len(plan(p.points, serial.default_max_gap()))
+        kind = s.kind.replace("_", " ") + (f" ({s.value_unit})" if s.value_unit else "")
+        lines.append(f"| `{name}` | {s.manufacturer} | {s.model} | {', '.join(s.aliases) or '-'} | {kind} |"
+                     f" {len(p.points)} | {n} |")
+    lines.append("")
+    for name, p in sorted(profiles.items()):
+        s = p.spec
+        functions = sorted({pt.function for pt in p.points})
+        types = sorted({pt.type for pt in p.points})
+        orders = sorted({pt.word_order for pt in p.points if pt.width > 1})
+        registers = f"{'/'.join(functions)} registers, {', '.join(types)}" + (
+            f", {' and '.join(o + ' word first' if o == 'little' else 'high word first' for o in orders)}"
+            if orders else "")
+        lines += [f"## `{name}`: {p.title}", "", f"- Reads: {', '.join(pt.quantity.value for pt in p.points)}",
+                  f"- Registers: {registers}", f"- Manual: {s.manual}"]
+        if s.checked:
+            lines.append(f"- Checked: {s.checked}")
+        lines.append("")
     return "\n".join(lines)
 
 
 def render_profile(p: Profile) -> str:
     s = p.spec
     lines = [f"{p.name}: {p.title} ({s.kind})", f"file:    {p.path}", f"manual:  {s.manual}"]
+    if s.aliases:
+        lines.append(f"also:    {', '.join(s.aliases)} (the same register map)")
     if s.checked:
         lines.append(f"checked: {s.checked}")
     if s.value_unit:
@@ -193,6 +306,8 @@ def parse_units(spec: str, what: str = "units") -> list[int]:
 class ScanHit:
     unit: int
     fits: list[tuple[str, dict[Quantity, float]]]
+    #: profile name -> the models it reads ("Eastron SDM630, also SDM630MCT, Kostal KEM-P, ..."), for the label
+    titles: dict[str, str] = field(default_factory=dict)
 
 
 async def scan(bus_cfg: BusBase, units: Sequence[int], profiles: dict[str, Profile],
@@ -209,18 +324,26 @@ async def scan(bus_cfg: BusBase, units: Sequence[int], profiles: dict[str, Profi
                 progress(unit)
             if not await _answers(bus, unit, probes):
                 continue
-            fits: list[tuple[int, str, dict[Quantity, float]]] = []
+            fits: list[tuple[tuple[int, float], str, dict[Quantity, float]]] = []
             for name, (blocks, ranges) in probes.items():
                 values = await _probe(bus, unit, blocks)
                 if values is not None and all(q in values and lo <= values[q] <= hi for q, (lo, hi) in ranges.items()):
-                    # Models of one family share their probe registers: the one whose whole map the meter answers
-                    # best comes first (a meter refuses registers it does not have).
-                    fits.append((await _values_read(bus, unit, profiles[name]), name, values))
-            fits.sort(key=lambda f: -f[0])
-            hits.append(ScanHit(unit, [(name, values) for _, name, values in fits]))
+                    # Models of one family share their probe registers: the one whose map the meter answers best
+                    # comes first (a meter refuses registers it does not have): the most values, then, between
+                    # two that read as many, the one with the smaller share of its map refused (a sibling whose map
+                    # is a superset reads the same values but has more refused).
+                    read = await _values_read(bus, unit, profiles[name])
+                    fits.append(((read, read / len(profiles[name].points)), name, values))
+            fits.sort(key=lambda f: (-f[0][0], -f[0][1]))
+            hits.append(ScanHit(unit, [(name, values) for _, name, values in fits],
+                                {name: _models(profiles[name]) for _, name, _ in fits}))
     finally:
         bus.close()
     return hits
+
+
+def _models(p: Profile) -> str:
+    return p.title + (f"; also sold as {', '.join(p.spec.aliases)}" if p.spec.aliases else "")
 
 
 def _probe_blocks(p: Profile) -> tuple[list[Block], dict[Quantity, tuple[float, float]]]:
@@ -282,7 +405,8 @@ def render_scan(hits: Sequence[ScanHit], bus_cfg: BusBase, scanned: int) -> str:
                               for q, v in sorted(values.items(), key=lambda kv: CODE[kv[0]]))
             others = [f[0] for f in h.fits[1:]]
             alike = f" (also fits: {', '.join(others)}: check the model on the label)" if others else ""
-            lines.append(f"unit {h.unit}: answers; fits {name}{alike}; {shown}")
+            known = h.titles.get(name, "")
+            lines.append(f"unit {h.unit}: answers; fits {name}{known and f' ({known})'}{alike}; {shown}")
         else:
             lines.append(f"unit {h.unit}: answers, but no built-in profile fits: give its registers inline")
     lines += ["", "Configuration lines to paste (rename the meters):", "buses:", f"  - {_bus_line(bus_cfg)}",
