@@ -66,11 +66,13 @@ class Heartbeat:
 
 def persisted(view: dict[str, Any]) -> dict[str, Any]:
     """The heartbeat as written to the queue file: without what ``status`` does not show of a meter (its poll and
-    reading counts, which change at every poll) and without meters that have nothing to report, so that the record
-    changes little between two beats and stays one or two pages."""
+    reading counts, which change at every poll) and, of a meter that has nothing to report, only its answer times,
+    so that the record stays one or two pages."""
     meters = {}
     for name, h in (view.get("meters") or {}).items():
         counts = {k: v for k, v in (h.get("counts") or {}).items() if k not in NOT_ERRORS or k == "skipped_ticks"}
         if h.get("failing") or h.get("last_problem") or h.get("left_out") or counts or h.get("skipped_at_ms"):
             meters[name] = {**h, "counts": counts}
+        elif h.get("answer_ms"):  # how fast a Modbus meter answers: status shows it for every meter
+            meters[name] = {"answer_ms": h["answer_ms"]}
     return {**view, "meters": meters}

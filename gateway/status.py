@@ -82,6 +82,8 @@ def collect(queue: Snapshot, config: GatewayConfig, now: float | None = None,
             "skipped_last_ms": health.get("skipped_at_ms") if isinstance(health, dict) else None,
             # Quantities of its profile the meter refuses for good (learned from its answers, asked again hourly).
             "left_out": health.get("left_out") or [] if isinstance(health, dict) else [],
+            # How long its answers take (Modbus): median and 99th percentile of the last 200, and its timeout, in ms.
+            "answer_ms": health.get("answer_ms") if isinstance(health, dict) else None,
         }
     subscriptions = daemon.get("subscriptions") if running else {}
     tasks = daemon.get("tasks") if running else {}
@@ -176,11 +178,17 @@ def render(report: dict[str, Any], now: float | None = None) -> str:
         )
         if s["failing"]:
             lines.append(f"{'':<20} failing: {s['last_error']}")
-    lines += ["", f"{'METER':<20} {'REFUSED':>8} {'DROPPED':>8} {'READ ERRORS':>12}  LAST READING"]
+    lines += ["", f"{'METER':<20} {'REFUSED':>8} {'DROPPED':>8} {'READ ERRORS':>12} {'ANSWER P50/P99':>15}"
+                  "  LAST READING"]
     for name, m in report["meters"].items():
         errors = sum(m["read_errors"].values())
-        lines.append(f"{name:<20} {m['refused']:>8} {m['dropped_write_failed']:>8} {errors:>12}"
+        answer = m.get("answer_ms")
+        answers = f"{answer['p50']:g}/{answer['p99']:g} ms" if isinstance(answer, dict) else "-"
+        lines.append(f"{name:<20} {m['refused']:>8} {m['dropped_write_failed']:>8} {errors:>12} {answers:>15}"
                      f"  {ago(m['last_reading_ms'])}")
+        if isinstance(answer, dict) and answer["p99"] > answer["timeout"] / 2:
+            lines.append(f"{'':<20} answers slowly: 1 answer in 100 takes {answer['p99']:g} ms or more, of a"
+                         f" {answer['timeout']:g} ms timeout (raise the meter's timeout, or look at the wiring)")
         if m["failing"]:
             lines.append(f"{'':<20} not answering: {m['last_problem']}")
         if m["future"]:

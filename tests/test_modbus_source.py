@@ -206,6 +206,77 @@ async def test_a_dead_meter_does_not_delay_the_live_ones_beyond_its_own_timeout(
         assert max(r.ts_ms % 1000 for r in readings) < 300 + 3 * 150, [r.ts_ms % 1000 for r in readings]
 
 
+async def test_eight_meters_on_a_9600_baud_line_keep_every_tick_with_one_dead(
+        queue: DiskQueue, tmp_path: Path) -> None:
+    # An RS-485 line at 9600 baud (a pseudo-terminal pair; each answer takes the time its frame would take on the
+    # wire: 8 request + 9 answer bytes of 11 bits = 19.5 ms), 8 meters read every second, unit 8 dead. The dead
+    # meter's own timeout (200 ms; the bus's is 1 s) is what it costs the line when it is tried, and it is tried
+    # less and less often: the 7 others keep every tick.
+    line_s = (8 + 9) * 11 / 9600
+    with pty_pair(tmp_path) as (meter_end, gateway_end):
+        sims = [sim(u, seed=u, delay=line_s) for u in range(1, 9)]
+        server = await MeterServer(sims).start_serial(meter_end)
+        server.silent.add(8)
+        bus = SerialBus(name="b", type="serial", port=gateway_end, baudrate=9600, timeout="1s")
+        meters = [meter_for(profiles()[SDM630], f"m{u}", u, bus="b", interval="1s",
+                            quantities=[Q.ENERGY_IMPORT_TOTAL]) for u in range(1, 9)]
+        meters[7] = meters[7].model_copy(update={"timeout": 0.2})
+        try:
+            source = await run_source(bus, meters, queue, 8.2)
+        finally:
+            await server.stop()
+    assert await queued(queue, "m8") == []
+    dead = source.pollers[7]
+    assert 2 <= dead.counts["timeout"] <= 6, dead.counts  # tried at ticks 1 (and asked again), 2, 4, 8
+    for u, poller in zip(range(1, 8), source.pollers, strict=False):
+        ticks = [r.ts_ms // 1000 for r in await queued(queue, f"m{u}")]
+        assert len(ticks) >= 7 and ticks == list(range(ticks[0], ticks[0] + len(ticks))), f"m{u} missed: {ticks}"
+        assert poller.counts["skipped_ticks"] == 0
+        # Its answer times, as status shows them: at least the frame's time on the wire.
+        answers = poller.answer_ms()
+        assert answers is not None and line_s * 1000 <= answers["p50"] <= answers["p99"] < 1000, answers
+        assert answers["timeout"] == 1000
+    assert dead.answer_ms() is None
+
+
+async def test_a_meter_asked_again_as_many_times_as_its_retries(queue: DiskQueue) -> None:
+    # Two meters that answered once, then stop: one with retries 0 (not asked again at that tick), one with 2.
+    async with serving(sim(1), sim(2)) as server:
+        bus = tcp(server, timeout="200ms")
+        once, twice = (meter(f"m{u}", u).model_copy(update={"retries": r}) for u, r in ((1, 0), (2, 2)))
+        source = ModbusSource(bus, [once, twice])
+        stop = asyncio.Event()
+        task = asyncio.create_task(source.run(queue.append, stop))
+        while not all(p.counts["readings"] for p in source.pollers):
+            await asyncio.sleep(0.05)
+        server.silent.update({1, 2})
+        while not all(p.counts["timeout"] for p in source.pollers):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.6)  # the second one's two retries at that tick
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    first, second = source.pollers
+    # Asked again only at the tick it first missed: later ticks are the backoff's, without retries.
+    assert first.counts["retries"] == 0 and first.counts["timeout"] >= 1
+    assert second.counts["retries"] == 2 and second.counts["timeout"] >= 3
+
+
+async def test_a_bus_waits_its_connect_pause_before_the_first_request() -> None:
+    async with serving(sim(1)) as server:
+        bus = Bus(tcp(server, connect_pause="300ms"))
+        block = plan(meter("m", 1).points, 0)[0]
+        try:
+            t0 = time.monotonic()
+            await bus.read(1, block)
+            first = time.monotonic() - t0
+            t0 = time.monotonic()
+            await bus.read(1, block)
+            second = time.monotonic() - t0
+        finally:
+            bus.close()
+    assert first >= 0.3 and second < 0.3, (first, second)
+
+
 async def test_a_lost_connection_is_reopened_with_backoff_and_logged_once_each_way(queue: DiskQueue) -> None:
     server = await MeterServer([sim(1)]).start_tcp()
     port = server.port

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import status
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.errors import ConfigError
@@ -160,10 +161,10 @@ buses:
   - {{name: a, type: tcp, host: 127.0.0.1, port: {server.port}, timeout: 2s}}
   - {{name: b, type: tcp, host: 127.0.0.1, port: {server.port}, timeout: 2s}}
 meters:
-  - {{name: slow, type: modbus, bus: a, unit: 1, profile: eastron_sdm630, interval: 500ms}}
+  - {{name: slow, type: modbus, bus: a, unit: 1, profile: eastron_sdm630, interval: 500ms, timeout: 400ms}}
   - {{name: fine, type: modbus, bus: b, unit: 2, profile: eastron_sdm630, interval: 500ms}}
 sinks: [{{name: out, type: file, path: {tmp_path}/out.jsonl}}]
-"""):
+""") as gw:
             deadline = time.monotonic() + 15
             while (health := await get(port, "/health")).status_code != 503:
                 assert time.monotonic() < deadline, "no problem reported while ticks are skipped"
@@ -176,6 +177,16 @@ sinks: [{{name: out, type: file, path: {tmp_path}/out.jsonl}}]
             assert value(m, "meter_gateway_ticks_skipped_total", meter="fine") == 0
             assert value(m, "meter_gateway_meter_failing", meter="slow") == 0, "it answers: not failing"
             assert value(m, "meter_gateway_readings_total", meter="slow") > 0
+            # status: how long each meter's answers take, and the slow one said slow (its answers take more than
+            # half of its own 400 ms timeout).
+            report = await gw.snapshot()
+            assert report["meters"]["slow"]["answer_ms"]["p50"] >= 250
+            assert report["meters"]["slow"]["answer_ms"]["timeout"] == 400
+            assert report["meters"]["fine"]["answer_ms"]["p99"] < 250
+            shown = status.render(report).splitlines()
+            row = next(i for i, line in enumerate(shown) if line.startswith("slow "))
+            assert " ms " in shown[row] and "answers slowly: 1 answer in 100 takes" in shown[row + 1], shown
+            assert not any("answers slowly" in line for line in shown if line.startswith("fine "))
 
             slow.delay = 0.0  # its polls fit again: healthy once the last skip is older than 2 s
             await until_healthy(port)

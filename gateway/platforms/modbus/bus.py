@@ -55,6 +55,8 @@ class _Connection:
         self.bus = bus
         self.client: Client | None = None
         self.last_end = 0.0
+        #: How long the last request took, from sent to answered (or given up).
+        self.answer_s = 0.0
 
     def _make(self) -> Client:
         c = self.bus.config
@@ -87,6 +89,8 @@ class _Connection:
         if not ok:
             client.close()
             raise bus.connect_failed(_why_not_connected(bus.config, reason))
+        if bus.config.connect_pause > 0:
+            await asyncio.sleep(bus.config.connect_pause)  # before the first frame: the adapter settles
         self.client = client
         bus.connected()
         return client
@@ -97,7 +101,9 @@ class _Connection:
                 self.client.close()
             self.client = None
 
-    async def read(self, unit: int, block: Block) -> list[int]:
+    async def read(self, unit: int, block: Block, answer_within: float | None = None) -> list[int]:
+        """One request; ``answer_within`` is the meter's timeout (default: the bus's). ``answer_s`` is set to the
+        time the answer took (from the request sent to the answer decoded)."""
         client = await self.ensure()
         bus = self.bus
         silence = self.last_end + bus.gap - time.monotonic()  # no gap (0) on Modbus TCP
@@ -106,6 +112,11 @@ class _Connection:
         what = f"unit {unit} {block.function} 0x{block.address:04X} x{block.count}"
         bus.stats.requests += 1
         bus.stats.by_unit[unit] = bus.stats.by_unit.get(unit, 0) + 1
+        wait = answer_within or bus.config.timeout
+        # pymodbus reads its answer timeout at each request, under the connection's lock: one request at a time
+        # per connection, so this meter's timeout is the one in force for this request only.
+        client.ctx.comm_params.timeout_connect = wait
+        sent = time.monotonic()
         try:
             if block.code == 4:
                 rr = await client.read_input_registers(block.address, count=block.count, device_id=unit)
@@ -118,7 +129,7 @@ class _Connection:
                 self.close()
                 raise ModbusBadAnswer(f"{what}: an answer that cannot be decoded ({garbled})") from None
             if "No response" in str(e) or "CLOSING CONNECTION" in str(e):
-                raise ModbusTimeout(f"{what}: no answer within {bus.config.timeout:g}s") from None
+                raise ModbusTimeout(f"{what}: no answer within {wait:g}s") from None
             raise ModbusBadAnswer(f"{what}: {_short(e)}") from None
         except ConnectionException:
             bus.troubled_at = time.monotonic()
@@ -130,6 +141,7 @@ class _Connection:
             raise bus.connect_failed(_short(e)) from None
         finally:
             self.last_end = time.monotonic()
+            self.answer_s = self.last_end - sent
         # Answer frame: unit + function (+ byte count) + data + CRC on RTU; MBAP header + function (+ count) on TCP.
         header = 5 if bus.rtu else 9
         if rr.isError():

@@ -163,10 +163,13 @@ def _duplicate_quantities(registers: list[RegisterSpec]) -> list[tuple[tuple[str
 class BusBase(Strict):
     name: Name
     type: str
-    #: A request without an answer by then counts as a timeout of that meter.
+    #: A request without an answer by then counts as a timeout of that meter (a meter's own ``timeout`` wins).
     timeout: PositiveDuration = 1.0
     #: A meter that does not answer is tried again at its next tick, then less and less often, up to this.
     retry_cap: PositiveDuration = 60.0
+    #: Silence after the line is (re)opened or the converter (re)connected, before the first request: some USB
+    #: adapters and serial servers drop the first frame sent too soon.
+    connect_pause: Duration = 0.0
 
     @property
     def serialised(self) -> bool:
@@ -271,6 +274,11 @@ class ModbusMeterConfig(MeterBase):
     value_unit: Annotated[str, AfterValidator(check_value_unit)] | None = None
     #: Read across up to this many unused registers rather than send another request; default from the bus.
     max_gap: Annotated[int, Field(ge=0, le=124)] | None = None
+    #: This meter's answer timeout (a slow meter longer, the others on a shared line short); default: the bus's.
+    timeout: PositiveDuration | None = None
+    #: A meter that answered last time and misses is asked again up to this many times at the same tick, after the
+    #: meters waiting for the line (a lost frame should not cost a reading; a dead meter is not asked again).
+    retries: Annotated[int, Field(ge=0, le=3)] = 1
 
     #: Every register resolved (profile, inline, quantities filter): set when the file is loaded.
     _points: tuple[Point, ...] = PrivateAttr(default=())
@@ -296,6 +304,9 @@ class ModbusMeterConfig(MeterBase):
 
     def effective_max_gap(self, bus: BusBase) -> int:
         return self.max_gap if self.max_gap is not None else bus.default_max_gap()
+
+    def effective_timeout(self, bus: BusBase) -> float:
+        return self.timeout if self.timeout is not None else bus.timeout
 
 
 def meter_problems(meter: ModbusMeterConfig, buses: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:

@@ -8,8 +8,9 @@ value takes its place; a poll that yields no value yields no reading.
 
 A meter that does not answer (timeouts) is backed off: tried at its next tick, then at one tick in 2,
 4, ... up to the bus's ``retry_cap``, so a dead meter costs its bus one timeout now and then, never its own timeout
-at every poll of every meter. State changes are logged once each: the first failure at warning, the rest at
-debug, and one line when the meter answers again with how long it was down.
+at every poll of every meter; its own ``timeout`` bounds what that one costs the others on a shared line. State
+changes are logged once each: the first failure at warning, the rest at debug, and one line when the meter answers
+again with how long it was down.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ log = structlog.get_logger("gateway.platforms.modbus.source")
 SPLIT_CODES = frozenset({2, 3})
 #: Refusals in a poll before any answer after which the meter is taken as refusing everything (the poll ends).
 BLIND_REFUSALS = 3
+#: Answer times kept per meter for its median and 99th percentile (the last 200 requests).
+ANSWER_SAMPLES = 200
 
 
 class MeterPoller:
@@ -70,6 +73,9 @@ class MeterPoller:
         self.last_words: dict[tuple[str, int], list[int]] = {}
         #: Failed reads per kind, per minute of the last hour (minute number, counts): "over the last hour".
         self._errors_by_minute: deque[tuple[int, Counter[str]]] = deque(maxlen=60)
+        self.timeout = meter.effective_timeout(bus.config)
+        #: How long its last answers took (seconds, request sent to answer decoded): a slow meter shows in status.
+        self.answer_times: deque[float] = deque(maxlen=ANSWER_SAMPLES)
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
         committer = Committer(emit, self.log)
@@ -99,9 +105,11 @@ class MeterPoller:
             healthy = not self.failures
             polled_at = time.monotonic()
             reading = await self.poll()
-            if reading is None and healthy and self.failures:
+            asked = 0
+            while reading is None and healthy and self.failures and asked < self.meter.retries:
                 # It answered last time: one lost frame (noise, a CRC error) should not cost a reading. Asked again
                 # once the bus was handed to the meters waiting for it, so they are delayed by one timeout at most.
+                asked += 1
                 self.counts["retries"] += 1
                 reading = await self.poll()
             if reading is not None:
@@ -143,7 +151,8 @@ class MeterPoller:
             while pending:
                 block = pending.popleft()
                 try:
-                    words = await conn.read(self.meter.unit, block)
+                    words = await conn.read(self.meter.unit, block, self.timeout)
+                    self.answer_times.append(conn.answer_s)
                 except ModbusExceptionReply as e:
                     if e.code not in SPLIT_CODES:
                         problems.append(e)
@@ -213,10 +222,19 @@ class MeterPoller:
         if grew:
             self.on_change()
 
+    def answer_ms(self) -> dict[str, float] | None:
+        """The median and 99th percentile of its last answers' times, in ms (None before any answer)."""
+        times = sorted(self.answer_times)
+        if not times:
+            return None
+        return {"p50": round(times[len(times) // 2] * 1000, 1), "p99": round(times[int(len(times) * 0.99)] * 1000, 1),
+                "timeout": round(self.timeout * 1000)}
+
     def health(self) -> dict[str, object]:
-        """For ``status``: failing or not, since when, the last problem, and the counters."""
+        """For ``status``: failing or not, since when, the last problem, the counters and the answer times."""
         down = self.down_since is not None
         return {
+            "answer_ms": self.answer_ms(),
             "failing": down,
             "down_s": round(time.monotonic() - self.down_since, 1) if self.down_since is not None else None,
             "last_problem": str(self.last_problems[0]) if down and self.last_problems else None,
