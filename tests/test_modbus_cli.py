@@ -251,3 +251,82 @@ async def test_scan_through_an_rtu_over_tcp_converter() -> None:
     assert rc == 0, err
     assert out.startswith("unit 5: answers; fits carlo_gavazzi_em340"), out
     assert f"  - {{name: converter, type: rtu_over_tcp, host: 127.0.0.1, port: {server.port}}}" in out
+
+
+# ---------------------------------------------------------------- commissioning
+
+
+def eastron(unit: int, profile: str, serial: int) -> SimMeter:
+    p = profiles()[profile]
+    return SimMeter(unit, p.points, lambda t: three_phase(t, unit), profile=p.spec, serial=serial, holes=True)
+
+
+async def test_set_address_checks_then_changes_and_verifies_the_meter(tmp_path: Path) -> None:
+    with pty_pair(tmp_path) as (meter_end, gateway_end):
+        server = await MeterServer([eastron(1, "eastron_sdm630", 12345678), eastron(5, "eastron_sdm120", 777),
+                                    fixed("xy_md02", {Q.VALUE: 21.7}, 7)]).start_serial(meter_end)
+        line = ("--serial", gateway_end, "--timeout", "300ms")
+        try:
+            # Without --yes: the checks, and what it would do; nothing written.
+            rc, out, err = await cli("set-address", *line, "--unit", "1", "--to", "9", "--profile", "Kostal KEM-P")
+            assert rc == 0, err
+            assert "unit 1 on " in out and "one meter answers, Eastron SDM630, serial 12345678" in out
+            assert "would write 9 to holding register 0x0014 (float32) of unit 1" in out
+            assert "nothing written: run again with --yes" in out and server.renumbered == {}
+            # A unit id in use, a device of another kind, a model without the register, a dead unit: refused.
+            rc, _, err = await cli("set-address", *line, "--unit", "1", "--to", "5", "--profile", "eastron_sdm630",
+                                   "--yes")
+            assert rc == 1 and "unit 5 is taken: a device answers there already" in err
+            rc, _, err = await cli("set-address", *line, "--unit", "7", "--to", "8", "--profile", "eastron_sdm630")
+            assert rc == 1 and "the device at unit 7 does not read as a Eastron SDM630" in err
+            rc, _, err = await cli("set-address", *line, "--unit", "7", "--to", "8", "--profile", "xy_md02")
+            assert rc == 1 and "knows no register for the unit id: set it on the meter itself" in err
+            rc, _, err = await cli("set-address", *line, "--unit", "3", "--to", "8", "--profile", "eastron_sdm630")
+            assert rc == 1 and "no meter answers at unit 3" in err
+            server.wrong_function.add(5)  # answers that do not match the request: two devices on one id look so
+            rc, _, err = await cli("set-address", *line, "--unit", "5", "--to", "8", "--profile", "eastron_sdm120")
+            assert rc == 1 and "answers at unit 5 are garbled" in err and "two devices may share" in err
+            server.wrong_function.clear()
+            # With --yes: written, and verified where it now answers, as the same meter; the old id is silent.
+            rc, out, err = await cli("set-address", *line, "--unit", "1", "--to", "9", "--profile", "eastron_sdm630",
+                                     "--yes")
+            assert rc == 0, err
+            assert "written: write 9 to holding register 0x0014 (float32) of unit 1" in out
+            assert "verified: the meter answers at unit 9 (serial 12345678, the same)" in out
+            assert "unit 1: no longer answers" in out
+            assert server.renumbered == {9: 1}
+            # scan finds it there, with its serial number.
+            rc, out, err = await cli("scan", *line, "--units", "1,5,9")
+            assert rc == 0, err
+            assert "unit 9: answers; fits eastron_sdm630" in out and "serial 12345678" in out
+            # (the SDM230 reads the very same registers as the SDM120: either may come first)
+            assert "unit 5: answers; fits eastron_sdm" in out and "serial 777" in out
+            assert "unit 1:" not in out
+        finally:
+            await server.stop()
+
+
+async def test_set_baudrate_writes_the_models_code_and_reads_the_meter_back(tmp_path: Path) -> None:
+    with pty_pair(tmp_path) as (meter_end, gateway_end):
+        sdm630, sdm120 = eastron(1, "eastron_sdm630", 4242), eastron(2, "eastron_sdm120", 99)
+        server = await MeterServer([sdm630, sdm120]).start_serial(meter_end)
+        line = ("--serial", gateway_end, "--timeout", "300ms")
+        try:
+            rc, out, err = await cli("set-baudrate", *line, "--unit", "2", "--to", "19200", "--profile",
+                                     "eastron_sdm120", "--yes")
+            assert rc == 1 and "cannot be set to 19200 baud (it knows: 1200, 2400, 4800, 9600)" in err
+            rc, out, err = await cli("set-baudrate", *line, "--unit", "1", "--to", "19200", "--profile",
+                                     "eastron_sdm630")
+            assert rc == 0 and "would write code 3 (19200 baud)" in out and "other meters on this line stay" in out
+            assert sdm630.baud_code_written is None
+            rc, out, err = await cli("set-baudrate", *line, "--unit", "1", "--to", "19200", "--profile",
+                                     "eastron_sdm630", "--yes")
+            assert rc == 0, err
+            assert sdm630.baud_code_written == 3  # the SDM630's code for 19200 (its manual's table)
+            assert "verified: the meter answers at unit 1 at 19200 baud (serial 4242, the same)" in out
+            assert "set the bus's baudrate to 19200 in the configuration" in out
+            rc, _, err = await cli("set-baudrate", "--host", "127.0.0.1", "--rtu-over-tcp", "--unit", "1", "--to",
+                                   "19200", "--profile", "eastron_sdm630")
+            assert rc == 1 and "serial-to-TCP converter" in err
+        finally:
+            await server.stop()

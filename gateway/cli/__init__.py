@@ -22,8 +22,8 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.settings import ProcessSettings
 
 #: In the order ``--help`` lists them.
-COMMANDS = ("run", "check", "status", "deadletter", "future", "verify", "read", "scan", "profiles", "demo",
-            "wegowise", "intellimeter", "fleet", "hash-password")
+COMMANDS = ("run", "check", "status", "deadletter", "future", "verify", "read", "scan", "profiles",
+            "set-address", "set-baudrate", "demo", "wegowise", "intellimeter", "fleet", "hash-password")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -159,6 +159,34 @@ class _Connection:
         return regs
 
 
+async def write(conn: _Connection, unit: int, address: int, words: list[int]) -> None:
+    """Write ``words`` to holding registers from ``address`` (function 16), as one request: a meter's setting.
+    Errors as for reads (an exception reply, no answer, a broken connection)."""
+    client = await conn.ensure()
+    bus = conn.bus
+    silence = conn.last_end + bus.gap - time.monotonic()
+    if silence > 0:
+        await asyncio.sleep(silence)
+    what = f"unit {unit} write 0x{address:04X} x{len(words)}"
+    bus.stats.requests += 1
+    client.ctx.comm_params.timeout_connect = bus.config.timeout
+    try:
+        rr = await client.write_registers(address, words, device_id=unit)
+    except ModbusIOException as e:
+        if "No response" in str(e) or "CLOSING CONNECTION" in str(e):
+            raise ModbusTimeout(f"{what}: no answer within {bus.config.timeout:g}s") from None
+        raise ModbusBadAnswer(f"{what}: {_short(e)}") from None
+    except (OSError, ModbusException) as e:
+        conn.close()
+        raise bus.connect_failed(_short(e)) from None
+    finally:
+        conn.last_end = time.monotonic()
+    if rr.isError():
+        raise ModbusExceptionReply(int(getattr(rr, "exception_code", 0)), what)
+    if rr.function_code != 16:
+        raise ModbusBadAnswer(f"{what}: answered function {rr.function_code} to a function 16 request")
+
+
 class Bus:
     """One line. ``session()`` gives a connection for one meter's poll; reads through it never raise anything
     but :class:`~gateway.errors.ModbusError`."""

@@ -102,6 +102,51 @@ class ProbeSpec(Strict):
     max: float
 
 
+class IdentityRegister(Strict):
+    """A register telling the device apart (serial number, firmware version): shown by ``scan``."""
+
+    address: Annotated[int, Field(ge=0, le=65535)]
+    function: Function = "holding"
+    type: RegisterType
+    word_order: WordOrder = "big"
+    note: str | None = None
+
+
+class Identity(Strict):
+    serial_number: IdentityRegister | None = None
+    firmware: IdentityRegister | None = None
+
+
+class Code(Strict):
+    """A setting's value and the number the meter stores for it (baud rate 19200 is code 3)."""
+
+    rate: int
+    code: int
+
+
+class SettingRegister(Strict):
+    """A holding register the technician may write over Modbus (function 16), in the meter's own encoding."""
+
+    address: Annotated[int, Field(ge=0, le=65535)]
+    type: RegisterType
+    word_order: WordOrder = "big"
+    #: The number written for each value (a baud rate's code), where the meter does not take the value itself.
+    codes: list[Code] | None = None
+    note: str | None = None
+
+    def encoded(self, value: int) -> int | None:
+        """What to write for ``value`` (None: the meter has no code for it)."""
+        if self.codes is None:
+            return value
+        return next((c.code for c in self.codes if c.rate == value), None)
+
+
+class Settings(Strict):
+    #: The meter's Modbus unit id (its "address", "meter id", "node").
+    unit: SettingRegister | None = None
+    baudrate: SettingRegister | None = None
+
+
 class ProfileFile(Strict):
     """A meter model's register map (one YAML file in gateway/profiles/ or profiles_dir)."""
 
@@ -119,6 +164,10 @@ class ProfileFile(Strict):
     defaults: RegisterDefaults = Field(default_factory=RegisterDefaults)
     probe: Annotated[list[ProbeSpec], Field(min_length=1)]
     registers: Annotated[list[RegisterSpec], Field(min_length=1)]
+    #: Registers that tell one device from another (shown by 'scan').
+    identity: Identity = Field(default_factory=Identity)
+    #: Settings a technician may change over Modbus ('set-address', 'set-baudrate').
+    settings: Settings = Field(default_factory=Settings)
 
     def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]:
         problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -138,6 +187,13 @@ class ProfileFile(Strict):
                 problems.append((("probe", i, "max"), f"{p.max:g} is not above min {p.min:g}"))
         for i, r in enumerate(self.registers):
             problems += [(("registers", i, *k), m) for k, m in r.resolve(self.defaults)[1]]
+        baud = self.settings.baudrate
+        if baud is not None and baud.codes is not None:
+            odd = sorted({c.rate for c in baud.codes} - set(BAUDRATES))
+            if odd:
+                rates = ", ".join(map(str, BAUDRATES))
+                problems.append((("settings", "baudrate", "codes"),
+                                 f"{', '.join(map(str, odd))} is not a standard rate ({rates})"))
         return problems
 
 

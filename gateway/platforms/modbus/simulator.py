@@ -29,7 +29,8 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from gateway.platforms.modbus.registers import Point
+from gateway.platforms.modbus.config import ProfileFile
+from gateway.platforms.modbus.registers import Point, WordOrder
 from gateway.quantities import Quantity
 
 Values = Callable[[float], Mapping[Quantity, float]]
@@ -54,9 +55,17 @@ class SimMeter:
 
     def __init__(
         self, unit: int, points: Sequence[Point], values: Values | Mapping[Quantity, float], *, holes: bool = False,
-        clock: Callable[[], float] = time.time, delay: float = 0.0,
+        clock: Callable[[], float] = time.time, delay: float = 0.0, profile: ProfileFile | None = None,
+        serial: int = 0, baudrate: int = 9600,
     ) -> None:
         self.unit = unit
+        #: The profile's identity and settings registers: a serial number to read, a unit id and a baud rate code
+        #: to write (the unit id takes effect after the answer, as Eastron meters do).
+        self.profile = profile
+        self.serial = serial
+        self.baudrate = baudrate
+        #: The baud rate code last written, if any.
+        self.baud_code_written: int | None = None
         #: Seconds each answer takes (a slow meter, or a slow gateway in front of it).
         self.delay = delay
         self.points = tuple(points)
@@ -83,9 +92,43 @@ class SimMeter:
             else:
                 start, end = pts[0].address, max(p.end for p in pts)
                 blocks[function] = [SimData(start, values=[0] * (end - start), datatype=DataType.REGISTERS)]
+        blocks["holding"] = [b for b in blocks["holding"] if b.datatype != DataType.INVALID] + self._admin_blocks()
+        if not blocks["holding"]:
+            blocks["holding"] = [SimData(0, count=1, datatype=DataType.INVALID)]
         bits = [SimData(0, values=False, datatype=DataType.BITS)]
         return SimDevice(self.unit, simdata=(bits, list(bits), blocks["holding"], blocks["input"]),
                          action=self._refresh)
+
+    def _admin_blocks(self) -> list[SimData]:
+        """The identity and settings registers of the profile, holding the serial number, unit id and baud code."""
+        if self.profile is None:
+            return []
+        out = []
+        ident, settings = self.profile.identity, self.profile.settings
+        if ident.serial_number is not None:
+            out.append(SimData(ident.serial_number.address, datatype=DataType.REGISTERS,
+                               values=_words(ident.serial_number.type, ident.serial_number.word_order, self.serial)))
+        if settings.unit is not None:
+            out.append(SimData(settings.unit.address, datatype=DataType.REGISTERS,
+                               values=_words(settings.unit.type, settings.unit.word_order, self.unit)))
+        if settings.baudrate is not None:
+            code = settings.baudrate.encoded(self.baudrate) or 0
+            out.append(SimData(settings.baudrate.address, datatype=DataType.REGISTERS,
+                               values=_words(settings.baudrate.type, settings.baudrate.word_order, code)))
+        return sorted(out, key=lambda b: b.address)
+
+    def written(self, address: int, words: list[int]) -> int | None:
+        """A write to a settings register: the new unit id if it was the unit register (None otherwise); a write
+        elsewhere is refused with "illegal data address" (as meters refuse writes to measurements)."""
+        settings = self.profile.settings if self.profile is not None else None
+        for reg, what in ((settings.unit, "unit"), (settings.baudrate, "baud")) if settings else ():
+            if reg is not None and reg.address == address:
+                value = int(_value(reg.type, reg.word_order, words))
+                if what == "unit":
+                    return value
+                self.baud_code_written = value
+                return None
+        raise ValueError(f"0x{address:04X} is not a setting")
 
     async def _refresh(
         self, function_code: int, start_address: int, address: int, count: int, registers: list[int],
@@ -108,6 +151,18 @@ class SimMeter:
         return None
 
 
+def _words(type_: str, word_order: WordOrder, value: float) -> list[int]:
+    dt = _DT[type_.upper()]
+    v = float(value) if type_.startswith("float") else int(value)
+    return list(ModbusClientMixin.convert_to_registers(v, dt, word_order=word_order))
+
+
+def _value(type_: str, word_order: WordOrder, words: list[int]) -> float:
+    value = ModbusClientMixin.convert_from_registers(words, _DT[type_.upper()], word_order=word_order)
+    assert isinstance(value, int | float)
+    return float(value)
+
+
 def _distinct(points: Sequence[Point]) -> list[Point]:
     out: list[Point] = []
     for p in points:
@@ -123,8 +178,30 @@ class _FaultyContext:
         self.inner = inner
         self.server = server
 
+    async def async_setValues(self, device_id: int, func_code: int, address: int, values: list[int]) -> Any:
+        s = self.server
+        original = s.renumbered.get(device_id, device_id)
+        if device_id in s.silent or device_id in s.moved or original not in s.units:
+            raise NoSuchIdException(f"unit {device_id} is silent")
+        if device_id in s.exceptions:
+            s.exception_replies[device_id] += 1
+            return ExcCodes(s.exceptions[device_id])
+        try:
+            new_unit = s.meters[original].written(address, list(values))
+        except ValueError:
+            return ExcCodes.ILLEGAL_ADDRESS
+        if new_unit is not None and new_unit != device_id:
+            # Answered at the old id (this write's answer), then only at the new one.
+            s.renumbered[new_unit] = original
+            s.moved.add(device_id)
+            s.moved.discard(new_unit)
+        return await self.inner.async_setValues(original, func_code, address, values)
+
     async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1) -> Any:
         s = self.server
+        if device_id in s.moved:
+            raise NoSuchIdException(f"unit {device_id} was renumbered")
+        device_id = s.renumbered.get(device_id, device_id)
         if device_id in s.silent or device_id not in s.units:
             raise NoSuchIdException(f"unit {device_id} is silent")  # ignore_missing_devices: no answer at all
         if device_id in s.exceptions:
@@ -161,6 +238,9 @@ class MeterServer:
         self.wrong_function: set[int] = set()
         #: Units whose Modbus TCP answers claim more bytes than they carry.
         self.overlong: set[int] = set()
+        #: Unit ids given by a write to a meter's unit register -> the meter's first id; and the ids left behind.
+        self.renumbered: dict[int, int] = {}
+        self.moved: set[int] = set()
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self.port = 0
 

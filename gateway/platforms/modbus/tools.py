@@ -15,6 +15,7 @@ from gateway.config.profiles import Profile, meter_for
 from gateway.config.units import format_duration
 from gateway.errors import GatewayError, ModbusBusError, ModbusError
 from gateway.platforms.modbus.bus import Bus
+from gateway.platforms.modbus.commission import read_identity
 from gateway.platforms.modbus.config import (
     BusBase,
     ModbusMeterConfig,
@@ -308,6 +309,8 @@ class ScanHit:
     fits: list[tuple[str, dict[Quantity, float]]]
     #: profile name -> the models it reads ("Eastron SDM630, also SDM630MCT, Kostal KEM-P, ..."), for the label
     titles: dict[str, str] = field(default_factory=dict)
+    #: The serial number and firmware where the first profile knows their registers.
+    identity: dict[str, str] = field(default_factory=dict)
 
 
 async def scan(bus_cfg: BusBase, units: Sequence[int], profiles: dict[str, Profile],
@@ -335,8 +338,9 @@ async def scan(bus_cfg: BusBase, units: Sequence[int], profiles: dict[str, Profi
                     read = await _values_read(bus, unit, profiles[name])
                     fits.append(((read, read / len(profiles[name].points)), name, values))
             fits.sort(key=lambda f: (-f[0][0], -f[0][1]))
+            identity = await read_identity(bus, unit, profiles[fits[0][1]]) if fits else {}
             hits.append(ScanHit(unit, [(name, values) for _, name, values in fits],
-                                {name: _models(profiles[name]) for _, name, _ in fits}))
+                                {name: _models(profiles[name]) for _, name, _ in fits}, identity))
     finally:
         bus.close()
     return hits
@@ -406,7 +410,8 @@ def render_scan(hits: Sequence[ScanHit], bus_cfg: BusBase, scanned: int) -> str:
             others = [f[0] for f in h.fits[1:]]
             alike = f" (also fits: {', '.join(others)}: check the model on the label)" if others else ""
             known = h.titles.get(name, "")
-            lines.append(f"unit {h.unit}: answers; fits {name}{known and f' ({known})'}{alike}; {shown}")
+            ident = "".join(f", {k} {v}" for k, v in h.identity.items())
+            lines.append(f"unit {h.unit}: answers; fits {name}{known and f' ({known})'}{alike}{ident}; {shown}")
         else:
             lines.append(f"unit {h.unit}: answers, but no built-in profile fits: give its registers inline")
     lines += ["", "Configuration lines to paste (rename the meters):", "buses:", f"  - {_bus_line(bus_cfg)}",
