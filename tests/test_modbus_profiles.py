@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from gateway.platforms.modbus.registers import Point
 from gateway.platforms.modbus.simulator import MeterServer, SimMeter
 from gateway.platforms.modbus.source import MeterPoller
 from gateway.quantities import Quantity as Q
-from tests.helpers.modbus import profiles
+from tests.helpers.modbus import ServerThread, profiles
 
 #: Typical values per quantity; each profile's meter holds them rounded to what its registers can carry.
 TYPICAL: dict[Q, float] = {
@@ -58,8 +58,9 @@ def close(read: float, expected: float, point: Point) -> bool:
     return math.isclose(read, expected, rel_tol=rel, abs_tol=abs(point.scale) * 1e-9)
 
 
-async def read_once(server: MeterServer, unit: int, meter: ModbusMeterConfig) -> dict[Q, float]:
-    bus = Bus(TcpBus(name="b", type="tcp", host="127.0.0.1", port=server.port))
+async def read_once(server: MeterServer | int, unit: int, meter: ModbusMeterConfig) -> dict[Q, float]:
+    port = server if isinstance(server, int) else server.port
+    bus = Bus(TcpBus(name="b", type="tcp", host="127.0.0.1", port=port))
     try:
         reading = await MeterPoller(meter, bus, report_health=False).poll()
     finally:
@@ -72,15 +73,29 @@ def meter(profile: str, unit: int = 7, quantities: Iterable[Q] | None = None) ->
     return meter_for(profiles()[profile], "m", unit, bus="b", quantities=quantities)
 
 
-@pytest.mark.parametrize("name", sorted(profiles()))
-async def test_every_profile_reads_what_the_meter_holds(name: str) -> None:
+#: Every built-in profile on one simulated line (a server thread for the module): at unit i+1 a device holding the
+#: typical values; at unit 101+i one holding "not available" (NaN, or the register's pattern) for half its values.
+NAMES = sorted(profiles())
+HELD, NOT_AVAILABLE = 1, 101
+
+
+@pytest.fixture(scope="module")
+def every_model() -> Iterator[int]:
+    sims = []
+    for i, name in enumerate(NAMES):
+        points = profiles()[name].points
+        sims.append(SimMeter(HELD + i, points, {pt.quantity: held(pt) for pt in points}))
+        sims.append(SimMeter(NOT_AVAILABLE + i, points, _not_available_values(points)))
+    with ServerThread(sims) as server:
+        yield server.port
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_every_profile_reads_what_the_meter_holds(name: str, every_model: int) -> None:
     p = profiles()[name]
     values = {pt.quantity: held(pt) for pt in p.points}
-    server = await MeterServer([SimMeter(7, p.points, values)]).start_tcp()
-    try:
-        got = await read_once(server, 7, meter(name))
-    finally:
-        await server.stop()
+    unit = HELD + NAMES.index(name)
+    got = await read_once(every_model, unit, meter(name, unit))
     assert set(got) == set(values), f"{name}: read {sorted(got)} but the meter holds {sorted(values)}"
     wrong = {q.value: (got[q], values[q]) for q in values if not close(got[q], values[q], _point(p.points, q))}
     assert not wrong, f"{name}: read != held: {wrong}"
@@ -331,28 +346,24 @@ def test_every_profile_has_a_hand_worked_spot_check() -> None:
 
 def _not_available_values(points: tuple[Point, ...]) -> dict[Q, float]:
     """Every other value that can be "not available" (a float, or an integer with a documented pattern) held as
-    such (NaN: the simulator writes the pattern), the rest as typical values."""
+    such (NaN: the simulator writes the pattern), the rest as typical values; a one-value device keeps its value
+    (the typical-value test reads it, and a device with nothing to read gives no reading)."""
     values = {pt.quantity: held(pt) for pt in points}
     can = [pt for pt in points if pt.type.startswith("float") or pt.not_available]
+    if len(can) < 2 and len(points) < 2:
+        return values
     for pt in can[::2]:
         values[pt.quantity] = math.nan
     return values
 
 
-@pytest.mark.parametrize("name", sorted(n for n, p in profiles().items()
-                                        if any(pt.type.startswith("float") or pt.not_available for pt in p.points)))
-async def test_not_available_values_are_left_out(name: str) -> None:
+@pytest.mark.parametrize("name", NAMES)
+async def test_not_available_values_are_left_out(name: str, every_model: int) -> None:
     p = profiles()[name]
     values = _not_available_values(p.points)
     missing = {q for q, v in values.items() if math.isnan(v)}
-    if len(missing) == len(values):  # a one-value profile: the other half of the test is the typical value above
-        values = {q: held(_point(p.points, q)) for q in values}
-        missing = set()
-    server = await MeterServer([SimMeter(7, p.points, values)]).start_tcp()
-    try:
-        got = await read_once(server, 7, meter(name))
-    finally:
-        await server.stop()
+    unit = NOT_AVAILABLE + NAMES.index(name)
+    got = await read_once(every_model, unit, meter(name, unit)) if len(missing) < len(values) else {}
     assert set(got) == set(values) - missing, f"{name}: 'not available' must leave the value out"
     assert all(math.isfinite(v) for v in got.values())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import shutil
 import subprocess
 import threading
@@ -19,7 +20,9 @@ from gateway.platforms.modbus.simulator import MeterServer, SimMeter
 SOCAT = shutil.which("socat")
 
 
+@functools.cache
 def profiles() -> dict[str, Profile]:
+    """The built-in profiles, loaded once per test process (they are frozen; 35 files take a fifth of a second)."""
     found, problems = load_all()
     assert not problems, problems
     return found
