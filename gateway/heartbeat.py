@@ -73,6 +73,6 @@ def persisted(view: dict[str, Any]) -> dict[str, Any]:
         counts = {k: v for k, v in (h.get("counts") or {}).items() if k not in NOT_ERRORS or k == "skipped_ticks"}
         if h.get("failing") or h.get("last_problem") or h.get("left_out") or counts or h.get("skipped_at_ms"):
             meters[name] = {**h, "counts": counts}
-        elif h.get("answer_ms"):  # how fast a Modbus meter answers: status shows it for every meter
-            meters[name] = {"answer_ms": h["answer_ms"]}
+        elif h.get("answer_ms") or h.get("device"):  # how fast it answers, what it is: status shows them
+            meters[name] = {k: h[k] for k in ("answer_ms", "device") if h.get(k)}
     return {**view, "meters": meters}

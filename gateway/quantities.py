@@ -58,6 +58,10 @@ class Quantity(StrEnum):
     INTERVAL_ENERGY = "interval_energy"
     # What a period cost (a utility bill), in the currency the meter declares.
     COST = "cost"
+    # An inverter's DC (PV) side: power, voltage, current.
+    DC_POWER = "dc_power"
+    DC_VOLTAGE = "dc_voltage"
+    DC_CURRENT = "dc_current"
 
 
 ALL: tuple[Quantity, ...] = tuple(Quantity)
@@ -68,6 +72,9 @@ WH_PER_THERM = 100_000 * JOULES_PER_BTU / 3600
 CODE: dict[Quantity, int] = {q: i for i, q in enumerate(ALL)}
 
 _PREFIX_UNITS = (
+    ("dc_power", "W"),
+    ("dc_voltage", "V"),
+    ("dc_current", "A"),
     ("power_active_", "W"),
     ("power_reactive_", "VAr"),
     ("power_apparent_", "VA"),

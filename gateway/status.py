@@ -84,6 +84,8 @@ def collect(queue: Snapshot, config: GatewayConfig, now: float | None = None,
             "left_out": health.get("left_out") or [] if isinstance(health, dict) else [],
             # How long its answers take (Modbus): median and 99th percentile of the last 200, and its timeout, in ms.
             "answer_ms": health.get("answer_ms") if isinstance(health, dict) else None,
+            # What a SunSpec device said it is (manufacturer, model, version, serial; its models).
+            "device": health.get("device") if isinstance(health, dict) else None,
         }
     subscriptions = daemon.get("subscriptions") if running else {}
     tasks = daemon.get("tasks") if running else {}
@@ -186,6 +188,8 @@ def render(report: dict[str, Any], now: float | None = None) -> str:
         answers = f"{answer['p50']:g}/{answer['p99']:g} ms" if isinstance(answer, dict) else "-"
         lines.append(f"{name:<20} {m['refused']:>8} {m['dropped_write_failed']:>8} {errors:>12} {answers:>15}"
                      f"  {ago(m['last_reading_ms'])}")
+        if isinstance(m.get("device"), dict) and m["device"].get("sunspec"):
+            lines.append(f"{'':<20} {m['device']['sunspec']}")
         if isinstance(answer, dict) and answer["p99"] > answer["timeout"] / 2:
             lines.append(f"{'':<20} answers slowly: 1 answer in 100 takes {answer['p99']:g} ms or more, of a"
                          f" {answer['timeout']:g} ms timeout (raise the meter's timeout, or look at the wiring)")

@@ -105,6 +105,9 @@ def resolve_modbus_meters(
     meters = list(config.meters)
     for i, meter in modbus:
         profile: Profile | None = None
+        if meter.sunspec:
+            meters[i] = meter.resolved((), None)  # discovered from the device when it is first read
+            continue
         if meter.profile is not None:
             if meter.profile not in files:
                 problems.append(problem_line(origins, ("meters", i, "profile"), filename, data,

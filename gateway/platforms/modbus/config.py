@@ -335,6 +335,9 @@ class ModbusMeterConfig(MeterBase):
     #: A meter that answered last time and misses is asked again up to this many times at the same tick, after the
     #: meters waiting for the line (a lost frame should not cost a reading; a dead meter is not asked again).
     retries: Annotated[int, Field(ge=0, le=3)] = 1
+    #: ``profile: sunspec``: the model of the device's chain to read (default: its first meter model, else its first
+    #: inverter model).
+    sunspec_model: Annotated[int, Field(ge=101, le=214)] | None = None
 
     #: Every register resolved (profile, inline, quantities filter): set when the file is loaded.
     _points: tuple[Point, ...] = PrivateAttr(default=())
@@ -355,7 +358,14 @@ class ModbusMeterConfig(MeterBase):
         out._points = points
         return out
 
+    @property
+    def sunspec(self) -> bool:
+        """A SunSpec device: its registers are discovered from the device, not listed."""
+        return self.profile == "sunspec"
+
     def offered_quantities(self, gateway: GatewayConfig) -> frozenset[Quantity] | None:
+        if self.sunspec:
+            return None  # known once the device is discovered
         return frozenset(p.quantity for p in self.points)
 
     def effective_max_gap(self, bus: BusBase) -> int:
@@ -375,6 +385,11 @@ def meter_problems(meter: ModbusMeterConfig, buses: dict[str, Any]) -> list[tupl
         problems.append((("bus",), f"no bus named '{meter.bus}' ({hint}defined: {defined})"))
     elif bus.serialised and meter.unit not in SERIAL_UNITS:
         problems.append((("unit",), f"{meter.unit} is not a unit id on a serial line (expected 1 to 247)"))
+    if meter.sunspec and meter.registers:
+        problems.append((("registers",), "a SunSpec device describes its own registers: no inline registers with"
+                                         " profile: sunspec (use another profile, or none, for inline registers)"))
+    if meter.sunspec_model is not None and not meter.sunspec:
+        problems.append((("sunspec_model",), "only for profile: sunspec"))
     if meter.profile is None and not meter.registers:
         problems.append((("profile",), "give a profile (see 'meter-gateway profiles') or registers, or both"))
     problems += _duplicate_quantities(meter.registers)

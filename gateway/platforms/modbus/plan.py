@@ -20,14 +20,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.f32 import shortest_decimals
-from gateway.platforms.modbus.registers import MAX_REGISTERS, Point, decoder, registers_to_bytes
+from gateway.platforms.modbus.registers import MAX_REGISTERS, Point, registers_to_bytes, scaled_decoder
 from gateway.quantities import Quantity
 
 
 def _plain(p: Point) -> bool:
     """A float32 in the usual word order, unscaled, without a "not available" pattern: its value is the shortest
     decimal of its four bytes, or nothing when they are not a finite number."""
-    return p.type == "float32" and p.word_order == "big" and p.scale == 1 and p.offset == 0 and not p.not_available
+    return (p.type == "float32" and p.word_order == "big" and p.scale == 1 and p.offset == 0 and not p.not_available
+            and p.sf_address is None)
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,14 @@ class Block:
     def _decoders(self) -> tuple[tuple[Quantity, Callable[[bytes, int], float | None], int], ...]:
         # Built once per block (a plan lives as long as its meter's poller), used at every poll; the plain float32
         # points are decoded all at once instead (_plain).
-        return tuple((p.quantity, decoder(p), 2 * (p.address - self.address)) for p in self.points
-                     if not _plain(p))
+        return tuple((p.quantity, scaled_decoder(p, self._sf_offset(p)), 2 * (p.address - self.address))
+                     for p in self.points if not _plain(p))
+
+    def _sf_offset(self, p: Point) -> int | None:
+        """The byte offset of the point's scale factor in this block (None: fixed scale, or not in the block)."""
+        if p.sf_address is None or not self.address <= p.sf_address < self.address + self.count:
+            return None
+        return 2 * (p.sf_address - self.address)
 
     @functools.cached_property
     def _plain_points(self) -> tuple[tuple[Quantity, ...], tuple[int, ...]]:

@@ -51,6 +51,9 @@ class Point:
     scale: float = 1.0
     offset: float = 0.0
     not_available: frozenset[int] = field(default_factory=frozenset)
+    #: A SunSpec scale factor: the register (a signed power of ten, read in the same request) the raw value is
+    #: multiplied by; None for a fixed scale.
+    sf_address: int | None = None
 
     @property
     def width(self) -> int:
@@ -105,6 +108,33 @@ def decoder(point: Point) -> Callable[[bytes, int], float | None]:
         if not exact:
             value = float(f"{value * scale + off:.{digits}g}")
         return value
+
+    return decode
+
+
+#: A SunSpec scale factor that is not implemented; and the range the specification allows.
+SF_NOT_IMPLEMENTED = -0x8000
+SF_RANGE = range(-10, 11)
+
+
+def scaled_decoder(point: Point, sf_offset: int | None) -> Callable[[bytes, int], float | None]:
+    """``decoder(point)``, times 10 to the power of the scale factor at ``sf_offset`` (bytes) of the same block.
+    A scale factor outside the block, not implemented (0x8000) or outside -10..10 gives no value: never a value
+    scaled by a guess."""
+    base = decoder(point)
+    if point.sf_address is None:
+        return base
+    if sf_offset is None:
+        return lambda _data, _offset: None
+
+    def decode(data: bytes, offset: int) -> float | None:
+        sf = int.from_bytes(data[sf_offset: sf_offset + 2], "big", signed=True)
+        if sf == SF_NOT_IMPLEMENTED or sf not in SF_RANGE:
+            return None
+        value = base(data, offset)
+        if value is None:
+            return None
+        return float(f"{value * 10.0 ** sf:.12g}")
 
     return decode
 

@@ -222,7 +222,7 @@ class _FaultyContext:
 class MeterServer:
     """Simulated meters on one Modbus server: TCP (``framer="socket"``), RTU over TCP (``"rtu"``) or a serial port."""
 
-    def __init__(self, meters: Sequence[SimMeter]) -> None:
+    def __init__(self, meters: Sequence[SimMeter | SunSpecSim]) -> None:
         self.meters = {m.unit: m for m in meters}
         self.units = set(self.meters)
         self.silent: set[int] = set()
@@ -289,3 +289,60 @@ class MeterServer:
         if self._server is not None:
             await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
+
+
+class SunSpecSim:
+    """A SunSpec device (a meter or an inverter) built from the SunSpec Alliance's model definitions: the "SunS"
+    marker at ``base``, model 1 naming it, each model of ``models`` with the values given (integers stored with the
+    scale factors of ``sf``, default 0), every other point "not implemented", and the end marker."""
+
+    def __init__(self, unit: int, base: int, common: Mapping[str, str],
+                 models: Sequence[tuple[int, Mapping[str, float]]], sf: Mapping[str, int] | None = None,
+                 length_of: Mapping[int, int] | None = None) -> None:
+        self.unit = unit
+        self.base = base
+        self.common = dict(common)
+        self.models = list(models)
+        self.sf = dict(sf or {})
+        #: A model's length as the device declares it (default: the definition's), to lie about it in tests.
+        self.length_of = dict(length_of or {})
+        self.words = self._words()
+
+    def _words(self) -> list[int]:
+        from gateway.platforms.modbus import sunspec
+
+        out = list(sunspec.MARKER)
+        for model_id, values in [(1, {}), *self.models]:
+            spec = sunspec.models()[model_id]
+            body = [0] * spec.length
+            for name, (offset, kind, size, sf_name, _units) in spec.points.items():
+                if kind == "string":
+                    text = self.common.get(name, "").encode("ascii")[: 2 * size].ljust(2 * size, b"\0")
+                    body[offset: offset + size] = [int.from_bytes(text[i: i + 2], "big") for i in range(0, 2 * size, 2)]
+                elif kind == "sunssf":
+                    body[offset] = self.sf.get(name, 0) & 0xFFFF
+                elif kind in ("pad", "bitfield16", "bitfield32", "enum16", "enum32"):
+                    continue
+                elif name in values:
+                    value = values[name]
+                    if kind != "float32" and sf_name is not None:
+                        sf = self.sf.get(sf_name, 0)
+                        value = round(value / 10.0 ** (sf if -10 <= sf <= 10 else 0))  # a lying SF: any raw
+                    rtype = {"acc32": "uint32", "acc16": "uint16", "acc64": "uint64"}.get(kind, kind)
+                    body[offset: offset + size] = _words(rtype, "big", value)
+                else:
+                    na = {"int16": [0x8000], "uint16": [0xFFFF], "int32": [0x8000, 0], "uint32": [0xFFFF, 0xFFFF],
+                          "acc32": [0, 0], "float32": [0x7FC0, 0]}.get(kind)
+                    if na is not None:
+                        body[offset: offset + size] = na
+            out += [model_id, self.length_of.get(model_id, spec.length), *body]
+        return [*out, sunspec.END, 0]
+
+    def device(self) -> SimDevice:
+        bits = [SimData(0, values=False, datatype=DataType.BITS)]
+        holding = [SimData(self.base, values=self.words, datatype=DataType.REGISTERS)]
+        inputs = [SimData(0, count=1, datatype=DataType.INVALID)]
+        return SimDevice(self.unit, simdata=(bits, list(bits), holding, inputs))
+
+    def written(self, address: int, words: list[int]) -> int | None:
+        raise ValueError(f"0x{address:04X} is not a setting")

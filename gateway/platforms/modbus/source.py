@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 import structlog
 
-from gateway.errors import ModbusBusError, ModbusError, ModbusExceptionReply, ModbusTimeout
+from gateway.errors import ModbusBadAnswer, ModbusBusError, ModbusError, ModbusExceptionReply, ModbusTimeout
+from gateway.platforms.modbus import sunspec
 from gateway.platforms.modbus.bus import Bus
 from gateway.platforms.modbus.config import BusBase, ModbusMeterConfig
 from gateway.platforms.modbus.plan import Block, Key, Planner
@@ -274,13 +275,71 @@ class MeterPoller:
         self._last_kind = kind
 
 
+class SunSpecPoller(MeterPoller):
+    """A SunSpec device: its chain discovered at the first poll (and again after it failed), then its model read
+    like any meter's plan. The device's identity (model 1) is in ``health()`` for ``status`` and the page."""
+
+    def __init__(
+        self, meter: ModbusMeterConfig, bus: Bus, keeper: TimeKeeper | None = None, report_health: bool = True
+    ) -> None:
+        super().__init__(meter, bus, keeper, report_health)
+        self.device: sunspec.Device | None = None
+
+    async def poll(self) -> Reading | None:
+        if self.device is None and not await self._discover():
+            return None
+        reading = await super().poll()
+        if reading is None and self.failures:
+            self.device = None  # a device replaced or re-addressed: found again when it answers
+        return reading
+
+    async def _discover(self) -> bool:
+        try:
+            async with self.bus.session() as conn:
+                device = await sunspec.discover(conn, self.meter.unit, self.timeout, self.meter.sunspec_model)
+        except ModbusError as e:
+            self.counts["polls"] += 1
+            self.counts[e.kind] += 1
+            self.last_problems = [e]
+            if self.report_health:
+                self._update_health([e], silent=isinstance(e, ModbusTimeout))
+            return False
+        if device.model is None:
+            wanted = f"model {self.meter.sunspec_model}" if self.meter.sunspec_model else "a meter or inverter model"
+            problem = ModbusBadAnswer(f"SunSpec device without {wanted} the gateway reads: {device.describe()}")
+            self.counts["polls"] += 1
+            self.counts[problem.kind] += 1
+            self.last_problems = [problem]
+            if self.report_health:
+                self._update_health([problem], silent=False)
+            return False
+        wanted_q = frozenset(self.meter.quantities) if self.meter.quantities is not None else None
+        _, body, length = device.model
+        self.planner = sunspec.ModelPlanner(sunspec.points(device, wanted_q), body, length)
+        self.device = device
+        self.log.info("SunSpec device found", device=device.describe())
+        return True
+
+    def health(self) -> dict[str, object]:
+        out = super().health()
+        if self.device is not None:
+            out["device"] = {**self.device.identity, "sunspec": self.device.describe()}
+        return out
+
+
+def poller_for(meter: ModbusMeterConfig, bus: Bus, keeper: TimeKeeper | None = None,
+               report_health: bool = True) -> MeterPoller:
+    cls = SunSpecPoller if meter.sunspec else MeterPoller
+    return cls(meter, bus, keeper, report_health)
+
+
 class ModbusSource(BaseSource):
     """Every meter of one bus."""
 
     def __init__(self, bus: BusBase, meters: list[ModbusMeterConfig], keeper: TimeKeeper | None = None) -> None:
         self.name = f"bus:{bus.name}"
         self.bus = Bus(bus)
-        self.pollers = [MeterPoller(m, self.bus, keeper) for m in meters]
+        self.pollers = [poller_for(m, self.bus, keeper) for m in meters]
         self.on_change: Callable[[], None] = lambda: None
         for p in self.pollers:
             p.on_change = lambda: self.on_change()

@@ -14,6 +14,7 @@ from gateway.config.models import GatewayConfig
 from gateway.config.profiles import Profile, meter_for
 from gateway.config.units import format_duration
 from gateway.errors import GatewayError, ModbusBusError, ModbusError
+from gateway.platforms.modbus import sunspec
 from gateway.platforms.modbus.bus import Bus
 from gateway.platforms.modbus.commission import read_identity
 from gateway.platforms.modbus.config import (
@@ -53,6 +54,8 @@ class ReadResult:
     seconds: float
     #: Each value's registers as answered (``register_rows``): for ``read --raw``.
     rows: list[dict[str, Any]] = field(default_factory=list)
+    #: What a SunSpec device said it is (its identity, its models).
+    device: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"meter": self.meter.name, "ok": self.reading is not None and not self.problems,
@@ -78,7 +81,7 @@ def serial_port_busy(port: str) -> str | None:
 
 async def read_meters(config: GatewayConfig, meters: Sequence[ModbusMeterConfig]) -> list[ReadResult]:
     """One poll of each meter, buses in parallel, meters of one bus one after the other."""
-    from gateway.platforms.modbus.source import MeterPoller
+    from gateway.platforms.modbus.source import poller_for
 
     buses = {b.name: b for b in config.buses}
 
@@ -89,13 +92,14 @@ async def read_meters(config: GatewayConfig, meters: Sequence[ModbusMeterConfig]
         out = []
         try:
             for m in ms:
-                poller = MeterPoller(m, bus, report_health=False)
+                poller = poller_for(m, bus, report_health=False)
                 before = bus.stats.requests
                 t0 = time.monotonic()
                 reading = await poller.poll()
                 problems = [f"{e.kind}: {e}" for e in poller.last_problems]
+                device = getattr(poller, "device", None)
                 out.append(ReadResult(m, reading, problems, bus.stats.requests - before, time.monotonic() - t0,
-                                      register_rows(poller)))
+                                      register_rows(poller), device.describe() if device is not None else ""))
         finally:
             bus.close()
         return out
@@ -180,6 +184,8 @@ def render_read(results: Sequence[ReadResult], config: GatewayConfig, raw: bool 
             lines.append(f"{head}: read at {iso_utc(r.reading.ts_ms)} in {r.seconds:.2f}s, {r.requests} request"
                          f"{'s' if r.requests != 1 else ''}")
             lines += format_values(dict(r.reading.values), m.value_unit)
+        if r.device:
+            lines.append(f"  ({r.device})")
         if raw and r.rows:
             lines += ["", *render_raw(r)]
         lines += [f"  ! {p}" for p in r.problems]
@@ -191,6 +197,12 @@ def render_read(results: Sequence[ReadResult], config: GatewayConfig, raw: bool 
 
 
 def describe_plan(meter: ModbusMeterConfig, bus: BusBase) -> list[str]:
+    if meter.sunspec:
+        model = f"model {meter.sunspec_model}" if meter.sunspec_model else (
+            "its first meter model (201-204, 211-214), else its first inverter model (101-103, 111-113)")
+        return ["SunSpec: registers discovered from the device when it is first read (the 'SunS' marker at 40000,"
+                f" 50000 or 0, then its model chain); reads {model} in one request; 'meter-gateway read' and 'scan'"
+                " show what it is"]
     max_gap = meter.effective_max_gap(bus)
     blocks = plan(meter.points, max_gap)
     n = len(blocks)
@@ -234,6 +246,9 @@ reads, the vendor document it follows and what it was checked against. "Requests
 a full poll takes on a 9600-baud line. None has yet been checked against a physical meter: each against the
 manual's table as transcribed by public projects, register words worked out by hand from the documented types,
 and a simulator built from the profile (see [modbus.md](modbus.md#meter-profiles) for how to write and check one).
+
+Besides these, `profile: sunspec` reads any SunSpec meter (models 201-204, 211-214) or inverter (101-103, 111-113)
+from the registers the device describes itself ([modbus.md](modbus.md#sunspec-devices)).
 """
 
 
@@ -291,7 +306,10 @@ def render_profile(p: Profile) -> str:
 
 
 def parse_units(spec: str, what: str = "units") -> list[int]:
-    """Unit ids from ``1-247``, ``1-10`` or ``1,2,5``."""
+    """Unit ids from ``1-247``, ``1-10``, ``1,2,5``, or ``sunspec`` (the ids SunSpec devices answer at out of the box:
+    1, 2, 126, 200-204, 240)."""
+    if spec.strip().lower() == sunspec.SUNSPEC:
+        return list(sunspec.INSTALLER_UNITS)
     out: list[int] = []
     for part in spec.split(","):
         lo, _, hi = part.strip().partition("-")
@@ -327,6 +345,12 @@ async def scan(bus_cfg: BusBase, units: Sequence[int], profiles: dict[str, Profi
                 progress(unit)
             if not await _answers(bus, unit, probes):
                 continue
+            found = await _sunspec_at(bus, unit)
+            if found is not None:
+                device, shown = found
+                hits.append(ScanHit(unit, [(sunspec.SUNSPEC, shown)], {sunspec.SUNSPEC: device.describe()},
+                                    device.identity))
+                continue
             fits: list[tuple[tuple[int, float], str, dict[Quantity, float]]] = []
             for name, (blocks, ranges) in probes.items():
                 values = await _probe(bus, unit, blocks)
@@ -344,6 +368,22 @@ async def scan(bus_cfg: BusBase, units: Sequence[int], profiles: dict[str, Profi
     finally:
         bus.close()
     return hits
+
+
+async def _sunspec_at(bus: Bus, unit: int) -> tuple[sunspec.Device, dict[Quantity, float]] | None:
+    """A SunSpec device at ``unit``: what it is, and a few of its values (None if it is not one)."""
+    from gateway.platforms.modbus.source import SunSpecPoller
+
+    meter = ModbusMeterConfig.model_validate({"name": "scan", "type": "modbus", "bus": bus.name, "unit": unit,
+                                             "profile": sunspec.SUNSPEC})
+    poller = SunSpecPoller(meter, bus, report_health=False)
+    reading = await poller.poll()
+    if poller.device is None:
+        return None
+    shown = (Quantity.VOLTAGE_L1, Quantity.FREQUENCY, Quantity.POWER_ACTIVE_TOTAL, Quantity.ENERGY_IMPORT_TOTAL,
+             Quantity.ENERGY_EXPORT_TOTAL)
+    values = {q: v for q, v in (reading.values if reading else {}).items() if q in shown}
+    return poller.device, values
 
 
 def _models(p: Profile) -> str:
