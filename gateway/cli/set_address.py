@@ -5,34 +5,46 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli.common import EXIT_OK, EXIT_RUNTIME
 from gateway.cli.scan import line_arguments, line_bus
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from gateway.config.profiles import Profile
+    from gateway.platforms.modbus.commission import Outcome
 
 HELP = "give a meter another unit id over Modbus (only with --yes; one meter at the old id; verified after)"
 CONFIGURED = False  # takes no configuration file
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    line_arguments(p, timeout="500ms")
-    p.add_argument("--unit", type=int, required=True, help="the meter's unit id now")
-    p.add_argument("--to", type=int, required=True, help="the unit id to give it")
-    p.add_argument("--profile", required=True, help="the meter's profile (or model name): where its setting is")
-    p.add_argument("--yes", action="store_true", help="make the change (without it: check and say what it would do)")
+    commission_arguments(p, unit="the meter's unit id now", to="the unit id to give it")
 
 
 def main(args: argparse.Namespace) -> int:
     from gateway.platforms.modbus.commission import set_unit
 
     bus = line_bus(args, "set-address")
-    profile = profile_named(args.profile, args.profiles_dir)
-    outcome = asyncio.run(set_unit(bus, profile, args.unit, args.to, apply=args.yes,
-                                   say=lambda line: print(line, file=sys.stderr)))
+    return finish(args, set_unit(bus, profile_named(args.profile, args.profiles_dir), args.unit, args.to,
+                                 apply=args.yes, say=lambda line: print(line, file=sys.stderr)))
+
+
+def commission_arguments(p: argparse.ArgumentParser, unit: str, to: str) -> None:
+    """The line, the meter, its profile and --yes: as set-address and set-baudrate take them."""
+    line_arguments(p, timeout="500ms")
+    p.add_argument("--unit", type=int, required=True, help=unit)
+    p.add_argument("--to", type=int, required=True, help=to)
+    p.add_argument("--profile", required=True, help="the meter's profile (or model name): where its setting is")
+    p.add_argument("--yes", action="store_true", help="make the change (without it: check and say what it would do)")
+
+
+def finish(args: argparse.Namespace, change: Coroutine[Any, Any, Outcome]) -> int:
+    """Run the change, print what was done; exit 1 when --yes was given and it was not done."""
+    outcome = asyncio.run(change)
     print("\n".join(outcome.lines))
     return EXIT_OK if outcome.done or not args.yes else EXIT_RUNTIME
 

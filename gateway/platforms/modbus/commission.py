@@ -65,10 +65,7 @@ async def read_identity(bus: Bus, unit: int, profile: Profile) -> dict[str, str]
 async def set_unit(bus_cfg: BusBase, profile: Profile, old: int, new: int, *, apply: bool,
                    say: Callable[[str], None] = lambda _: None) -> Outcome:
     """Give the meter at ``old`` the unit id ``new``."""
-    reg = profile.spec.settings.unit
-    if reg is None:
-        raise GatewayError(f"profile {profile.name} knows no register for the unit id: set it on the meter itself"
-                           " (its buttons or display menu)")
+    reg = _setting(profile, "unit", "the unit id")
     if old == new:
         raise GatewayError(f"the meter is already at unit {old}")
     if bus_cfg.serialised and not 1 <= new <= 247:
@@ -78,8 +75,7 @@ async def set_unit(bus_cfg: BusBase, profile: Profile, old: int, new: int, *, ap
     out = Outcome()
     try:
         identity = await _one_meter_at(bus, old, profile, say)
-        who = f"{profile.title}" + (f", serial {identity['serial']}" if "serial" in identity else "")
-        out.lines.append(f"unit {old} on {bus_where(bus_cfg)}: one meter answers, {who}")
+        out.lines.append(f"unit {old} on {bus_where(bus_cfg)}: one meter answers, {_who(profile, identity)}")
         if await _anyone_at(bus, new, profile):
             raise GatewayError(f"unit {new} is taken: a device answers there already (choose a free unit id;"
                                " 'meter-gateway scan' lists the ones in use)")
@@ -104,10 +100,7 @@ async def set_unit(bus_cfg: BusBase, profile: Profile, old: int, new: int, *, ap
 async def set_baudrate(bus_cfg: SerialBus, profile: Profile, unit: int, rate: int, *, apply: bool,
                        say: Callable[[str], None] = lambda _: None) -> Outcome:
     """Give the meter at ``unit`` the baud rate ``rate``, then read it at that rate."""
-    reg = profile.spec.settings.baudrate
-    if reg is None:
-        raise GatewayError(f"profile {profile.name} knows no register for the baud rate: set it on the meter"
-                           " itself (its buttons or display menu)")
+    reg = _setting(profile, "baudrate", "the baud rate")
     code = reg.encoded(rate)
     if code is None:
         known = ", ".join(str(c.rate) for c in sorted(reg.codes or [], key=lambda c: c.rate))
@@ -118,8 +111,7 @@ async def set_baudrate(bus_cfg: SerialBus, profile: Profile, unit: int, rate: in
     out = Outcome()
     try:
         identity = await _one_meter_at(bus, unit, profile, say)
-        who = f"{profile.title}" + (f", serial {identity['serial']}" if "serial" in identity else "")
-        out.lines.append(f"unit {unit} at {bus_cfg.baudrate} baud: one meter answers, {who}")
+        out.lines.append(f"unit {unit} at {bus_cfg.baudrate} baud: one meter answers, {_who(profile, identity)}")
         step = f"write code {code} ({rate} baud) to holding register 0x{reg.address:04X} ({reg.type}) of unit {unit}"
         if not apply:
             out.lines += [f"would {step}",
@@ -145,6 +137,18 @@ async def set_baudrate(bus_cfg: SerialBus, profile: Profile, unit: int, rate: in
 
 
 # ---------------------------------------------------------------- the checks
+
+
+def _setting(profile: Profile, key: str, what: str) -> SettingRegister:
+    reg: SettingRegister | None = getattr(profile.spec.settings, key)
+    if reg is None:
+        raise GatewayError(f"profile {profile.name} knows no register for {what}: set it on the meter itself"
+                           " (its buttons or display menu)")
+    return reg
+
+
+def _who(profile: Profile, identity: dict[str, str]) -> str:
+    return profile.title + (f", serial {identity['serial']}" if "serial" in identity else "")
 
 
 async def _one_meter_at(bus: Bus, unit: int, profile: Profile, say: Callable[[str], None]) -> dict[str, str]:
