@@ -296,6 +296,9 @@ async def test_read_now_registers_dead_letters_and_downloads(tmp_path: Path, sit
             assert v1["words"] and len(v1["words"]) == 2 and v1["function"] == 4 and v1["word_order"] == "big"
             assert 200 < v1["value"] < 260 and not (200 < (v1["other_order"] or 0) < 260)
             assert m["requests_per_poll"] >= 1
+            # The same words read every way (read --raw's rows), and how fast the meter answers.
+            assert v1["every_way"]["float32 big"] == v1["value"]
+            assert 0 < m["answer_ms"]["p50"] <= m["answer_ms"]["p99"] < m["answer_ms"]["timeout"]
             values = {v["quantity"]: v for v in m["last"]["values"]}
             assert values["voltage_l1"]["unit"] == "V"
 

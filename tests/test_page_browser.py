@@ -120,6 +120,7 @@ def test_live_values_and_a_meter_that_stops_answering(browser: Browser, site) ->
     page.goto(f"http://127.0.0.1:{port}/#/meter/main")
     expect(page.locator("#registers")).to_contain_text("voltage_l1")
     assert page.locator("#registers tbody tr").count() >= 30
+    expect(page.locator("#answer-times")).to_contain_text("ms (median)")
     shot(page, "meter-registers")
     server.call(lambda s: setattr(s, "silent", set()))
 

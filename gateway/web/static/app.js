@@ -221,6 +221,13 @@ async function meter(name) {
     el("div", { class: "table-wrap" }, el("table", {}, el("tbody", {}, m.mqtt_messages.slice().reverse().map((x) =>
       el("tr", {}, el("td", {}, new Date(x.at_ms).toISOString()), el("td", {}, x.topic),
         el("td", { class: x.outcome.startsWith("refused") ? "lv-error" : "" }, x.outcome), el("td", {}, el("code", {}, x.payload)))))))) : null;
+  // How fast it answers (Modbus: median and 1 in 100 of its last 200 answers), and what a SunSpec device said it is.
+  const a = m.answer_ms;
+  const slow = a && a.p99 > a.timeout / 2;
+  const answers = a ? el("p", { id: "answer-times", class: slow ? "lv-warning" : "" }, "answers in " + a.p50 +
+    " ms (median), " + a.p99 + " ms (1 in 100), of a " + a.timeout + " ms timeout" +
+    (slow ? ": slow, raise its timeout or look at the wiring" : "")) : null;
+  const device = m.device && m.device.sunspec ? el("p", { id: "device", class: "muted" }, m.device.sunspec) : null;
   const out = el("div", { id: "read-result" });
   const readNow = el("button", { class: "primary", id: "read-now", onclick: async () => {
     if (needsPassword()) return;
@@ -237,6 +244,7 @@ async function meter(name) {
   setMain(el("p", {}, el("a", { href: "#/meters" }, "< all meters")),
     el("div", { "data-meter": m.name },
       el("h2", {}, m.name, " ", stateBadge(!m.failing, "answering", "failing")), el("p", { class: "muted" }, m.describe),
+      device, answers,
       el("div", { class: "error" }, m.failing && m.last_problem ? el("div", { class: "problem" }, m.last_problem) : null),
       el("p", { class: "stamp" }, m.last ? "read " + m.last.ts : "no reading yet"),
       el("p", { id: "read-errors" }, m.requests_per_poll ? m.requests_per_poll + " request(s) per poll · " : "",
