@@ -145,15 +145,23 @@ async def test_what_a_lying_sunspec_device_says_never_becomes_a_value() -> None:
     not_marker.words[0] = 0x5375
     not_marker.words[1] = 0x0000
     sdm = SimMeter(6, profiles()["eastron_sdm630"].points, {Q.VOLTAGE_L1: 230.0}, holes=True)
-    server = await MeterServer([bad_sf, too_long, not_marker, sdm]).start_tcp()  # type: ignore[list-item]
+    # A meter model declared empty: said, not a meter that silently gives nothing. A model 1 declared empty: the
+    # device is read all the same, unnamed.
+    empty = SunSpecSim(7, 40000, COMMON, [(203, METER)], METER_SF, length_of={203: 0})
+    unnamed = SunSpecSim(8, 40000, COMMON, [(203, METER)], METER_SF, length_of={1: 0})
+    server = await MeterServer([bad_sf, too_long, not_marker, sdm, empty, unnamed]).start_tcp()  # type: ignore[list-item]
     try:
         _, got = await read(server.port, meter(3))
         assert got is not None and Q.VOLTAGE_L1 not in got and Q.FREQUENCY not in got
         assert got[Q.ENERGY_IMPORT_TOTAL] == 12_345_670.0  # the others are read
-        for unit, why in ((4, "runs past the last register"), (5, "no 'SunS' marker"), (6, "no 'SunS' marker")):
+        poller, got = await read(server.port, meter(8))
+        assert got is not None and got[Q.VOLTAGE_L1] == 230.4 and poller.device is not None
+        assert poller.device.identity == {} and [m for m, _, _ in poller.device.chain] == [1, 203]
+        for unit, why in ((4, "runs past the last register"), (5, "no 'SunS' marker"), (6, "no 'SunS' marker"),
+                          (7, "SunSpec model 203 of 0 registers holds none of the values read")):
             poller, got = await read(server.port, meter(unit))
             assert got is None and poller.device is None
-            assert [p.kind for p in poller.last_problems] == ["bad_answer"]
+            assert [p.kind for p in poller.last_problems] == ["bad_answer"], unit
             assert why in str(poller.last_problems[0])
     finally:
         await server.stop()

@@ -335,7 +335,8 @@ class SunSpecSim:
                           "acc32": [0, 0], "float32": [0x7FC0, 0]}.get(kind)
                     if na is not None:
                         body[offset: offset + size] = na
-            out += [model_id, self.length_of.get(model_id, spec.length), *body]
+            declared = self.length_of.get(model_id, spec.length)
+            out += [model_id, declared, *body[:declared]]  # a shorter length declared: the body cut to it
         return [*out, sunspec.END, 0]
 
     def device(self) -> SimDevice:

@@ -298,27 +298,32 @@ class SunSpecPoller(MeterPoller):
             async with self.bus.session() as conn:
                 device = await sunspec.discover(conn, self.meter.unit, self.timeout, self.meter.sunspec_model)
         except ModbusError as e:
-            self.counts["polls"] += 1
-            self.counts[e.kind] += 1
-            self.last_problems = [e]
-            if self.report_health:
-                self._update_health([e], silent=isinstance(e, ModbusTimeout))
-            return False
+            return self._failed(e)
         if device.model is None:
             wanted = f"model {self.meter.sunspec_model}" if self.meter.sunspec_model else "a meter or inverter model"
-            problem = ModbusBadAnswer(f"SunSpec device without {wanted} the gateway reads: {device.describe()}")
-            self.counts["polls"] += 1
-            self.counts[problem.kind] += 1
-            self.last_problems = [problem]
-            if self.report_health:
-                self._update_health([problem], silent=False)
-            return False
+            return self._failed(ModbusBadAnswer(f"SunSpec device without {wanted} the gateway reads:"
+                                                f" {device.describe()}"))
         wanted_q = frozenset(self.meter.quantities) if self.meter.quantities is not None else None
         _, body, length = device.model
-        self.planner = sunspec.ModelPlanner(sunspec.points(device, wanted_q), body, length)
+        found = sunspec.points(device, wanted_q)
+        if not found:
+            # A model too short for any of its values (or none of the quantities asked for): said, not a meter that
+            # silently gives nothing.
+            return self._failed(ModbusBadAnswer(f"SunSpec model {device.model[0]} of {length} registers holds none of"
+                                                f" the values read: {device.describe()}"))
+        self.planner = sunspec.ModelPlanner(found, body, length)
         self.device = device
         self.log.info("SunSpec device found", device=device.describe())
         return True
+
+    def _failed(self, problem: ModbusError) -> bool:
+        """A discovery that failed counts as a failed poll: counted, and the meter said failing (logged once)."""
+        self.counts["polls"] += 1
+        self.counts[problem.kind] += 1
+        self.last_problems = [problem]
+        if self.report_health:
+            self._update_health([problem], silent=isinstance(problem, ModbusTimeout))
+        return False
 
     def health(self) -> dict[str, object]:
         out = super().health()

@@ -216,10 +216,14 @@ async def discover(conn: _Connection, unit: int, answer_within: float | None, wa
     chain = check_chain(entries, base)
     device = Device(base, chain, model=choose(chain, wanted))
     common = next((m for m in chain if m[0] == 1), None)
-    if common is not None:
+    if common is not None and common[2] > 0:
         _, body, length = common
-        words = await conn.read(unit, _block(body, min(length, models()[1].length, MAX_REGISTERS)), answer_within)
-        device.identity = parse_common(words)
+        try:
+            words = await conn.read(unit, _block(body, min(length, models()[1].length, MAX_REGISTERS)),
+                                    answer_within)
+        except ModbusExceptionReply:
+            words = []  # a model 1 it will not give: the device is read all the same, unnamed
+        device.identity = parse_common(words + [0] * (models()[1].length - len(words)))
     return device
 
 
