@@ -133,8 +133,10 @@ SPOT_CHECKS = [
      {Q.VOLTAGE_L1: 230.4, Q.FREQUENCY: 50.02}),
     # Carlo Gavazzi: INT32 low word first. 2304 (230.4 V) = 0x00000900 -> [0x0900, 0x0000];
     # 123456 (12345.6 kWh) = 0x0001E240 -> [0xE240, 0x0001]; W L1 -15005 (-1500.5 W) = 0xFFFFC563 -> [0xC563, 0xFFFF].
+    # The EM24's total is at 003Eh ("kWh (+) TOT"); 0042h, which one source reads, holds another counter (here a
+    # different number, which must not be taken for the total).
     ("carlo_gavazzi_em24", RawMeter(1, inputs={0x0000: [0x0900, 0x0000], 0x0012: [0xC563, 0xFFFF],
-                                               0x0042: [0xE240, 0x0001]}),
+                                               0x003E: [0xE240, 0x0001], 0x0042: [0x0001, 0x0000]}),
      {Q.VOLTAGE_L1: 230.4, Q.POWER_ACTIVE_L1: -1500.5, Q.ENERGY_IMPORT_TOTAL: 12_345_600.0}),
     ("carlo_gavazzi_em340", RawMeter(1, inputs={0x0000: [0x0900, 0x0000], 0x0034: [0xE240, 0x0001]}),
      {Q.VOLTAGE_L1: 230.4, Q.ENERGY_IMPORT_TOTAL: 12_345_600.0}),
