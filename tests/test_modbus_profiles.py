@@ -419,7 +419,7 @@ def test_a_model_name_in_the_configuration_is_told_its_profile() -> None:
 
 
 def test_the_supported_models_page_is_generated_from_the_profiles() -> None:
-    from gateway.platforms.modbus.tools import render_markdown
+    from gateway.platforms.modbus.catalog import render_markdown
 
     page = Path(__file__).resolve().parent.parent / "docs" / "meters.md"
     assert page.read_text() == render_markdown(profiles()), (

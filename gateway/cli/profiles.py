@@ -22,18 +22,18 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from gateway.config import profiles
-    from gateway.platforms.modbus import tools
+    from gateway.platforms.modbus import catalog
 
     found, problems = profiles.load_all(Path(args.profiles_dir) if args.profiles_dir else None)
     for line in problems:
         print(line, file=sys.stderr)
     if args.markdown:
-        print(tools.render_markdown(found), end="")
+        print(catalog.render_markdown(found), end="")
     elif args.name:
         matches = [found[args.name]] if args.name in found else profiles.find(args.name, found)
         if not matches:
             raise GatewayError(f"no profile or model named '{args.name}' ('meter-gateway profiles' lists them all)")
-        print("\n\n".join(tools.render_profile(p) for p in matches))
+        print("\n\n".join(catalog.render_profile(p) for p in matches))
     else:
-        print(tools.render_profiles(found))
+        print(catalog.render_profiles(found))
     return EXIT_RUNTIME if problems else EXIT_OK
