@@ -154,12 +154,12 @@ def _who(profile: Profile, identity: dict[str, str]) -> str:
 async def _one_meter_at(bus: Bus, unit: int, profile: Profile, say: Callable[[str], None]) -> dict[str, str]:
     """Exactly one device of the profile's model answers at ``unit``: its identity, or GatewayError why not."""
     say(f"checking unit {unit} ...")
-    blocks, ranges = _probe(profile)
+    blocks, ranges = probe_plan(profile)
     serials: set[str] = set()
     identity: dict[str, str] = {}
     for _ in range(CHECK_READS):
         try:
-            values = await _read_blocks(bus, unit, blocks)
+            values = await read_blocks(bus, unit, blocks)
         except ModbusTimeout:
             raise GatewayError(f"no meter answers at unit {unit} (check the unit id, the wiring and the line's"
                                " baud rate and parity)") from None
@@ -185,7 +185,7 @@ async def _one_meter_at(bus: Bus, unit: int, profile: Profile, say: Callable[[st
 
 async def _anyone_at(bus: Bus, unit: int, profile: Profile) -> bool:
     """Whether any device answers at ``unit`` (values or an exception reply)."""
-    blocks, _ = _probe(profile)
+    blocks, _ = probe_plan(profile)
     try:
         await bus.read(unit, blocks[0])
     except ModbusTimeout:
@@ -201,10 +201,10 @@ async def _verify(bus: Bus, profile: Profile, unit: int, before: dict[str, str],
                   hint: str = "") -> None:
     """The meter answers at ``unit`` on ``bus`` within SETTLE_S, as the same meter (serial number) as before."""
     deadline = asyncio.get_running_loop().time() + SETTLE_S
-    blocks, _ = _probe(profile)
+    blocks, _ = probe_plan(profile)
     while True:
         try:
-            await _read_blocks(bus, unit, blocks)
+            await read_blocks(bus, unit, blocks)
             break
         except ModbusBusError:
             raise
@@ -224,12 +224,15 @@ async def _verify(bus: Bus, profile: Profile, unit: int, before: dict[str, str],
 # ---------------------------------------------------------------- registers
 
 
-def _probe(profile: Profile) -> tuple[list[Block], dict[Quantity, tuple[float, float]]]:
+def probe_plan(profile: Profile) -> tuple[list[Block], dict[Quantity, tuple[float, float]]]:
+    """The requests that read a profile's probe values (one per register run, nothing read across), and the
+    plausible range of each: how 'scan' and the commissioning checks tell whether a device is of this model."""
     ranges = {pr.quantity: (pr.min, pr.max) for pr in profile.spec.probe}
     return plan([p for p in profile.points if p.quantity in ranges], max_gap=0), ranges
 
 
-async def _read_blocks(bus: Bus, unit: int, blocks: list[Block]) -> dict[Quantity, float]:
+async def read_blocks(bus: Bus, unit: int, blocks: list[Block]) -> dict[Quantity, float]:
+    """The values of ``blocks`` at ``unit``; any failed read raises its ModbusError."""
     values: dict[Quantity, float] = {}
     for b in blocks:
         values |= b.decode(await bus.read(unit, b))

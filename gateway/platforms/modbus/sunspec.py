@@ -163,20 +163,6 @@ def parse_common(words: list[int]) -> dict[str, str]:
     return out
 
 
-def check_chain(entries: list[tuple[int, int]], base: int) -> list[tuple[int, int, int]]:
-    """(model id, length) pairs read from ``base`` -> (id, body address, length), or ModbusBadAnswer when the
-    chain is not one a device could hold (past the address space, too long)."""
-    out = []
-    address = base + 2
-    for model_id, length in entries:
-        body = address + 2
-        if body + length > 0x10000:
-            raise ModbusBadAnswer(f"SunSpec model {model_id} at {address} runs past the last register")
-        out.append((model_id, body, length))
-        address = body + length
-    return out
-
-
 def _block(address: int, count: int) -> Block:
     return Block("holding", address, count, (Point(Q.VALUE, address, "holding", "uint16"),))
 
@@ -201,19 +187,21 @@ async def discover(conn: _Connection, unit: int, answer_within: float | None, wa
         if len(silences) == len(BASES):
             raise silences[0]  # nothing answered at all: the device is not there (or not now)
         raise ModbusBadAnswer(f"not a SunSpec device: no 'SunS' marker at {', '.join(map(str, BASES))}")
-    entries: list[tuple[int, int]] = []
+    chain: list[tuple[int, int, int]] = []  # (model id, address of its body, length)
     address = base + 2
     while True:
-        if len(entries) >= MAX_MODELS:
+        if len(chain) >= MAX_MODELS:
             raise ModbusBadAnswer(f"not a SunSpec device: more than {MAX_MODELS} models from {base} (no end marker)")
         if address + 2 > 0x10000:
             raise ModbusBadAnswer(f"not a SunSpec device: the model chain from {base} runs past the last register")
         model_id, length = await conn.read(unit, _block(address, 2), answer_within)
         if model_id == END:
             break
-        entries.append((model_id, length))
-        address += 2 + length
-    chain = check_chain(entries, base)
+        body = address + 2
+        if body + length > 0x10000:
+            raise ModbusBadAnswer(f"SunSpec model {model_id} at {address} runs past the last register")
+        chain.append((model_id, body, length))
+        address = body + length
     device = Device(base, chain, model=choose(chain, wanted))
     common = next((m for m in chain if m[0] == 1), None)
     if common is not None and common[2] > 0:

@@ -16,7 +16,7 @@ from gateway.config.units import format_duration
 from gateway.errors import GatewayError, ModbusBusError, ModbusError
 from gateway.platforms.modbus import sunspec
 from gateway.platforms.modbus.bus import Bus
-from gateway.platforms.modbus.commission import read_identity
+from gateway.platforms.modbus.commission import probe_plan, read_blocks, read_identity
 from gateway.platforms.modbus.config import (
     BusBase,
     ModbusMeterConfig,
@@ -257,7 +257,7 @@ async def scan(bus_cfg: BusBase, units: Sequence[int], profiles: dict[str, Profi
         raise GatewayError(busy)
     bus = Bus(bus_cfg)
     hits: list[ScanHit] = []
-    probes = {name: _probe_blocks(p) for name, p in profiles.items()}
+    probes = {name: probe_plan(p) for name, p in profiles.items()}
     try:
         for unit in units:
             if progress is not None:
@@ -309,11 +309,6 @@ def _models(p: Profile) -> str:
     return p.title + (f"; also sold as {', '.join(p.spec.aliases)}" if p.spec.aliases else "")
 
 
-def _probe_blocks(p: Profile) -> tuple[list[Block], dict[Quantity, tuple[float, float]]]:
-    ranges = {pr.quantity: (pr.min, pr.max) for pr in p.spec.probe}
-    return plan([pt for pt in p.points if pt.quantity in ranges], max_gap=0), ranges
-
-
 async def _answers(bus: Bus, unit: int, probes: dict[str, tuple[list[Block], Any]]) -> bool:
     """Anything at all from ``unit`` (values or an exception reply) means a device is there."""
     tried: set[tuple[int, int, int]] = set()
@@ -345,15 +340,13 @@ async def _values_read(bus: Bus, unit: int, profile: Profile) -> int:
 
 
 async def _probe(bus: Bus, unit: int, blocks: list[Block]) -> dict[Quantity, float] | None:
-    values: dict[Quantity, float] = {}
-    for b in blocks:
-        try:
-            values |= b.decode(await bus.read(unit, b))
-        except ModbusBusError:
-            raise
-        except ModbusError:
-            return None
-    return values
+    """The probe values, or None when a read fails (the device is not of that model); a bus down raises."""
+    try:
+        return await read_blocks(bus, unit, blocks)
+    except ModbusBusError:
+        raise
+    except ModbusError:
+        return None
 
 
 def render_scan(hits: Sequence[ScanHit], bus_cfg: BusBase, scanned: int) -> str:
