@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.queue import DiskQueue
-from gateway.status import NOT_ERRORS
+from gateway.status import NOT_ERRORS, SHOWN_APART
 
 #: A heartbeat older than gateway.status.STALE_HEARTBEAT_MS means the daemon is not running.
 HEARTBEAT_INTERVAL = 10.0
@@ -70,7 +70,7 @@ def persisted(view: dict[str, Any]) -> dict[str, Any]:
     so that the record stays one or two pages."""
     meters = {}
     for name, h in (view.get("meters") or {}).items():
-        counts = {k: v for k, v in (h.get("counts") or {}).items() if k not in NOT_ERRORS or k == "skipped_ticks"}
+        counts = {k: v for k, v in (h.get("counts") or {}).items() if k not in NOT_ERRORS or k in SHOWN_APART}
         if h.get("failing") or h.get("last_problem") or h.get("left_out") or counts or h.get("skipped_at_ms"):
             meters[name] = {**h, "counts": counts}
         elif h.get("answer_ms") or h.get("device"):  # how fast it answers, what it is: status shows them

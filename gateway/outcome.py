@@ -40,3 +40,8 @@ class Skip:
 
 Outcome = Delivered | Retry | Reject | Skip
 DELIVERED = Delivered()
+
+#: A late period reading (:class:`gateway.reading.Reading`) for a sink that cannot add or replace a past period: the
+#: forwarder never hands it one.
+SKIP_LATE = Skip("a late period reading (a bill corrected, or arriving after later ones): this platform keeps what"
+                 " it was sent and cannot add a past period")

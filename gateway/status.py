@@ -15,8 +15,12 @@ from gateway.reading import iso_utc
 
 #: A heartbeat older than this means the daemon is not running (it writes one every 10 s).
 STALE_HEARTBEAT_MS = 30_000
-#: Counts of a meter that are not read errors (``status`` leaves them out; the heartbeat does not keep them).
-NOT_ERRORS = frozenset({"polls", "readings", "retries", "skipped_ticks"})
+#: Bills of a past period a cloud source queued as late period readings (shown apart from read errors).
+LATE_PERIODS = ("corrected_bills", "late_bills")
+#: Counts of a meter that are not read errors (``status`` leaves them out of those).
+NOT_ERRORS = frozenset({"polls", "readings", "retries", "skipped_ticks", *LATE_PERIODS})
+#: Of those, what the heartbeat keeps for ``status``.
+SHOWN_APART = frozenset({"skipped_ticks", *LATE_PERIODS})
 #: What ``status`` shows per sink (the rest of SinkCount is in the backlog or per bound).
 _SINK_COUNTS = (SinkCount.DELIVERED, SinkCount.RETRIED, SinkCount.REJECTED, SinkCount.EVICTED, SinkCount.SKIPPED,
                 SinkCount.RESENT)
@@ -77,6 +81,8 @@ def collect(queue: Snapshot, config: GatewayConfig, now: float | None = None,
             "failing": bool(health.get("failing")) if isinstance(health, dict) else False,
             "last_problem": health.get("last_problem") if isinstance(health, dict) else None,
             "read_errors": {k: v for k, v in counts.items() if k not in NOT_ERRORS},
+            # Bills of a past period queued as late period readings since it started (corrected, or late).
+            "late_periods": {k: counts[k] for k in LATE_PERIODS if counts.get(k)},
             # Ticks of the meter's interval with no reading, because the poll before was still running.
             "skipped_ticks": counts.get("skipped_ticks", 0),
             "skipped_last_ms": health.get("skipped_at_ms") if isinstance(health, dict) else None,

@@ -16,6 +16,7 @@ from gateway.outcome import DELIVERED, Outcome, Reject, Retry
 from gateway.platforms.sink import BaseSink
 from gateway.platforms.stdout.config import StdoutConfig as SinkCfg
 from gateway.queue import DiskQueue, QueueStore, SinkCount
+from gateway.quantities import Quantity
 from gateway.queue.counters import sent_mark_key
 from gateway.reading import Reading
 from gateway.stream import Stream
@@ -257,3 +258,47 @@ async def test_stop_returns_within_the_grace_period_even_with_a_hung_send(queue:
     await fwd.stop(0.3)
     assert time.monotonic() - t0 < 1.0
     assert (await queue.backlog("s", [("s", "m1")])).depth == 1
+
+
+def bill(meter: str, start: int, end: int, kwh: float, queued_at: int | None = None) -> Reading:
+    """A period reading; with ``queued_at``, a late one (a corrected bill queued after the meter's newer readings)."""
+    return Reading(meter, queued_at or end, {Quantity.INTERVAL_ENERGY: kwh}, start_ms=start,
+                   end_ms=end if queued_at else None)
+
+
+@pytest.mark.parametrize("takes", [False, True])
+async def test_a_late_period_reaches_only_a_sink_that_can_replace_a_past_period(queue: DiskQueue,
+                                                                               takes: bool) -> None:
+    sink = ScriptedSink(lambda r, n: Retry("503") if n == 1 and r.ts_ms >= 3000 else DELIVERED, max_batch=10)
+    sink.late_periods = takes
+    fwd = await run_forwarder(queue, sink, ["bills"])
+    sent = [bill("bills", 0, 1000, 1.0), bill("bills", 1000, 2000, 2.0), bill("bills", 0, 1000, 1.5, 2001),
+            bill("bills", 2000, 3000, 3.0), bill("bills", 1000, 2000, 2.5, 3001), bill("bills", 3000, 4000, 4.0)]
+    await queue.append(sent)
+    await until(lambda: [r.ts_ms for r in sink.delivered][-1:] == [4000])
+    await fwd.stop(1)
+    expected = sent if takes else [r for r in sent if not r.late]
+    assert sink.delivered == expected  # in the queue's order, each once (the batch retried from 3000)
+    assert all(r.end_ms is None for _, r in sink.sent) or takes
+    counters = await queue.counters()
+    assert counters.sink("s", SinkCount.SKIPPED) == (0 if takes else 2)
+    assert counters.sink("s", SinkCount.DELIVERED) == len(expected)
+    assert (await queue.backlog("s", [("s", "bills")])).depth == 0
+
+
+async def test_an_aggregated_stream_leaves_late_periods_out_of_its_intervals(queue: DiskQueue) -> None:
+    sink = ScriptedSink(max_batch=10)
+    await queue.configure({sink.name: ["m"]})
+    stream = Stream(sink.name, "m", interval=10.0)
+    fwd = Forwarder(sink, cfg(), queue, [stream], rng=random.Random(1))
+    await fwd.start()
+    readings = [Reading("m", t, {Quantity.ENERGY_IMPORT_TOTAL: t / 1000}) for t in (2000, 6000, 10_000)]
+    readings.append(bill("m", 1000, 9000, 99.0, 10_001))
+    readings += [Reading("m", t, {Quantity.ENERGY_IMPORT_TOTAL: t / 1000}) for t in (14_000, 20_000, 21_000)]
+    await queue.append(readings)
+    await until(lambda: len(sink.delivered) == 2)
+    await fwd.stop(1)
+    assert [(r.ts_ms, dict(r.values)) for r in sink.delivered] == [
+        (10_000, {Quantity.ENERGY_IMPORT_TOTAL: 10.0}), (20_000, {Quantity.ENERGY_IMPORT_TOTAL: 20.0})]
+    counters = await queue.counters()
+    assert counters.sink("s", SinkCount.SKIPPED) == 1 and counters.sink("s", SinkCount.DELIVERED) == 5

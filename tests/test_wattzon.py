@@ -1,6 +1,6 @@
 """WattzOn Link against its emulator over HTTPS with a client certificate: jobs followed by ``finished``, bills and
 interval months queued once each as period readings (across restarts and SIGKILLs), corrected and late bills
-accounted for, a state that needs a person said once, hostile records refused, and ``check``/``verify``/``read``."""
+queued once each as late period readings (Wegowise updates or adds the period), a state that needs a person said once, hostile records refused, and ``check``/``verify``/``read``."""
 
 from __future__ import annotations
 
@@ -135,23 +135,35 @@ def test_bills_are_queued_once_in_order_across_jobs_restarts_and_corrections(tmp
     assert len(emu.jobs) == 1 and len(emu.requests("/jobs")) >= 4  # started once, followed until finished
 
     # A restart: no job (one per extract_every, remembered), nothing queued again. A corrected bill (March) and
-    # a late one (a bill for a period between two already delivered) are logged and counted, never queued.
+    # a late one (a bill for a period before the first delivered) are logged, counted and queued after August as
+    # late period readings, with their own periods.
     p.bills[2] = {**p.bills[2], "usage": 999.0, "cost": 150.0}
     p.bills.append(bill(2025, 12, 580.0, 79.0))
     with Daemon(path).start() as d:
         d.wait_log(lambda e: e.get("event", "").startswith("a corrected bill") and e.get("meter") == "elec")
         d.wait_log(lambda e: e.get("event", "").startswith("a late bill") and e.get("meter") == "elec")
-        report = status_when(path, lambda r: r["meters"]["elec"]["read_errors"])
-        assert report["meters"]["elec"]["read_errors"] == {"corrected_bills": 1, "late_bills": 1}
+        report = status_when(path, lambda r: r["meters"]["elec"]["late_periods"])
+        assert report["meters"]["elec"]["late_periods"] == {"corrected_bills": 1, "late_bills": 1}
+        assert report["meters"]["elec"]["read_errors"] == {}
+        wait_for(lambda: len(archived(tmp_path)["elec"]) == 10)
         d.stop()
     assert len(emu.jobs) == 1
-    assert archived(tmp_path) == got
+    now = archived(tmp_path)
+    assert now["gas"] == got["gas"] and now["elec"][:8] == got["elec"]
+    august = ms(month_bounds(2026, 8)[1])
+    assert [(r["ts_ms"], r["start"], r["end_ms"], r["late"], r["values"]) for r in now["elec"][8:]] == [
+        (august + 1, "2025-12-01T00:00:00.000Z", ms(month_bounds(2025, 12)[1]), True,
+         {"interval_energy": 580000.0, "cost": 79.0}),
+        (august + 2, "2026-03-01T00:00:00.000Z", ms(month_bounds(2026, 3)[1]), True,
+         {"interval_energy": 999000.0, "cost": 150.0})]
     assert status(path)["meters"]["elec"]["refused"] == 0
+    got = now
     # Seen again, the same correction is not logged twice.
     with Daemon(path).start() as d:
         time.sleep(2)
         d.stop()
         assert not any(e.get("event", "").startswith("a corrected bill") for e in d.events())
+    assert archived(tmp_path) == got
 
 
 def test_interval_months_are_fetched_until_complete_and_each_interval_queued_once(tmp_path: Path,
@@ -378,6 +390,28 @@ def test_bills_reach_wegowise_as_raw_data_of_their_own_dates_once(tmp_path: Path
         gas = sorted(wego.data(gas_id), key=lambda x: x["start_date"])
         assert [x["btu"] for x in gas] == ["4100000.000", "4200000.000"]  # therms x 100,000 btu
         assert wego.duplicates() == []
+
+        # The utility corrects February and a bill for December 2025 turns up late: both are queued after March
+        # (late period readings); Wegowise updates February's raw datum in place and gets December as a new one.
+        ids = {x["start_date"]: x["id"] for x in elec}
+        p.bills[1] = {**p.bills[1], "usage": 702.5, "cost": 95.0}
+        p.bills.append(bill(2025, 12, 580.0, 79.0))
+        for _ in range(2):  # again after a restart: nothing changes, nothing is sent twice
+            with Daemon(path).start() as d:
+                wait_for(lambda: len(wego.data(elec_id)) == 4
+                         and any(x["kwh"] == "702.500" for x in wego.data(elec_id)))
+                time.sleep(1)
+                d.stop()
+        elec = sorted(wego.data(elec_id), key=lambda x: x["start_date"])
+        assert [(x["start_date"], x["end_date"], x["kwh"], x["total_charge"]) for x in elec] == [
+            ("2025-12-01", "2025-12-31", "580.000", "79.00"), ("2026-01-01", "2026-01-31", "601.000", "80.25"),
+            ("2026-02-01", "2026-02-28", "702.500", "95.00"), ("2026-03-01", "2026-03-31", "603.000", "80.75")]
+        assert {x["start_date"]: x["id"] for x in elec if x["start_date"] != "2025-12-01"} == ids
+        assert [(m, path) for m, path, st in wego.log if m == "PUT" and st == 200] == [
+            ("PUT", f"/api/v1/wego_data/meters/{elec_id}/raw_data/{ids['2026-02-01']}")]
+        assert wego.duplicates() == [] and len(wego.data(gas_id)) == 2
+        report = status(path)
+        assert report["meters"]["elec"]["read_errors"] == {} and report["meters"]["elec"]["refused"] == 0
     finally:
         wego.stop()
 

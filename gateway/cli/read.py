@@ -86,8 +86,8 @@ def main(args: argparse.Namespace) -> int:
             ok = ok and reading is not None
             out.append({"meter": m.name, "ok": reading is not None, "problems": problems,
                         "reading": reading.to_json_dict() if reading else None})
-            when = "" if reading is None else (
-                f"{iso_utc(reading.start_ms)} .. " if reading.start_ms is not None else "") + iso_utc(reading.ts_ms)
+            when = "" if reading is None else (f"{iso_utc(reading.start_ms)} .. " if reading.start_ms is not None
+                                               else "") + iso_utc(reading.period_end)
             lines = [f"{m.name}  ({origin}): " + (f"{what} of {when}" if reading else "no reading")]
             if reading is not None:
                 lines += tools.format_values(dict(reading.values), m.value_unit)

@@ -28,7 +28,7 @@ from gateway.config.common import SinkBase
 from gateway.errors import QueueError
 from gateway.forwarder.streams import IntervalStream, PlainStream
 from gateway.logs import REDACTOR
-from gateway.outcome import Delivered, Outcome, Reject, Retry, Skip
+from gateway.outcome import SKIP_LATE, Delivered, Outcome, Reject, Retry, Skip
 from gateway.platforms.sink import Sink
 from gateway.queue import DiskQueue
 from gateway.queue.counters import SinkCount, sink_key
@@ -162,6 +162,16 @@ class Forwarder:
             return await self.send(stream, batch, log)
 
     async def send(self, stream: Stream, batch: list[Reading], log: structlog.typing.FilteringBoundLogger
+                    ) -> list[Outcome]:
+        """The sink's outcomes for ``batch``; a late period reading is skipped here for a sink that cannot add or
+        replace a past period (it never sees one)."""
+        if self.sink.late_periods or not any(r.end_ms is not None for r in batch):
+            return await self._send(stream, batch, log)
+        timely = [r for r in batch if r.end_ms is None]
+        answered = iter(await self._send(stream, timely, log) if timely else [])
+        return [next(answered) if r.end_ms is None else SKIP_LATE for r in batch]
+
+    async def _send(self, stream: Stream, batch: list[Reading], log: structlog.typing.FilteringBoundLogger
                     ) -> list[Outcome]:
         try:
             async with asyncio.timeout(self.config.send_timeout):  # no task of its own, unlike wait_for

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from gateway.aggregate import aggregate, bucket_end
 from gateway.errors import QueueError
 from gateway.forwarder.sentmark import SENT_MARK_AHEAD, SentMark
-from gateway.outcome import Outcome, Reject, Retry, Skip
+from gateway.outcome import SKIP_LATE, Outcome, Reject, Retry, Skip
 from gateway.queue.counters import SinkCount, sink_key
 from gateway.reading import Reading, iso_utc
 from gateway.stream import Stream
@@ -98,11 +98,16 @@ class IntervalStream(_Stream):
                                 else min(IDLE_POLL, max(0.0, wait_until - time.monotonic())))
                 continue
 
-            packet = aggregate([buffer[i] for i in range(n)], end, stream.last)
-            async with fwd.slots:
-                if fwd.stopping.is_set():
-                    break
-                (outcome,) = await fwd.send(stream, [packet], self.log)
+            # A late period reading (a corrected bill) belongs to no interval of the queue's time: never aggregated.
+            parts = [buffer[i] for i in range(n) if buffer[i].end_ms is None]
+            packet = aggregate(parts, end, stream.last) if parts else buffer[n - 1]
+            if parts:
+                async with fwd.slots:
+                    if fwd.stopping.is_set():
+                        break
+                    (outcome,) = await fwd.send(stream, [packet], self.log)
+            else:
+                outcome = SKIP_LATE
             upto = buffer[n - 1].ts_ms
             if isinstance(outcome, Retry):
                 self.attempt = await fwd.retry_later(stream, outcome, self.attempt, self.log)
@@ -113,8 +118,10 @@ class IntervalStream(_Stream):
                 self.queue.ack(cursor, meter, upto, 0)
                 fwd.skipped(stream, outcome, n)
             else:
-                self.queue.ack(cursor, meter, upto, n)
+                self.queue.ack(cursor, meter, upto, len(parts))
                 fwd.sent(stream, packet, outcome)
+                if len(parts) < n:
+                    fwd.skipped(stream, SKIP_LATE, n - len(parts))
             for _ in range(n):
                 buffer.popleft()
             position, last_end = upto, end

@@ -26,6 +26,7 @@ class DryRunSink(BaseSink):
         self.inner = inner
         self.name = inner.name
         self.max_batch = inner.max_batch
+        self.late_periods = inner.late_periods
 
     async def start(self) -> None:
         log.warning("dry run: nothing is sent; each packet is printed on standard output", sink=self.name)

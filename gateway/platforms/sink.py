@@ -7,8 +7,10 @@ in order: a ``Retry`` stops the batch there (the rest is sent again later), a ``
 and the batch goes on. A sink never raises for a failed send.
 
 Optional capabilities, with their defaults in :class:`BaseSink`: ``pipeline`` (batches of one stream the sink may
-have in flight before the first is answered, kept in order by it, as an MQTT connection does) and ``preview``
-(the packet a reading would become, for a dry run).
+have in flight before the first is answered, kept in order by it, as an MQTT connection does), ``preview``
+(the packet a reading would become, for a dry run) and ``late_periods`` (the sink takes late period readings, see
+:class:`gateway.reading.Reading`: it can add or replace a past period on its platform; a sink without it never sees
+one, the forwarder skips them for it, counted).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Sink(Protocol):
     name: str
     max_batch: int
     pipeline: int
+    #: the sink takes late period readings (a corrected or late bill), and can add or replace a past period
+    late_periods: bool
 
     async def start(self) -> None: ...
 
@@ -44,6 +48,7 @@ class BaseSink:
     """The optional capabilities' defaults: one batch at a time, no preview."""
 
     pipeline = 1
+    late_periods = False
 
     def preview(self, stream: Stream, reading: Reading) -> Preview | Skip | None:
         return None

@@ -8,8 +8,9 @@ takes four bytes a value: a three-phase reading of 35 values takes 156 bytes ins
 parser.
 
 **Periods.** A period reading's start (ms since the epoch) is stored as one more float64, first among the floats;
-bit 62 of the mask says it is there (no quantity has code 62). Readings with and without a start never share a
-chunk (their masks differ).
+bit 62 of the mask says it is there (no quantity has code 62). A late period reading's end (its ``ts_ms`` is its
+place in the queue) follows as another float64, said by bit 61. Readings with and without a start or an end never
+share a chunk (their masks differ).
 
 **Chunks.** A meter's readings of one transaction are one row: the masks once, then per reading its offset in ms
 from the chunk's first reading (uint32), its flags (uint8) and its floats. Readings share a chunk only when they
@@ -37,9 +38,13 @@ Row = tuple[int, int, bytes]
 
 #: Set in the mask of a period reading: its start comes first among the floats, as a float64.
 _PERIOD = 1 << 62
-assert len(ALL) < 62, "quantity codes must stay below the mask's flag bits"
-#: The key of a period's start among decoded values (not a quantity: taken out before a Reading is made).
+#: Set in the mask of a late period reading: its end follows its start, as a float64.
+_LATE = 1 << 61
+assert len(ALL) < 61, "quantity codes must stay below the mask's flag bits"
+#: The keys of a period's start and a late period's end among decoded values (not quantities: taken out before a
+#: Reading is made).
 _START = "period_start"
+_END = "period_end"
 
 _MASK = struct.Struct("<Q")
 
@@ -47,19 +52,23 @@ _MASK = struct.Struct("<Q")
 # ------------------------------------------------------------ values
 
 
-def encode_values(values: Mapping[Quantity, float], start_ms: int | None = None) -> bytes:
-    """A reading's values (and a period reading's start)."""
+def encode_values(values: Mapping[Quantity, float], start_ms: int | None = None,
+                  end_ms: int | None = None) -> bytes:
+    """A reading's values (and a period reading's start, a late period reading's end)."""
     blob = _encoder(tuple(values))(values)
     if start_ms is None:
         return blob
     mask, wide = value_masks(blob)
     layout = _layout(mask, wide)[0]
     raw = layout.unpack_from(blob, layout_size(mask, wide)[0])  # float32s as stored: packed again, the same bits
-    return _pack(mask | _PERIOD, wide | _PERIOD, [float(start_ms), *raw])
+    if end_ms is None:
+        return _pack(mask | _PERIOD, wide | _PERIOD, [float(start_ms), *raw])
+    late = _PERIOD | _LATE
+    return _pack(mask | late, wide | late, [float(start_ms), float(end_ms), *raw])
 
 
 def encode_reading(r: Reading) -> bytes:
-    return encode_values(r.values, r.start_ms)
+    return encode_values(r.values, r.start_ms, r.end_ms)
 
 
 #: Set in the mask when a second mask follows, of the quantities stored as float64; the others are float32, read
@@ -124,15 +133,16 @@ def _pack(mask: int, wide: int, ordered: Sequence[float]) -> bytes:
 
 
 def decode_values(blob: bytes) -> dict[Quantity, float]:
-    """A reading's values (without a period's start: :func:`decode_period`)."""
+    """A reading's values (without a period's start and end: :func:`decode_period`)."""
     return decode_period(blob)[0]
 
 
-def decode_period(blob: bytes) -> tuple[dict[Quantity, float], int | None]:
-    """A reading's values, and its start if it is a period reading."""
+def decode_period(blob: bytes) -> tuple[dict[Quantity, float], int | None, int | None]:
+    """A reading's values, its start if it is a period reading, its end if it is a late one."""
     values = _decode_all(blob)
     start = values.pop(_START, None)  # type: ignore[call-overload]
-    return values, None if start is None else int(start)
+    end = values.pop(_END, None)  # type: ignore[call-overload]
+    return values, None if start is None else int(start), None if end is None else int(end)
 
 
 def _decode_all(blob: bytes) -> dict[Quantity, float]:
@@ -183,16 +193,18 @@ def layout_size(mask: int, wide: int) -> tuple[int, int]:
 def _layout(mask: int, wide: int) -> tuple[struct.Struct, tuple[Quantity, ...], tuple[int, ...]]:
     """The struct of the values of one mask and float64 mask, the quantities, and the float32 positions."""
     present = _present(mask)
-    kinds = ["d" if q is _START or wide >> CODE[q] & 1 else "f" for q in present]
+    kinds = ["d" if q is _START or q is _END or wide >> CODE[q] & 1 else "f" for q in present]
     return struct.Struct("<" + "".join(kinds)), present, tuple(i for i, k in enumerate(kinds) if k == "f")
 
 
 @functools.cache
 def _present(mask: int) -> tuple[Quantity, ...]:
-    """The keys of the floats, in order: a period's start first (see _START), then the quantities in code order."""
+    """The keys of the floats, in order: a period's start first (see _START), a late period's end, then the
+    quantities in code order."""
     # A meter sends the same set of quantities every time: a handful of masks, each computed once.
     start: tuple[Quantity, ...] = (_START,) if mask & _PERIOD else ()  # type: ignore[assignment]
-    return start + tuple(q for q in ALL if mask >> CODE[q] & 1)
+    end: tuple[Quantity, ...] = (_END,) if mask & _LATE else ()  # type: ignore[assignment]
+    return start + end + tuple(q for q in ALL if mask >> CODE[q] & 1)
 
 
 @functools.cache
@@ -254,8 +266,8 @@ def decode_chunk(data: bytes, first_ts: int) -> Iterator[Row]:
 
 
 def reading_of(meter: str, ts_ms: int, flags: int, values: bytes) -> Reading:
-    decoded, start = decode_period(values)
-    return Reading.trusted(meter, ts_ms, decoded, bool(flags & FLAG_CLOCK_SYNCED), start)
+    decoded, start, end = decode_period(values)
+    return Reading.trusted(meter, ts_ms, decoded, bool(flags & FLAG_CLOCK_SYNCED), start, end)
 
 
 @functools.cache
@@ -278,6 +290,11 @@ def chunk_readings(meter: str, data: bytes, first_ts: int, after_ts: int, limit:
     values = [v for row in rows for v in row[2:]]
     _shorten(values, narrow, len(rows))
     trusted = Reading.trusted
+    if mask & _LATE:  # the first two floats of each reading are its start and end
+        return [trusted(meter, first_ts + row[0], dict(zip(present[2:], values[k * width + 2:(k + 1) * width],
+                                                            strict=True)),
+                        bool(row[1] & FLAG_CLOCK_SYNCED), int(values[k * width]), int(values[k * width + 1]))
+                for k, row in enumerate(rows)]
     if mask & _PERIOD:  # the first float of each reading is its start
         return [trusted(meter, first_ts + row[0], dict(zip(present[1:], values[k * width + 1:(k + 1) * width],
                                                             strict=True)),

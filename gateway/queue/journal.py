@@ -24,7 +24,7 @@ A segment starts with ``MGJ1``, ``u16`` length and the boot id it was written in
 that boot's monotonic clock). Each record: ``u32 length`` of what follows, ``u32 crc32`` of it, then ``u8 flags``
 (1: clock synchronised, 2: monotonic time present), ``i64 ts_ms``, ``i64 mono_ms``, ``u16`` length of the meter's
 name, the name (UTF-8), and the values as :func:`gateway.queue.codec.encode_reading` writes them (a period's
-start included).
+start, and a late period's end, included).
 """
 
 from __future__ import annotations
@@ -96,9 +96,9 @@ def decode(data: bytes, pos: int = 0) -> Iterator[Reading]:
             return
         flags, ts_ms, mono_ms, n = _BODY.unpack_from(body)
         try:
-            values, start = decode_period(body[_BODY.size + n:])
+            values, start, late_end = decode_period(body[_BODY.size + n:])
             reading = Reading(body[_BODY.size:_BODY.size + n].decode(), ts_ms, values, bool(flags & _SYNCED),
-                              mono_ms if flags & _HAS_MONO else None, start)
+                              mono_ms if flags & _HAS_MONO else None, start, late_end)
         except (UnicodeDecodeError, struct.error, KeyError, ValueError, TypeError):
             return
         yield reading

@@ -4,8 +4,9 @@ Opening sets what the rest relies on: WAL mode (readers beside the one writer), 
 durability, 1 KB pages for a new file, a checkpoint every WAL_CHECKPOINT_PAGES pages. A file that fails SQLite's
 quick check is *corrupt*: the daemon moves it aside (with its WAL) and starts a fresh one; a command beside the
 daemon only reports it. A file written by a newer version is refused; one of schema 1 is upgraded in one
-transaction; one of schema 2 is marked schema 3 (schema 3 only adds what a schema 2 reader would misread: quantity
-codes from 42 on and the period bit of the values' mask, :mod:`gateway.queue.codec`; nothing stored changes).
+transaction; one of schema 2 or 3 is marked schema 4 (schema 3 only added what a schema 2 reader would misread:
+quantity codes from 42 on and the period bit of the values' mask; schema 4 the late-period bit,
+:mod:`gateway.queue.codec`; nothing stored changes).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from gateway.queue.codec import Row, encode_chunk, split
 
 log = structlog.get_logger("gateway.queue")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 PAGE_SIZE = 1024
 WAL_CHECKPOINT_PAGES = 10_000
 #: No cap on the file's pages (SQLite's largest).
@@ -119,11 +120,11 @@ def prepare(db: sqlite3.Connection, path: Path) -> None:
         raise QueueError(f"{path} was written by a newer meter-gateway (schema {row[0]})")
     elif int(row[0]) == 1:
         migrate_v1(db, path)
-    elif int(row[0]) == 2:
-        # A version that knows schema 2 only would decode period readings and the newer quantities as the wrong
-        # values: from now on it refuses the file instead.
+    elif int(row[0]) in (2, 3):
+        # A version that knows an older schema only would decode period readings (2), late period readings (3)
+        # and the newer quantities (2) as the wrong values: from now on it refuses the file instead.
         db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
-        log.info("queue file marked schema 3 (readings unchanged)", path=str(path))
+        log.info(f"queue file marked schema {SCHEMA_VERSION} (readings unchanged)", path=str(path), was=int(row[0]))
 
 
 def insert_chunk(db: sqlite3.Connection, mid: int, chunk: Sequence[Row]) -> None:

@@ -20,6 +20,9 @@ log = structlog.get_logger("gateway.platforms.file.sink")
 
 
 class FileSink(BaseSink):
+    #: a late period is written as what it is (its "end" and "late" keys)
+    late_periods = True
+
     def __init__(self, config: FileConfig, gateway: object = None) -> None:
         self.name = config.name
         self.max_batch = config.max_batch

@@ -13,6 +13,9 @@ from gateway.stream import Stream
 
 
 class StdoutSink(BaseSink):
+    #: a late period is written as what it is (its "end" and "late" keys)
+    late_periods = True
+
     def __init__(self, config: StdoutConfig, gateway: object = None) -> None:
         self.name = config.name
         self.max_batch = config.max_batch

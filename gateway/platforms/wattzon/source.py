@@ -11,8 +11,10 @@ Data: after each job, at start, and every ``fetch_every``. Bills: each of a mete
 reading; those newer (by end) than the meter's last queued reading are handed to the queue in order, and the
 queue refuses any reading not newer than its last, so a bill seen again (``cached``, re-extracted) is never queued
 twice. A bill for a period already queued that says something else (corrected), or that arrives after a later one
-(late), cannot be queued in order: it is logged and counted, never silently dropped. What was queued per bill (its
-end, id and values) is kept in the state file to tell these apart. Intervals: the month list is read; a month not
+(late), is queued as a *late period reading*: just after the meter's newest reading, with its own start and end
+(:class:`gateway.reading.Reading`), logged and counted; Wegowise updates or adds the period, the platforms that
+cannot skip it (counted). What was queued per bill (its end, id and values) is kept in the state file to tell
+these apart. Intervals: the month list is read; a month not
 yet taken whole is fetched (one month in memory at a time), its intervals newer than the last queued are queued,
 and once WattzOn marks it ``complete`` and it was taken, it is not fetched again.
 """
@@ -225,23 +227,35 @@ class WattzonSource(BaseSource):
             readings = in_order([r for r, _ in made if r is not None], problems)
             kept = self.bills.setdefault(meter.name, {})
             last = self.last.get(meter.name, -1)
+            late: list[tuple[Reading, str]] = []
             for r in readings:
                 if r.ts_ms > last:
                     continue
                 was = kept.get(str(r.ts_ms))
                 if was is not None and was[1:] == _values_key(r):
                     continue  # the same bill again
-                what = "corrected" if was is not None else "late"
-                problems[f"{what}_bills"] += 1
-                self.log.warning(f"a {what} bill for a period already delivered or passed: not queued (the"
-                                 " platform keeps the earlier one)", meter=meter.name, bill_id=bill_of[id(r)],
-                                 start=iso_utc(r.start_ms or 0), end=iso_utc(r.ts_ms),
-                                 values={q.value: v for q, v in r.values.items()},
-                                 earlier=None if was is None else was[2])
-                kept[str(r.ts_ms)] = [bill_of[id(r)], *_values_key(r)]  # logged once
-            queued, _ = await self._hand_over(meter, [r for r in readings if r.ts_ms > last], emit)
+                late.append((r, "corrected" if was is not None else "late"))
+            queued, ok = await self._hand_over(meter, [r for r in readings if r.ts_ms > last], emit)
             for r in queued:
                 kept[str(r.ts_ms)] = [bill_of[id(r)], *_values_key(r)]
+            for r, what in late if ok else []:
+                # Queued after the meter's newest reading, its own period kept with it (a late period reading).
+                assert r.start_ms is not None
+                moved = Reading(meter.name, self.last.get(meter.name, -1) + 1, r.values, start_ms=r.start_ms,
+                                end_ms=r.ts_ms)
+                taken, ok = await self._hand_over(meter, [moved], emit)
+                if not taken:
+                    break  # not written (a full disk): tried again at the next fetch
+                was = kept.get(str(r.ts_ms))
+                kept[str(r.ts_ms)] = [bill_of[id(r)], *_values_key(r)]
+                self._save()  # a crash before this queues it once more: Wegowise sees the same value, no change
+                self.state[meter.name].counts[f"{what}_bills"] += 1
+                self.log.warning(f"a {what} bill for a period already passed: queued after the meter's newer"
+                                 " readings; a platform that can add or replace a past period (Wegowise) gets it,"
+                                 " the others skip it (counted)", meter=meter.name, bill_id=bill_of[id(r)],
+                                 start=iso_utc(r.start_ms), end=iso_utc(r.ts_ms),
+                                 values={q.value: v for q, v in r.values.items()},
+                                 earlier=None if was is None else was[2])
             for end in sorted(kept, key=int)[:-BILLS_KEPT]:
                 del kept[end]
             self._save()

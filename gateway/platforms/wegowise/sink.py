@@ -79,12 +79,20 @@ def bill_period(r: Reading) -> Period | None:
     energy = r.values.get(Quantity.INTERVAL_ENERGY)
     if r.start_ms is None or energy is None:
         return None
+    end = r.period_end  # a late one (a corrected bill) is queued after its end
     first = datetime.fromtimestamp(r.start_ms / 1000, tz=UTC).date()
-    last = datetime.fromtimestamp((r.ts_ms - 1) / 1000, tz=UTC).date()
-    return Period(r.start_ms, r.ts_ms, first, last, energy)
+    last = datetime.fromtimestamp((end - 1) / 1000, tz=UTC).date()
+    return Period(r.start_ms, end, first, last, energy)
+
+
+def _until_retry(out: list[Outcome], readings: Sequence[Reading]) -> list[Outcome]:
+    """An outcome for every reading: those after a Retry are tried again with it (the forwarder stops there)."""
+    return out + [out[-1]] * (len(readings) - len(out))
 
 
 class WegowiseSink(BaseSink):
+    #: a corrected bill updates its period (PUT), a late one adds it
+    late_periods = True
     max_batch = 500
 
     def __init__(self, config: WegowiseConfig, gateway: GatewayConfig,
@@ -214,7 +222,7 @@ class WegowiseSink(BaseSink):
                 if r.start_ms is not None:  # a bill: one raw datum of its own dates
                     out.append(await self._pass_through(stream.meter, st, r))
                     if isinstance(out[-1], Retry):
-                        return out
+                        return _until_retry(out, readings)
                     continue
                 if value is None:
                     out.append(Skip(f"no {st.quantity.value} in this reading"))
@@ -227,7 +235,7 @@ class WegowiseSink(BaseSink):
                 for p in periods:
                     o = await self._deliver(stream.meter, st, p)
                     if isinstance(o, Retry):
-                        return [*out, o]
+                        return _until_retry([*out, o], readings)
                     if not isinstance(outcome, Reject):
                         outcome = o  # a period refused for good sends its reading to the dead letters
                 st.builder = trial
@@ -417,7 +425,8 @@ class WegowiseSink(BaseSink):
         if not periods:
             return Skip("no period closed by this reading")
         where = st.meter_id if st.meter_id is not None else "(created at the first period)"
-        return {"sink": self.name, "would": "POST",
+        # A late period (a corrected bill) updates the raw datum this sink sent for it, if it sent one.
+        return {"sink": self.name, "would": "POST or PUT" if reading.late else "POST",
                 "url": f"{self.config.url.rstrip('/')}{self.config.api_path}/meters/{where}/raw_data",
                 "bodies": [datum(p, st.unit, st.entry, reading.values.get(Quantity.COST) if bill else None)
                            for p in periods]}
