@@ -15,8 +15,8 @@ from gateway.forwarder import Forwarder, backoff_delay
 from gateway.outcome import DELIVERED, Outcome, Reject, Retry
 from gateway.platforms.sink import BaseSink
 from gateway.platforms.stdout.config import StdoutConfig as SinkCfg
-from gateway.queue import DiskQueue, QueueStore, SinkCount
 from gateway.quantities import Quantity
+from gateway.queue import DiskQueue, QueueStore, SinkCount
 from gateway.queue.counters import sent_mark_key
 from gateway.reading import Reading
 from gateway.stream import Stream

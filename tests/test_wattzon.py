@@ -1,6 +1,7 @@
 """WattzOn Link against its emulator over HTTPS with a client certificate: jobs followed by ``finished``, bills and
 interval months queued once each as period readings (across restarts and SIGKILLs), corrected and late bills
-queued once each as late period readings (Wegowise updates or adds the period), a state that needs a person said once, hostile records refused, and ``check``/``verify``/``read``."""
+queued once each as late period readings (Wegowise updates or adds the period), a state that needs a person said
+once, hostile records refused, and ``check``/``verify``/``read``."""
 
 from __future__ import annotations
 
