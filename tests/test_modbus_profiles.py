@@ -164,6 +164,10 @@ SPOT_CHECKS = [
     ("schneider_iem3000", RawMeter(1, holding={0x0BD3: [0x4366, 0x6666], 0x0BF3: [0x3FA0, 0x0000],
                                                0x0C83: [0, 0, 0x0012, 0xD687]}),
      {Q.VOLTAGE_L1: 230.4, Q.POWER_ACTIVE_TOTAL: 1250.0, Q.ENERGY_IMPORT_TOTAL: 1_234_567.0}),
+    # PM3200: the iEM3000's map (register - 1), plus the neutral current; energy INT64 Wh 1234567.
+    ("schneider_pm3200", RawMeter(1, holding={3005: [0x3F40, 0x0000], 3027: [0x4366, 0x6666],
+                                              3059: [0x3FA0, 0x0000], 3203: [0, 0, 0x0012, 0xD687]}),
+     {Q.CURRENT_N: 0.75, Q.VOLTAGE_L1: 230.4, Q.POWER_ACTIVE_TOTAL: 1250.0, Q.ENERGY_IMPORT_TOTAL: 1_234_567.0}),
     ("schneider_pm5100", RawMeter(1, holding={2699: [0x449A, 0x5000], 3027: [0x4366, 0x6666],
                                               3059: [0x3FA0, 0x0000]}),
      {Q.VOLTAGE_L1: 230.4, Q.POWER_ACTIVE_TOTAL: 1250.0, Q.ENERGY_IMPORT_TOTAL: 1_234_500.0}),
