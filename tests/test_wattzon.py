@@ -310,6 +310,7 @@ def test_check_verify_and_read_say_what_wattzon_has(tmp_path: Path, emu: Wattzon
     out = subprocess.run([*run, "check", "-c", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "utility              wattzon:" in out.stdout and "meter elec: profile 516, electricity bills" in out.stdout
+    assert "a bill corrected or arriving late goes to Wegowise (updated or added)" in " ".join(out.stdout.split())
     out = subprocess.run([*run, "read", "-c", str(path), "--meter", "elec"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "latest period of 2026-10-01T00:00:00.000Z .. 2026-10-31T23:59:59.000Z" in out.stdout

@@ -156,7 +156,9 @@ class WattzonMeter(MeterBase):
         if self.data == "bills":
             key = f"meter_number {self.meter_number}" if self.meter_number else f"account_number {self.account_number}"
             return (f"profile {self.profile_id}, {self.utility} bills of {key}: usage -> interval_energy (Wh), cost"
-                    f" -> cost ({self.currency}), over each bill's period")
+                    f" -> cost ({self.currency}), over each bill's period; a bill corrected or arriving late goes"
+                    " to Wegowise (updated or added) and the file/stdout sinks, Wattics and Voltaware keep the"
+                    " first value")
         return f"profile {self.profile_id}, intervals of meter_id {self.meter_id}: usage -> interval_energy (Wh)"
 
     def problems_with(self, gateway: GatewayConfig) -> list[tuple[tuple[str | int, ...], str]]:
