@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from gateway.platforms.modbus.simulator import MeterServer, SimMeter
 from gateway.platforms.simulated.source import three_phase
 from gateway.quantities import Quantity as Q
-from tests.helpers.modbus import profiles, pty_pair
+from tests.helpers.modbus import RateCheckedLine, profiles, pty_pair
 
 
 async def cli(*args: str, within: float = 60) -> tuple[int, str, str]:
@@ -307,26 +308,53 @@ async def test_set_address_checks_then_changes_and_verifies_the_meter(tmp_path: 
 
 
 async def test_set_baudrate_writes_the_models_code_and_reads_the_meter_back(tmp_path: Path) -> None:
-    with pty_pair(tmp_path) as (meter_end, gateway_end):
-        sdm630, sdm120 = eastron(1, "eastron_sdm630", 4242), eastron(2, "eastron_sdm120", 99)
-        server = await MeterServer([sdm630, sdm120]).start_serial(meter_end)
-        line = ("--serial", gateway_end, "--timeout", "300ms")
-        try:
-            rc, out, err = await cli("set-baudrate", *line, "--unit", "2", "--to", "19200", "--profile",
-                                     "eastron_sdm120", "--yes")
-            assert rc == 1 and "cannot be set to 19200 baud (it knows: 1200, 2400, 4800, 9600)" in err
-            rc, out, err = await cli("set-baudrate", *line, "--unit", "1", "--to", "19200", "--profile",
-                                     "eastron_sdm630")
-            assert rc == 0 and "would write code 3 (19200 baud)" in out and "other meters on this line stay" in out
-            assert sdm630.baud_code_written is None
-            rc, out, err = await cli("set-baudrate", *line, "--unit", "1", "--to", "19200", "--profile",
-                                     "eastron_sdm630", "--yes")
-            assert rc == 0, err
-            assert sdm630.baud_code_written == 3  # the SDM630's code for 19200 (its manual's table)
-            assert "verified: the meter answers at unit 1 at 19200 baud (serial 4242, the same)" in out
-            assert "set the bus's baudrate to 19200 in the configuration" in out
-            rc, _, err = await cli("set-baudrate", "--host", "127.0.0.1", "--rtu-over-tcp", "--unit", "1", "--to",
-                                   "19200", "--profile", "eastron_sdm630")
-            assert rc == 1 and "serial-to-TCP converter" in err
-        finally:
-            await server.stop()
+    # A line that carries bytes only between ends at one speed: the meter is verified at its new rate for real.
+    link = RateCheckedLine(tmp_path)
+    sdm630, sdm120 = eastron(1, "eastron_sdm630", 4242), eastron(2, "eastron_sdm120", 99)
+    server = await MeterServer([sdm630, sdm120]).start_serial(link.meter)
+    line = ("--serial", link.gateway, "--timeout", "300ms")
+    try:
+        rc, out, err = await cli("set-baudrate", *line, "--unit", "2", "--to", "19200", "--profile",
+                                 "eastron_sdm120", "--yes")
+        assert rc == 1 and "cannot be set to 19200 baud (it knows: 1200, 2400, 4800, 9600)" in err
+        rc, out, err = await cli("set-baudrate", *line, "--unit", "1", "--to", "19200", "--profile",
+                                 "eastron_sdm630")
+        assert rc == 0 and "would write code 3 (19200 baud)" in out and "other meters on this line stay" in out
+        assert sdm630.baud_code_written is None and link.dropped == 0
+        rc, out, err = await cli("set-baudrate", *line, "--unit", "1", "--to", "19200", "--profile",
+                                 "eastron_sdm630", "--yes")
+        assert rc == 0, err
+        assert sdm630.baud_code_written == 3  # the SDM630's code for 19200 (its manual's table)
+        assert link.speeds()[0] == termios.B19200  # the meter's end of the line changed speed
+        assert "verified: the meter answers at unit 1 at 19200 baud (serial 4242, the same)" in out
+        assert "set the bus's baudrate to 19200 in the configuration" in out
+        # At the old rate the meter is gone (what reaches it is noise); at the new one, it is found.
+        rc, out, err = await cli("scan", *line, "--units", "1")
+        assert "unit 1: answers" not in out and link.dropped > 0
+        rc, out, err = await cli("scan", *line, "--baudrate", "19200", "--units", "1")
+        assert rc == 0 and "unit 1: answers; fits eastron_sdm630" in out, out + err
+        rc, _, err = await cli("set-baudrate", "--host", "127.0.0.1", "--rtu-over-tcp", "--unit", "1", "--to",
+                               "19200", "--profile", "eastron_sdm630")
+        assert rc == 1 and "serial-to-TCP converter" in err
+    finally:
+        await server.stop()
+        link.close()
+
+
+async def test_a_meter_that_takes_its_new_rate_only_after_a_restart_is_told_apart(tmp_path: Path) -> None:
+    link = RateCheckedLine(tmp_path)
+    meter = eastron(1, "eastron_sdm630", 4242)
+    meter.switches_rate = False
+    server = await MeterServer([meter]).start_serial(link.meter)
+    line = ("--serial", link.gateway, "--timeout", "300ms")
+    try:
+        rc, out, err = await cli("set-baudrate", *line, "--unit", "1", "--to", "19200", "--profile",
+                                 "eastron_sdm630", "--yes")
+        assert rc == 1 and meter.baud_code_written == 3
+        assert "accepted the change but does not answer at unit 1 at 19200 baud" in err and "power-cycle it" in err
+        assert link.speeds()[0] == termios.B9600 and link.dropped > 0
+        rc, out, err = await cli("scan", *line, "--units", "1")  # still there at the old rate
+        assert rc == 0 and "unit 1: answers; fits eastron_sdm630" in out, out + err
+    finally:
+        await server.stop()
+        link.close()

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
+import select
 import shutil
 import subprocess
+import termios
 import threading
 import time
+import tty
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -46,6 +50,52 @@ def pty_pair(where: Path) -> Iterator[tuple[str, str]]:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+class RateCheckedLine:
+    """Two pseudo-terminals joined by a relay that carries bytes only while both ends are set to the same speed,
+    as on a real RS-485 line (a UART set to another rate reads garbage; here, nothing): what a plain pair cannot
+    show, whether a meter really took a new baud rate. The ends are ``meter`` and ``gateway`` (paths)."""
+
+    def __init__(self, where: Path) -> None:
+        self.meter, self.gateway = str(where / "bus-meter"), str(where / "bus-gateway")
+        (self._m1, self._s1), (self._m2, self._s2) = os.openpty(), os.openpty()
+        for fd in (self._s1, self._s2):
+            tty.setraw(fd)
+        os.symlink(os.ttyname(self._s1), self.meter)
+        os.symlink(os.ttyname(self._s2), self.gateway)
+        #: bytes dropped because the two ends were at different speeds
+        self.dropped = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._relay, daemon=True)
+        self._thread.start()
+
+    def speeds(self) -> tuple[int, int]:
+        """The termios speed constants (``termios.B9600``...) the two ends are set to: the meter's, the gateway's."""
+        return termios.tcgetattr(self._s1)[5], termios.tcgetattr(self._s2)[5]
+
+    def _relay(self) -> None:
+        other = {self._m1: self._m2, self._m2: self._m1}
+        while not self._stop.is_set():
+            ready, _, _ = select.select(list(other), [], [], 0.05)
+            for fd in ready:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    continue
+                meter, gateway = self.speeds()
+                if meter == gateway:
+                    os.write(other[fd], data)
+                else:
+                    self.dropped += len(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for fd in (self._m1, self._s1, self._m2, self._s2):
+            os.close(fd)
+        for link in (self.meter, self.gateway):
+            os.unlink(link)
 
 
 class ServerThread:

@@ -50,13 +50,17 @@ def encode(point: Point, value: float) -> list[int]:
     return ModbusClientMixin.convert_to_registers(round(raw), dt, word_order=point.word_order)
 
 
+#: Seconds between a baud rate write's answer and the line changing speed.
+SWITCH_AFTER = 0.02
+
+
 class SimMeter:
     """One simulated device at ``unit`` holding ``points``, answering ``values(now)``."""
 
     def __init__(
         self, unit: int, points: Sequence[Point], values: Values | Mapping[Quantity, float], *, holes: bool = False,
         clock: Callable[[], float] = time.time, delay: float = 0.0, profile: ProfileFile | None = None,
-        serial: int = 0, baudrate: int = 9600,
+        serial: int = 0, baudrate: int = 9600, switches_rate: bool = True,
     ) -> None:
         self.unit = unit
         #: The profile's identity and settings registers: a serial number to read, a unit id and a baud rate code
@@ -66,6 +70,9 @@ class SimMeter:
         self.baudrate = baudrate
         #: The baud rate code last written, if any.
         self.baud_code_written: int | None = None
+        #: A written baud rate is taken at once, after the answer (on a serial line, the server's port changes
+        #: speed: :meth:`MeterServer.switch_rate`); False: only after a restart, as some meters do.
+        self.switches_rate = switches_rate
         #: Seconds each answer takes (a slow meter, or a slow gateway in front of it).
         self.delay = delay
         self.points = tuple(points)
@@ -127,6 +134,9 @@ class SimMeter:
                 if what == "unit":
                     return value
                 self.baud_code_written = value
+                rate = next((c.rate for c in reg.codes or [] if c.code == value), value if reg.codes is None else None)
+                if rate is not None and self.switches_rate:
+                    self.baudrate = rate
                 return None
         raise ValueError(f"0x{address:04X} is not a setting")
 
@@ -186,10 +196,15 @@ class _FaultyContext:
         if device_id in s.exceptions:
             s.exception_replies[device_id] += 1
             return ExcCodes(s.exceptions[device_id])
+        meter = s.meters[original]
+        rate = meter.baudrate if isinstance(meter, SimMeter) else None
         try:
-            new_unit = s.meters[original].written(address, list(values))
+            new_unit = meter.written(address, list(values))
         except ValueError:
             return ExcCodes.ILLEGAL_ADDRESS
+        if isinstance(meter, SimMeter) and meter.baudrate != rate:
+            # The answer goes out at the old rate; the line changes speed right after it.
+            asyncio.get_running_loop().call_later(SWITCH_AFTER, s.switch_rate, meter.baudrate)
         if new_unit is not None and new_unit != device_id:
             # Answered at the old id (this write's answer), then only at the new one.
             s.renumbered[new_unit] = original
@@ -279,6 +294,13 @@ class MeterServer:
                                     trace_pdu=self._trace_pdu, trace_packet=self._trace_packet)
         await self._serve(server)
         return self
+
+    def switch_rate(self, rate: int) -> None:
+        """Set the serial port the meters answer on to ``rate`` (a meter that took a new baud rate). Every meter of
+        this server shares the port: tests change the rate of a line holding one meter."""
+        port = getattr(getattr(self._server, "transport", None), "sync_serial", None)
+        if port is not None:
+            port.baudrate = rate
 
     async def _serve(self, server: ModbusTcpServer | ModbusSerialServer) -> None:
         server.context = _FaultyContext(server.context, self)  # type: ignore[assignment]
