@@ -265,6 +265,48 @@ async def test_a_changed_value_is_updated_and_someone_elses_is_left_alone(tmp_pa
     await sink2.close()
 
 
+async def test_a_bill_reissued_over_another_span_replaces_the_one_it_overlaps(tmp_path: Path,
+                                                                            emu: WegowiseEmulator) -> None:
+    mid, path, sink = await electric(tmp_path, emu)
+    stream = Stream("wegowise", "m1")
+
+    def utc(y: int, m: int, d: int) -> int:
+        return round(datetime(y, m, d, tzinfo=ZoneInfo("UTC")).timestamp() * 1000)
+
+    def bill(start: int, end: int, kwh: float, cost: float, late_at: int | None = None) -> Reading:
+        return Reading("m1", late_at or end, {Quantity.INTERVAL_ENERGY: kwh * 1000, Quantity.COST: cost},
+                       start_ms=start, end_ms=end if late_at else None)
+
+    jan, feb, mar = utc(2026, 1, 1), utc(2026, 2, 1), utc(2026, 3, 1)
+    # Two bills that meet at an instant (one ends when the next starts): neither replaces the other.
+    out = await sink.send(stream, [bill(jan, feb, 610.0, 80.0), bill(feb, mar, 590.0, 78.5)])
+    assert all(isinstance(o, Delivered) for o in out)
+    ids = {d["start_date"]: d["id"] for d in emu.data(mid)}
+    assert sorted(ids) == ["2026-01-01", "2026-02-01"]
+    # January re-issued from the 5th (a corrected bill, queued after March): its raw datum moves to the new span.
+    out = await sink.send(stream, [bill(utc(2026, 1, 5), feb, 540.0, 71.0, late_at=mar + 1)])
+    assert isinstance(out[0], Delivered)
+    data = sorted(emu.data(mid), key=lambda d: d["start_date"])
+    assert [(d["id"], d["start_date"], d["end_date"], d["kwh"], d["total_charge"]) for d in data] == [
+        (ids["2026-01-01"], "2026-01-05", "2026-01-31", "540.000", "71.00"),
+        (ids["2026-02-01"], "2026-02-01", "2026-02-28", "590.000", "78.50")]
+    # A bill over both: which one it replaces is not the gateway's to guess; nothing changes.
+    out = await sink.send(stream, [bill(utc(2026, 1, 20), utc(2026, 2, 10), 300.0, 40.0, late_at=mar + 2)])
+    assert isinstance(out[0], Skip) and "overlaps 2 bills" in out[0].reason
+    assert sorted(emu.data(mid), key=lambda d: d["start_date"]) == data
+    # February re-issued to the 2nd of March: newer than anything queued, so an on-time bill, and it still replaces
+    # February's datum. After a restart the spans are still known (kept with the record).
+    await sink.close()
+    again = sink_of(path)
+    await again.start()
+    out = await again.send(stream, [bill(feb, utc(2026, 3, 3), 601.0, 79.0)])
+    assert isinstance(out[0], Delivered)
+    assert [(d["id"], d["end_date"], d["kwh"]) for d in sorted(emu.data(mid), key=lambda d: d["start_date"])][1] \
+        == (ids["2026-02-01"], "2026-03-02", "601.000")
+    assert emu.duplicates() == [] and len(emu.data(mid)) == 2
+    await again.close()
+
+
 def test_authorize_walks_the_three_legs_and_keeps_the_token_private(tmp_path: Path, emu: WegowiseEmulator) -> None:
     path = write_config(tmp_path, emu, "      - {meter: m1, id: 1}\n")
     token = tmp_path / "state" / "wegowise-wegowise.token"

@@ -85,6 +85,12 @@ def bill_period(r: Reading) -> Period | None:
     return Period(r.start_ms, end, first, last, energy)
 
 
+def _overlaps(span: Any, p: Period) -> bool:
+    """A recorded raw datum's span (ms; absent in records of earlier versions) and the period share an instant."""
+    return (isinstance(span, list) and len(span) == 2 and all(type(x) is int for x in span)
+            and span[0] < p.end_ms and p.start_ms < span[1])
+
+
 def _until_retry(out: list[Outcome], readings: Sequence[Reading]) -> list[Outcome]:
     """An outcome for every reading: those after a Retry are tried again with it (the forwarder stops there)."""
     return out + [out[-1]] * (len(readings) - len(out))
@@ -268,12 +274,21 @@ class WegowiseSink(BaseSink):
         p = bill_period(r)
         if p is None:
             return Skip("a period without interval_energy: nothing for Wegowise")
-        outcome = await self._deliver(meter, st, p, r.values.get(Quantity.COST))
+        key = period_key(datum(p, st.unit, st.entry))
+        # A bill re-issued over another span (a corrected bill whose start or end moved) replaces the one bill it
+        # overlaps: two raw data over the same days would count their consumption twice.
+        over = [k for k, v in st.record.items() if k != key and _overlaps(v.get("span"), p)]
+        if len(over) > 1:
+            self.log.warning("a bill overlapping several bills already on Wegowise: not sent (which it replaces is"
+                             " for a person to settle)", meter=meter, period=key, overlaps=over)
+            return Skip(f"bill {key} overlaps {len(over)} bills already on Wegowise ({', '.join(over)})")
+        outcome = await self._deliver(meter, st, p, r.values.get(Quantity.COST), replaces_key=over[0] if over else None)
         if not isinstance(outcome, Retry):
             await asyncio.to_thread(st.save)
         return outcome
 
-    async def _deliver(self, meter: str, st: MeterState, p: Period, cost: float | None = None) -> Outcome:
+    async def _deliver(self, meter: str, st: MeterState, p: Period, cost: float | None = None,
+                       replaces_key: str | None = None) -> Outcome:
         body = datum(p, st.unit, st.entry, cost)
         key = period_key(body)
         if p.spans > 1:
@@ -287,7 +302,12 @@ class WegowiseSink(BaseSink):
                              " again", meter=meter, period=key, missing_s=round(p.short_ms / 1000))
         mine = st.record.get(key)
         replaced: str | None = None
-        if p.replaces is not None and mine is None:
+        span = [p.start_ms, p.end_ms]
+        if replaces_key is not None and mine is None:
+            mine, replaced = st.record[replaces_key], replaces_key
+            self.log.warning("a bill over another span than the one sent before for those days: that raw datum is"
+                             " updated to this bill's dates and values", meter=meter, was=replaces_key, now=key)
+        elif p.replaces is not None and mine is None:
             first, last = self.calendar.dates(*p.replaces)
             old = f"{first.isoformat()}/{last.isoformat()}"
             if old in st.record:
@@ -306,7 +326,7 @@ class WegowiseSink(BaseSink):
                     d = held[0]
                     if same_values(d, body):
                         self.log.info("period already on Wegowise: not sent again", meter=meter, period=key)
-                        self._remember(st, key, datum_id(d.get("id")), body)
+                        self._remember(st, key, datum_id(d.get("id")), body, span)
                         return Delivered(json.dumps(body))
                     self.log.warning("Wegowise holds another value for this period, not created by the gateway"
                                      " (an import, an edit): left as it is", meter=meter, period=key,
@@ -316,7 +336,7 @@ class WegowiseSink(BaseSink):
                 await asyncio.to_thread(st.save)
                 created = await self.api.create_datum(meter_id, body)
                 st.posting = None
-                self._remember(st, key, datum_id(created.get("id")), body)
+                self._remember(st, key, datum_id(created.get("id")), body, span)
             else:
                 found_id = datum_id(mine.get("id"))
                 if found_id is None:  # created, but its answer held no usable id: found by its period
@@ -330,7 +350,7 @@ class WegowiseSink(BaseSink):
                               before=mine.get("body"), now=body)
                 if replaced is not None:
                     st.record.pop(replaced, None)
-                self._remember(st, key, found_id, body)
+                self._remember(st, key, found_id, body, span)
         except WegowiseError as e:
             return self._failed(meter, st, key, e)
         return Delivered(json.dumps(body))
@@ -349,9 +369,11 @@ class WegowiseSink(BaseSink):
                 return []
         return [d for d in await self.api.raw_data(meter_id) if period_key(d) == key]
 
-    def _remember(self, st: MeterState, key: str, wegowise_id: Any, body: dict[str, str]) -> None:
+    def _remember(self, st: MeterState, key: str, wegowise_id: Any, body: dict[str, str],
+                  span: list[int] | None = None) -> None:
         st.record.pop(key, None)
-        st.record[key] = {"id": wegowise_id, "body": body}  # the newest last: the record is trimmed from its start
+        # the newest last: the record is trimmed from its start; the span (ms) tells overlapping bills apart
+        st.record[key] = {"id": wegowise_id, "body": body, "span": span}
 
     def _failed(self, meter: str, st: MeterState, key: str, e: WegowiseError) -> Outcome:
         if e.kind == "auth":
