@@ -28,7 +28,7 @@ SINK_PASSWORD = "wattics-s3cret-Zr7"
 
 
 def write_config(tmp_path: Path, broker: Mosquitto | None, modbus_port: int, *, fleet_port: int | None = None,
-                 extra_fleet: str = "") -> Path:
+                 extra_fleet: str = "", health_every: str = "5s") -> Path:
     host_port = broker.port if broker is not None else fleet_port
     ca = broker.ca_file if broker is not None else tmp_path / "none.pem"
     path = tmp_path / "config.yaml"
@@ -60,7 +60,7 @@ fleet:
   password: {FLEET_PASSWORD}
   prefix: acme/fleet
   min_gap: 1s
-  health_every: 5s
+  health_every: {health_every}
 {extra_fleet}""")
     return path
 
@@ -107,7 +107,7 @@ def test_presence_health_and_the_last_will_when_killed(tmp_path: Path, broker: M
                                                       meters: ServerThread) -> None:
     sub = Subscriber(broker, topic="acme/fleet/#")
     base = "acme/fleet/plant-7"
-    with Daemon(write_config(tmp_path, broker, meters.port)).start() as d:
+    with Daemon(write_config(tmp_path, broker, meters.port, health_every="2s")).start() as d:
         _, online = wait_for(sub, lambda t, v: t == f"{base}/state" and v.get("state") == "online")
         assert online["gateway"] == "plant-7" and online["version"] and online["started"] and online["since"]
         _, health = wait_for(sub, lambda t, v: t == f"{base}/health" and
@@ -139,12 +139,12 @@ def test_presence_health_and_the_last_will_when_killed(tmp_path: Path, broker: M
         assert took < 5
 
     # What a newcomer to the broker finds: the state (offline) and the last health document, retained; the meters'
-    # availability only until it expires (MQTT 5: 2.5 x health_every, 12.5 s here), never a stale "online" after.
+    # availability only until it expires (MQTT 5: 2.5 x health_every, 5 s here), never a stale "online" after.
     late = Subscriber(broker, topic="acme/fleet/#", client_id="late-watcher")
     wait_for(late, lambda t, v: t == f"{base}/state" and v.get("state") == "offline")
     wait_for(late, lambda t, v: t == f"{base}/health")
     late.close()
-    time.sleep(13.5)
+    time.sleep(6)
     later = Subscriber(broker, topic="acme/fleet/#", client_id="later-watcher")
     wait_for(later, lambda t, v: t == f"{base}/state" and v.get("state") == "offline")
     time.sleep(1)

@@ -84,6 +84,8 @@ class WattzonSource(BaseSource):
         #: a fetch of data has succeeded since the start (before, a quiet meter says nothing)
         self._fetched_once = False
         self._failures = 0
+        #: the meters last seen quiet (see :meth:`quiet`)
+        self._quiet: set[str] = set()
 
     # ------------------------------------------------------------ state file
 
@@ -117,6 +119,7 @@ class WattzonSource(BaseSource):
                     await self.step(emit)
                     self._failures = 0
                     self._cloud_ok()
+                    self._note_quiet()
                     delay = self._next_wake()
                 except CloudError as e:
                     self._failures += 1
@@ -250,6 +253,7 @@ class WattzonSource(BaseSource):
                 kept[str(r.ts_ms)] = [bill_of[id(r)], *_values_key(r)]
                 self._save()  # a crash before this queues it once more: Wegowise sees the same value, no change
                 self.state[meter.name].counts[f"{what}_bills"] += 1
+                self.on_change()  # status shows it at once
                 self.log.warning(f"a {what} bill for a period already passed: queued after the meter's newer"
                                  " readings; a platform that can add or replace a past period (Wegowise) gets it,"
                                  " the others skip it (counted)", meter=meter.name, bill_id=bill_of[id(r)],
@@ -356,6 +360,14 @@ class WattzonSource(BaseSource):
         what = "bill" if m.data == "bills" else "interval"
         return (f"WattzOn has no new {what} of this meter" + (f" since {iso_utc(last)}" if last >= 0 else
                                                                " (are profile_id and the meter's keys right? verify)"))
+
+    def _note_quiet(self) -> None:
+        """A meter that became quiet (or spoke again) is shown by the next heartbeat at once, not at its turn."""
+        now = time.time()
+        quiet = {m.name for m in self.meters if self.quiet(m, now) is not None}
+        if quiet != self._quiet:
+            self._quiet = quiet
+            self.on_change()
 
     def health(self) -> dict[str, dict[str, object]]:
         out: dict[str, dict[str, object]] = {}
