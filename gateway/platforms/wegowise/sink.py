@@ -23,7 +23,6 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -37,6 +36,7 @@ from gateway.logs import REDACTOR
 from gateway.outcome import DELIVERED, Delivered, Outcome, Reject, Retry, Skip
 from gateway.platforms.sink import BaseSink, Preview
 from gateway.platforms.wegowise.api import WegowiseApi, WegowiseError
+from gateway.platforms.wegowise.bills import bill_period, overlaps
 from gateway.platforms.wegowise.config import MAX_PER_HOUR, WegowiseConfig, WegowiseMeter
 from gateway.platforms.wegowise.datum import datum, datum_id, period_key, same_values
 from gateway.platforms.wegowise.periods import Calendar, Period, PeriodBuilder
@@ -72,23 +72,6 @@ class MeterState:
         data = {"meter_id": self.meter_id, "builder": self.builder.state(),
                 "record": dict(list(self.record.items())[-RECORD_KEEP:]), "posting": self.posting}
         write_atomic(self.path, json.dumps(data).encode())
-
-
-def bill_period(r: Reading) -> Period | None:
-    """A period reading (a bill) as a period of its own: the UTC days of its start and of its last instant."""
-    energy = r.values.get(Quantity.INTERVAL_ENERGY)
-    if r.start_ms is None or energy is None:
-        return None
-    end = r.period_end  # a late one (a corrected bill) is queued after its end
-    first = datetime.fromtimestamp(r.start_ms / 1000, tz=UTC).date()
-    last = datetime.fromtimestamp((end - 1) / 1000, tz=UTC).date()
-    return Period(r.start_ms, end, first, last, energy)
-
-
-def _overlaps(span: Any, p: Period) -> bool:
-    """A recorded raw datum's span (ms; absent in records of earlier versions) and the period share an instant."""
-    return (isinstance(span, list) and len(span) == 2 and all(type(x) is int for x in span)
-            and span[0] < p.end_ms and p.start_ms < span[1])
 
 
 def _until_retry(out: list[Outcome], readings: Sequence[Reading]) -> list[Outcome]:
@@ -277,7 +260,7 @@ class WegowiseSink(BaseSink):
         key = period_key(datum(p, st.unit, st.entry))
         # A bill re-issued over another span (a corrected bill whose start or end moved) replaces the one bill it
         # overlaps: two raw data over the same days would count their consumption twice.
-        over = [k for k, v in st.record.items() if k != key and _overlaps(v.get("span"), p)]
+        over = [k for k, v in st.record.items() if k != key and overlaps(v.get("span"), p)]
         if len(over) > 1:
             self.log.warning("a bill overlapping several bills already on Wegowise: not sent (which it replaces is"
                              " for a person to settle)", meter=meter, period=key, overlaps=over)
