@@ -1,4 +1,4 @@
-"""Fixtures of the packaging tests (``pytest -m packaging tests/packaging``; root, Debian 12, a Debian mirror and
+"""Fixtures of the packaging tests (``pytest -m packaging tests/packaging -n 0``; root, Debian 12, a Debian mirror and
 PyPI reachable): the Debian packages built by ``systemd/debian/build.py``, and a Debian 12 root made by
 ``debootstrap``, kept pristine for the tests to copy."""
 

@@ -1,7 +1,7 @@
 """The container image, built from the Dockerfile and run with podman: the demo, the daemon as a non-root user with
 a mounted configuration and a state volume, its HEALTHCHECK (healthy, then unhealthy when a platform is down), and
 ``stop`` as a clean SIGTERM. The base image is the Debian 12 root the packaging tests make (this machine pulls no
-images); ``BASE`` defaults to the official Python image. Run: ``pytest -m packaging tests/packaging``."""
+images); ``BASE`` defaults to the official Python image. Run: ``pytest -m packaging tests/packaging -n 0``."""
 
 from __future__ import annotations
 

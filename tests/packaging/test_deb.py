@@ -1,6 +1,6 @@
 """The Debian package, proven on a Debian 12 root made by debootstrap: install, the first start refused until the
 configuration passes check, a demo, a queue with readings across an upgrade to a rebuilt package, remove, purge.
-The arm packages carry arm code; lintian has nothing to say. Run: ``pytest -m packaging tests/packaging``."""
+The arm packages carry arm code; lintian has nothing to say. Run: ``pytest -m packaging tests/packaging -n 0``."""
 
 from __future__ import annotations
 
