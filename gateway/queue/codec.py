@@ -290,15 +290,12 @@ def chunk_readings(meter: str, data: bytes, first_ts: int, after_ts: int, limit:
     values = [v for row in rows for v in row[2:]]
     _shorten(values, narrow, len(rows))
     trusted = Reading.trusted
-    if mask & _LATE:  # the first two floats of each reading are its start and end
-        return [trusted(meter, first_ts + row[0], dict(zip(present[2:], values[k * width + 2:(k + 1) * width],
+    if mask & _PERIOD:  # each reading's first float is its start; a late one's second is its end
+        skip = 2 if mask & _LATE else 1
+        return [trusted(meter, first_ts + row[0], dict(zip(present[skip:], values[k * width + skip:(k + 1) * width],
                                                             strict=True)),
-                        bool(row[1] & FLAG_CLOCK_SYNCED), int(values[k * width]), int(values[k * width + 1]))
-                for k, row in enumerate(rows)]
-    if mask & _PERIOD:  # the first float of each reading is its start
-        return [trusted(meter, first_ts + row[0], dict(zip(present[1:], values[k * width + 1:(k + 1) * width],
-                                                            strict=True)),
-                        bool(row[1] & FLAG_CLOCK_SYNCED), int(values[k * width]))
+                        bool(row[1] & FLAG_CLOCK_SYNCED), int(values[k * width]),
+                        int(values[k * width + 1]) if skip == 2 else None)
                 for k, row in enumerate(rows)]
     return [trusted(meter, first_ts + row[0], dict(zip(present, values[k * width:(k + 1) * width], strict=True)),
                     bool(row[1] & FLAG_CLOCK_SYNCED))

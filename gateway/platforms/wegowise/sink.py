@@ -352,8 +352,7 @@ class WegowiseSink(BaseSink):
                 return []
         return [d for d in await self.api.raw_data(meter_id) if period_key(d) == key]
 
-    def _remember(self, st: MeterState, key: str, wegowise_id: Any, body: dict[str, str],
-                  span: list[int] | None = None) -> None:
+    def _remember(self, st: MeterState, key: str, wegowise_id: Any, body: dict[str, str], span: list[int]) -> None:
         st.record.pop(key, None)
         # the newest last: the record is trimmed from its start; the span (ms) tells overlapping bills apart
         st.record[key] = {"id": wegowise_id, "body": body, "span": span}
