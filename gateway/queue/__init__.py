@@ -31,7 +31,8 @@ from gateway.queue.deadletters import DeadLetter
 from gateway.queue.files import open_store, queue_path
 from gateway.queue.held import Released
 from gateway.queue.service import AppendResult, DiskQueue
-from gateway.queue.store import Backlog, QueueStore, Snapshot
+from gateway.queue.snapshot import Backlog, Snapshot
+from gateway.queue.store import QueueStore
 
 __all__ = [
     "AppendResult", "Backlog", "CounterView", "DeadLetter", "DiskQueue", "MeterCount", "QueueCount", "QueueStore",

@@ -36,7 +36,8 @@ from gateway.queue.deadletters import DeadLetter
 from gateway.queue.held import Released
 from gateway.queue.journal import Journal
 from gateway.queue.schema import is_disk_full
-from gateway.queue.store import AppendOutcome, Backlog, QueueStore, Snapshot
+from gateway.queue.snapshot import Backlog, Snapshot
+from gateway.queue.store import AppendOutcome, QueueStore
 from gateway.reading import Reading
 from gateway.stream import sink_of
 

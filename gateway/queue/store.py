@@ -3,7 +3,8 @@
 Synchronous and not thread-safe: one owner thread (:mod:`gateway.queue.service`); a command beside the running
 daemon opens its own store without repair. The layout and the invariants are in :mod:`gateway.queue`; each concern
 with rules of its own has a module: :mod:`.codec` (bytes on disk), :mod:`.schema` (tables, opening, upgrades),
-:mod:`.counters`, :mod:`.deadletters`, :mod:`.held`, :mod:`.bounds`, :mod:`.watch` (the file removed underneath).
+:mod:`.counters`, :mod:`.deadletters`, :mod:`.held`, :mod:`.bounds`, :mod:`.watch` (the file removed underneath),
+:mod:`.snapshot` (what ``status`` sees).
 
 Writes are grouped by the caller between :meth:`QueueStore.begin` and :meth:`QueueStore.commit`; in-memory state
 changed inside a transaction is applied only when it commits, so a failed commit (full disk) leaves memory and disk
@@ -24,13 +25,12 @@ from typing import Any
 import structlog
 
 from gateway.errors import QueueError
-from gateway.queue import bounds, deadletters, held, meta, schema, watch
+from gateway.queue import bounds, deadletters, held, meta, schema, snapshot, watch
 from gateway.queue.codec import (
     FLAG_CLOCK_SYNCED,
     FLAG_RESTAMPED,
     Row,
     chunk_readings,
-    decode_chunk,
     encode_chunk,
     encode_reading,
     reading_of,
@@ -39,7 +39,6 @@ from gateway.queue.codec import (
 from gateway.queue.counters import (
     CounterKey,
     Counters,
-    CounterView,
     MeterCount,
     QueueCount,
     SinkCount,
@@ -49,6 +48,7 @@ from gateway.queue.counters import (
 )
 from gateway.queue.deadletters import DeadLetter
 from gateway.queue.held import Released
+from gateway.queue.snapshot import Backlog, Snapshot
 from gateway.reading import Reading
 from gateway.stream import sink_of
 from gateway.timekeeper import boot_id
@@ -70,35 +70,6 @@ class AppendOutcome:
     accepted: int = 0
     #: (reading, why) for readings refused on purpose: not newer than the last one queued for the meter.
     refused: list[tuple[Reading, str]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class Backlog:
-    """One sink over its streams: what waits, since when, and what was put aside."""
-
-    depth: int
-    oldest_ts_ms: int | None
-    last_delivery_ms: int | None
-    dead_letters: int
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """What the queue file says, for ``status``, ``/metrics`` and ``/health`` (:func:`gateway.status.collect`)."""
-
-    path: Path
-    used_bytes: int
-    #: the file was removed or replaced under the running daemon (see :mod:`.watch`)
-    gone: dict[str, Any] | None
-    #: what happened to the file in earlier runs
-    incidents: list[Any]
-    held: int
-    counters: CounterView
-    #: per meter name, the timestamp of the last reading queued (-1: none)
-    last_ts: Mapping[str, int]
-    backlogs: Mapping[str, Backlog]
-    #: the daemon's last heartbeat
-    daemon: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -551,24 +522,10 @@ class QueueStore:
                 break
         return out
 
+    # ------------------------------------------------------------ what status sees (:mod:`.snapshot`)
+
     def count_between(self, mid: int, after_ts: int, before_ts: int | None = None) -> tuple[int, int | None]:
-        """How many readings of a meter are queued with ``after_ts < ts < before_ts``, and the oldest of them."""
-        n, oldest = 0, None
-        sql = "SELECT first_ts, ts_ms, n, data FROM readings WHERE meter_id=? AND ts_ms>?"
-        args: list[int] = [mid, after_ts]
-        if before_ts is not None:
-            sql += " AND first_ts<?"
-            args.append(before_ts)
-        for first, last, k, data in self.conn.execute(sql + " ORDER BY ts_ms", args):
-            if first > after_ts and (before_ts is None or last < before_ts):
-                n += k
-                oldest = first if oldest is None else oldest
-                continue
-            for ts, _, _ in decode_chunk(data, first):
-                if ts > after_ts and (before_ts is None or ts < before_ts):
-                    n += 1
-                    oldest = ts if oldest is None else oldest
-        return n, oldest
+        return snapshot.count_between(self, mid, after_ts, before_ts)
 
     def undelivered(self) -> int:
         """Readings some stream still waits for (and readings held for the clock)."""
@@ -576,41 +533,13 @@ class QueueStore:
         return n + held.status(self.conn)[0]
 
     def backlog(self, sink: str, streams: Sequence[tuple[str, str]]) -> Backlog:
-        """Depth, oldest undelivered timestamp, last delivery and dead letters of one sink over its streams, given
-        as (stream, meter) pairs."""
-        depth = 0
-        oldest: int | None = None
-        for stream, meter in streams:
-            mid = self.meter_ids.get(meter)
-            if mid is None:
-                continue
-            n, first = self.count_between(mid, self.cursor_of(stream, mid))
-            depth += n
-            if first is not None and (oldest is None or first < oldest):
-                oldest = first
-        last = self.counters.get(sink_key(sink, SinkCount.LAST_DELIVERY_MS), -1)
-        return Backlog(depth, oldest, None if last < 0 else last, deadletters.count(self.conn, sink))
+        return snapshot.backlog(self, sink, streams)
 
     def used_bytes(self) -> int:
-        db = self.conn
-        pages = db.execute("PRAGMA page_count").fetchone()[0]
-        free = db.execute("PRAGMA freelist_count").fetchone()[0]
-        size = db.execute("PRAGMA page_size").fetchone()[0]
-        return int((pages - free) * size)
+        return snapshot.used_bytes(self.conn)
 
     def snapshot(self, sinks: Mapping[str, Sequence[tuple[str, str]]]) -> Snapshot:
-        """Everything ``status`` shows of the queue, for the sinks given with their (stream, meter) pairs."""
-        return Snapshot(
-            path=self.path,
-            used_bytes=self.used_bytes(),
-            gone=self.file.gone,
-            incidents=meta.incidents(self.conn),
-            held=held.status(self.conn)[0],
-            counters=CounterView(self.counters.snapshot()),
-            last_ts={name: self.last_ts.get(mid, -1) for name, mid in self.meter_ids.items()},
-            backlogs={name: self.backlog(name, pairs) for name, pairs in sinks.items()},
-            daemon=self.get_meta("daemon") or {},
-        )
+        return snapshot.take(self, sinks)
 
     # ------------------------------------------------------------ the concerns of their own modules
 
