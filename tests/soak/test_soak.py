@@ -1,4 +1,4 @@
-"""The whole-system fault soak in a short form (``pytest -m soak -n 0``; ``.ci/run`` runs it with SOAK_SECONDS=30).
+"""The whole-system fault soak in a short form (``pytest -m soak -n 0``; ``.ci/run`` runs it with SOAK_SECONDS=120).
 The full form is ``python tests/soak/soak.py --duration 600``."""
 
 from __future__ import annotations
